@@ -1,0 +1,306 @@
+//! `tokenbroker.toml`: the raw TOML in, one validated [`Config`] out.
+//!
+//! Loading resolves every secret reference and checks every value, collecting *all* the
+//! problems with their dotted keys (see [`table`]), so that `tokenbroker check` and `serve`
+//! can print them at once. Nothing outside this module looks at raw TOML; everything else
+//! takes the typed structs below, passed explicitly.
+
+mod provider;
+mod secret_ref;
+mod table;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use provider::{IssuerConfig, JsonLoginConfig, JsonTemplate, ProviderConfig};
+use table::Table;
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    /// Consumers, keyed by client name.
+    pub clients: BTreeMap<String, ClientConfig>,
+    /// Identities whose tokens the broker owns, keyed by provider name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+/// `[server]`: where the broker listens.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[store]`: where tokens survive restarts.
+#[derive(Debug)]
+pub struct StoreConfig {
+    /// The embedded store's file.
+    pub path: PathBuf,
+}
+
+/// `[clients.NAME]`: one consumer and what it may reach.
+#[derive(Debug)]
+pub struct ClientConfig {
+    /// SHA-256 of the client key; the key itself is never stored.
+    pub key_sha256: [u8; 32],
+    /// The providers this client may get tokens for.
+    pub providers: ProviderScope,
+    /// Whether the client may read the operators' view (`GET /v1/providers`).
+    pub admin: bool,
+}
+
+/// The providers a client may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderScope {
+    /// `["*"]`: every provider, present and future.
+    All,
+    /// Exactly these providers.
+    Only(BTreeSet<String>),
+}
+
+impl ProviderScope {
+    /// Whether a client with this scope may use `provider`.
+    pub fn allows(&self, provider: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(names) => names.contains(provider),
+        }
+    }
+}
+
+/// One thing wrong with a config, under the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key (`providers.cr.lifetime`), or the position for a syntax error.
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in {origin}:\n{}", problems.len(), list(problems))]
+    Invalid {
+        /// The file, or `<string>` for a config given as text.
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|problems| ConfigError::Invalid {
+            origin: path.display().to_string(),
+            problems,
+        })
+    }
+
+    /// Validates config text, returning every problem found.
+    pub fn parse(text: &str) -> Result<Self, Vec<Problem>> {
+        let root: toml::Table = toml::from_str(text).map_err(|e| vec![syntax_problem(text, &e)])?;
+        let mut problems = Vec::new();
+        let mut top = Table::new("", &root);
+
+        let server = match top.table("server", &mut problems) {
+            Some(t) => server(t, &mut problems),
+            None => Some(ServerConfig {
+                listen: default_listen(),
+            }),
+        };
+        let store = match top.table("store", &mut problems) {
+            Some(t) => store(t, &mut problems),
+            None => Some(StoreConfig {
+                path: PathBuf::from("tokenbroker.db"),
+            }),
+        };
+
+        let mut providers = BTreeMap::new();
+        if let Some(mut table) = top.table("providers", &mut problems) {
+            for name in table.keys() {
+                if let Some(t) = table.table(name, &mut problems)
+                    && let Some(p) = ProviderConfig::from_table(name, t, &mut problems)
+                {
+                    providers.insert(name.to_owned(), p);
+                }
+            }
+        }
+        let provider_keys = root
+            .get("providers")
+            .and_then(toml::Value::as_table)
+            .map(|t| t.keys().cloned().collect::<BTreeSet<_>>())
+            .unwrap_or_default();
+
+        let mut clients = BTreeMap::new();
+        if let Some(mut table) = top.table("clients", &mut problems) {
+            for name in table.keys() {
+                if let Some(t) = table.table(name, &mut problems)
+                    && let Some(c) = client(t, &provider_keys, &mut problems)
+                {
+                    clients.insert(name.to_owned(), c);
+                }
+            }
+        }
+        top.finish(&mut problems);
+
+        match (server, store) {
+            (Some(server), Some(store)) if problems.is_empty() => Ok(Self {
+                server,
+                store,
+                clients,
+                providers,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8420))
+}
+
+fn syntax_problem(text: &str, error: &toml::de::Error) -> Problem {
+    let position = error.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("line {line}, column {column}")
+    });
+    Problem::new(
+        position.unwrap_or_else(|| "config".to_owned()),
+        format!("invalid TOML: {}", error.message().trim()),
+    )
+}
+
+fn server(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<ServerConfig> {
+    let listen = match t.string("listen", problems) {
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problems.push(Problem::new(
+                    t.key("listen"),
+                    format!("expected an address like \"127.0.0.1:8420\", found {text:?}"),
+                ));
+                None
+            }
+        },
+        None if !t.has("listen") => Some(default_listen()),
+        None => None,
+    };
+    for later in ["tls_cert", "tls_key"] {
+        if t.value(later).is_some() {
+            problems.push(Problem::new(
+                t.key(later),
+                "TLS on the broker's listener is not supported by this version yet",
+            ));
+        }
+    }
+    t.finish(problems);
+    Some(ServerConfig { listen: listen? })
+}
+
+fn store(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<StoreConfig> {
+    let path = t.string("path", problems).unwrap_or("tokenbroker.db");
+    for later in ["url", "key_file"] {
+        if t.value(later).is_some() {
+            problems.push(Problem::new(
+                t.key(later),
+                "not supported by this version yet (tokens are held in memory)",
+            ));
+        }
+    }
+    t.finish(problems);
+    Some(StoreConfig {
+        path: PathBuf::from(path),
+    })
+}
+
+fn client(
+    mut t: Table<'_>,
+    providers: &BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<ClientConfig> {
+    let hash = t.string("key_sha256", problems);
+    let hash = t.require("key_sha256", hash, problems).and_then(|hex| {
+        let parsed = parse_sha256_hex(hex);
+        if parsed.is_none() {
+            problems.push(Problem::new(
+                t.key("key_sha256"),
+                "expected 64 hex digits (the SHA-256 of the client key; `tokenbroker keys new` prints it)",
+            ));
+        }
+        parsed
+    });
+    let names = t.string_list("providers", problems);
+    let scope = t.require("providers", names, problems).map(|names| {
+        if names == ["*"] {
+            return ProviderScope::All;
+        }
+        for name in &names {
+            if !providers.contains(*name) {
+                problems.push(Problem::new(
+                    t.key("providers"),
+                    format!("unknown provider {name:?}"),
+                ));
+            }
+        }
+        ProviderScope::Only(names.into_iter().map(str::to_owned).collect())
+    });
+    let admin = t.bool("admin", problems).unwrap_or(false);
+    t.finish(problems);
+    Some(ClientConfig {
+        key_sha256: hash?,
+        providers: scope?,
+        admin,
+    })
+}
+
+fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;

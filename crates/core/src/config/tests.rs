@@ -1,0 +1,128 @@
+//! Config validation: every kind of problem is reported, with its key, all at once.
+
+use std::time::Duration;
+
+use super::*;
+
+const PROVIDER: &str = r#"
+[providers.cr]
+type = "json_login"
+login_url = "http://127.0.0.1:9/v1/authentication"
+login_body = { username = "bot", apiKey = "k" }
+"#;
+
+fn problems(text: &str) -> Vec<String> {
+    Config::parse(text)
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn assert_problem(text: &str, key: &str, words: &str) {
+    let found = problems(text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with(&format!("{key}: ")) && p.contains(words)),
+        "expected a problem at {key} mentioning {words:?}, got {found:#?}"
+    );
+}
+
+#[test]
+fn defaults_follow_the_spec() {
+    let config = Config::parse(PROVIDER).expect("valid");
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8420");
+    let cr = &config.providers["cr"];
+    assert_eq!(cr.header, "Authorization");
+    assert_eq!(cr.prefix, "Bearer ");
+    assert!(cr.single_session, "json_login is single-session by default");
+    assert_eq!(
+        cr.refresh_lead(Duration::from_secs(600)),
+        Duration::from_secs(120)
+    );
+    assert_eq!(
+        cr.refresh_lead(Duration::from_secs(3600)),
+        Duration::from_secs(300)
+    );
+    let IssuerConfig::JsonLogin(login) = &cr.issuer;
+    assert_eq!(login.token_pointer, "/token");
+    assert_eq!(login.lifetime, Duration::from_secs(1200));
+}
+
+#[test]
+fn invalid_toml_names_line_and_column() {
+    assert_problem("[server]\nlisten = \n", "line 2, column 10", "invalid TOML");
+}
+
+#[test]
+fn each_kind_of_problem_names_its_key() {
+    assert_problem(
+        "[providers.x]\ntype = \"saml\"\n",
+        "providers.x.type",
+        "unknown provider type",
+    );
+    assert_problem(
+        "[providers.x]\nlogin_url = \"http://a/\"\n",
+        "providers.x.type",
+        "missing",
+    );
+    assert_problem(
+        &format!("{PROVIDER}lifetime = \"twenty minutes\"\n"),
+        "providers.cr.lifetime",
+        "bad duration",
+    );
+    assert_problem(
+        "[providers.cr]\ntype = \"json_login\"\nlogin_body = { u = \"x\" }\n",
+        "providers.cr.login_url",
+        "missing",
+    );
+    assert_problem(
+        &format!(
+            "{PROVIDER}[clients.bots]\nkey_sha256 = \"{}\"\nproviders = [\"nope\"]\n",
+            "a".repeat(64)
+        ),
+        "clients.bots.providers",
+        "unknown provider \"nope\"",
+    );
+    assert_problem(
+        "[providers.cr]\ntype = \"json_login\"\nlogin_url = \"http://a/\"\n\
+         login_body = { apiKey = \"${env:TOKENBROKER_TEST_SURELY_UNSET}\" }\n",
+        "providers.cr.login_body.apiKey",
+        "TOKENBROKER_TEST_SURELY_UNSET is not set",
+    );
+    assert_problem(
+        &format!("{PROVIDER}colour = \"blue\"\n"),
+        "providers.cr.colour",
+        "unknown key",
+    );
+    assert_problem(
+        "[server]\nlisten = \"everywhere\"\n",
+        "server.listen",
+        "expected an address",
+    );
+    assert_problem(
+        &format!("{PROVIDER}[clients.bots]\nkey_sha256 = \"xyz\"\nproviders = [\"*\"]\n"),
+        "clients.bots.key_sha256",
+        "64 hex digits",
+    );
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text =
+        "[server]\nlisten = 5\n[providers.a]\ntype = \"x\"\n[providers.b]\ntype = \"json_login\"\n";
+    let found = problems(text);
+    assert!(found.len() >= 4, "{found:#?}");
+}
+
+#[test]
+fn secrets_do_not_print() {
+    let config = Config::parse(
+        "[providers.cr]\ntype = \"json_login\"\nlogin_url = \"http://a/\"\n\
+         login_body = { apiKey = \"hunter2-secret\" }\n",
+    )
+    .unwrap();
+    assert!(!format!("{config:?}").contains("hunter2-secret"));
+}

@@ -1,0 +1,183 @@
+//! `type = "json_login"`: POST a JSON body, read the token from the JSON answer.
+//!
+//! This is Automation Anywhere Control Room's `POST /v1/authentication` (and its
+//! `POST /v1/authentication/token` exchange of a still-valid token for a new one), and
+//! any API of the same shape. The expiry comes from the JWT `exp` if the token is a JWT,
+//! else from an `expires_in` in the answer, else from the configured `lifetime`.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use super::answer::send_json;
+use super::{Issuance, IssueError, Issued, Issuer, jwt};
+use crate::config::JsonLoginConfig;
+use crate::token::Token;
+
+/// A `json_login` provider's issuer.
+pub struct JsonLogin {
+    provider: String,
+    config: JsonLoginConfig,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl JsonLogin {
+    /// An issuer whose every call is bounded by `timeout`.
+    pub fn new(
+        provider: &str,
+        config: JsonLoginConfig,
+        timeout: Duration,
+    ) -> Result<Self, IssueError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("tokenbroker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| IssueError::Setup {
+                provider: provider.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            provider: provider.to_owned(),
+            config,
+            http,
+            timeout,
+        })
+    }
+
+    async fn call(
+        &self,
+        url: &reqwest::Url,
+        body: &serde_json::Value,
+        how: Issuance,
+    ) -> Result<Issued, IssueError> {
+        let issued_at = SystemTime::now();
+        let request = self.http.post(url.clone()).json(body);
+        let answer = send_json(&self.provider, url, self.timeout, request).await?;
+        self.read_answer(&answer, issued_at, how)
+    }
+
+    fn read_answer(
+        &self,
+        answer: &serde_json::Value,
+        issued_at: SystemTime,
+        how: Issuance,
+    ) -> Result<Issued, IssueError> {
+        let malformed = |reason: String| IssueError::Malformed {
+            provider: self.provider.clone(),
+            reason,
+        };
+        let token = answer
+            .pointer(&self.config.token_pointer)
+            .ok_or_else(|| malformed(format!("no value at {:?}", self.config.token_pointer)))?
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                malformed(format!(
+                    "the value at {:?} is not a non-empty string",
+                    self.config.token_pointer
+                ))
+            })?;
+        if token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(malformed(
+                "the token holds characters a header cannot carry".to_owned(),
+            ));
+        }
+        let expires_at = jwt::expiry(token)
+            .or_else(|| expires_in(answer).map(|d| issued_at + d))
+            .unwrap_or(issued_at + self.config.lifetime);
+        Ok(Issued {
+            access_token: SecretString::from(token.to_owned()),
+            issued_at,
+            expires_at,
+            how,
+        })
+    }
+}
+
+/// An `expires_in` (seconds, as a number or a numeric string) at the top of the answer.
+fn expires_in(answer: &serde_json::Value) -> Option<Duration> {
+    let value = answer.get("expires_in")?;
+    let secs = value
+        .as_f64()
+        .or_else(|| value.as_str()?.trim().parse().ok())?;
+    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+#[async_trait]
+impl Issuer for JsonLogin {
+    async fn issue(&self, current: Option<&Token>) -> Result<Issued, IssueError> {
+        if let (Some(url), Some(body), Some(current)) =
+            (&self.config.refresh_url, &self.config.refresh_body, current)
+        {
+            match self
+                .call(url, &body.render(current.expose()), Issuance::Refresh)
+                .await
+            {
+                Ok(issued) => return Ok(issued),
+                Err(e) if e.is_refusal() => {
+                    tracing::info!(provider = %self.provider, error = %e, "token exchange refused; logging in");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.call(
+            &self.config.login_url,
+            self.config.login_body.value(),
+            Issuance::Login,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn issuer(extra: &str) -> JsonLogin {
+        let text = format!(
+            "[providers.cr]\ntype = \"json_login\"\nlogin_url = \"http://127.0.0.1:9/login\"\n\
+             login_body = {{ username = \"bot\" }}\nlifetime = \"10m\"\n{extra}"
+        );
+        let config = Config::parse(&text).expect("valid test config");
+        let provider = &config.providers["cr"];
+        let crate::config::IssuerConfig::JsonLogin(login) = &provider.issuer;
+        JsonLogin::new("cr", login.clone(), Duration::from_secs(1)).expect("client builds")
+    }
+
+    #[test]
+    fn expiry_from_expires_in_counts_from_the_request() {
+        let sent = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let answer = serde_json::json!({"token": "abc", "expires_in": "60"});
+        let issued = issuer("")
+            .read_answer(&answer, sent, Issuance::Login)
+            .unwrap();
+        assert_eq!(issued.expires_at, sent + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn expiry_falls_back_to_lifetime_and_pointer_is_followed() {
+        let sent = SystemTime::UNIX_EPOCH;
+        let answer = serde_json::json!({"data": {"jwt": "abc"}});
+        let issued = issuer("token_pointer = \"/data/jwt\"")
+            .read_answer(&answer, sent, Issuance::Login)
+            .unwrap();
+        assert_eq!(issued.expires_at, sent + Duration::from_secs(600));
+    }
+
+    #[test]
+    fn missing_token_is_malformed_and_names_the_pointer() {
+        let err = issuer("")
+            .read_answer(
+                &serde_json::json!({"tok": "x"}),
+                SystemTime::UNIX_EPOCH,
+                Issuance::Login,
+            )
+            .unwrap_err();
+        assert_eq!(err.reason(), "malformed");
+        assert!(err.to_string().contains("\"/token\""), "{err}");
+    }
+}

@@ -1,0 +1,158 @@
+//! Issuers: the calls that obtain a token from a provider, and what can go wrong with them.
+//!
+//! An [`Issuer`] knows one provider type's wire protocol and nothing of caching, waiting
+//! consumers or retries: those belong to the [`slot`](crate::slot), which calls `issue` at
+//! most once at a time per provider. Every failure becomes an [`IssueError`] that names the
+//! provider and the step, never a secret and never a URL's query.
+
+mod answer;
+mod json_login;
+mod jwt;
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use crate::config::{IssuerConfig, ProviderConfig};
+use crate::token::Token;
+pub use json_login::JsonLogin;
+
+/// A freshly issued token, before the slot numbers it.
+#[derive(Debug)]
+pub struct Issued {
+    pub access_token: SecretString,
+    /// When the request that produced it was sent: an `expires_in` counts from here.
+    pub issued_at: SystemTime,
+    pub expires_at: SystemTime,
+    /// Whether it came from a login or from exchanging the previous token.
+    pub how: Issuance,
+}
+
+/// How a token was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issuance {
+    Login,
+    Refresh,
+}
+
+impl Issuance {
+    /// The metric label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::Refresh => "refresh",
+        }
+    }
+}
+
+/// Obtains tokens for one provider.
+#[async_trait]
+pub trait Issuer: Send + Sync + 'static {
+    /// Obtains a new token. `current` is the token being replaced, if it is still valid, for
+    /// issuers that can exchange it instead of logging in again.
+    async fn issue(&self, current: Option<&Token>) -> Result<Issued, IssueError>;
+}
+
+/// Builds the issuer a provider's config describes.
+pub fn for_provider(config: &ProviderConfig) -> Result<Box<dyn Issuer>, IssueError> {
+    match &config.issuer {
+        IssuerConfig::JsonLogin(login) => Ok(Box::new(JsonLogin::new(
+            &config.name,
+            login.clone(),
+            config.timeout,
+        )?)),
+    }
+}
+
+/// Why an issuance failed. Messages name the provider and the step; they never carry a
+/// token, a credential, or a URL's query.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IssueError {
+    #[error(
+        "{provider}: the issuer rejected the credentials (HTTP {status}){}",
+        detail_suffix(detail)
+    )]
+    BadCredentials {
+        provider: String,
+        status: u16,
+        detail: Option<String>,
+    },
+    #[error("{provider}: the issuer is rate limiting (HTTP 429){}", retry_suffix(*retry_after))]
+    RateLimited {
+        provider: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{provider}: the issuer at {endpoint} is unreachable: {reason}")]
+    Unreachable {
+        provider: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("{provider}: the issuer is unavailable (HTTP {status}){}", retry_suffix(*retry_after))]
+    Unavailable {
+        provider: String,
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("{provider}: the issuer did not answer within {}", humantime::format_duration(*timeout))]
+    Timeout { provider: String, timeout: Duration },
+    #[error("{provider}: the issuer's answer is unusable: {reason}")]
+    Malformed { provider: String, reason: String },
+    #[error(
+        "{provider}: the issuer refused the request (HTTP {status}){}",
+        detail_suffix(detail)
+    )]
+    Refused {
+        provider: String,
+        status: u16,
+        detail: Option<String>,
+    },
+    #[error("{provider}: cannot set up the issuer client: {reason}")]
+    Setup { provider: String, reason: String },
+}
+
+fn detail_suffix(detail: &Option<String>) -> String {
+    detail
+        .as_ref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
+}
+
+fn retry_suffix(retry_after: Option<Duration>) -> String {
+    retry_after
+        .map(|d| format!(", retry after {}", humantime::format_duration(d)))
+        .unwrap_or_default()
+}
+
+impl IssueError {
+    /// A short, stable name for metrics labels and the API's error codes.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadCredentials { .. } => "bad_credentials",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Unreachable { .. } => "unreachable",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Timeout { .. } => "timeout",
+            Self::Malformed { .. } => "malformed",
+            Self::Refused { .. } => "refused",
+            Self::Setup { .. } => "setup",
+        }
+    }
+
+    /// The wait the issuer asked for, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } | Self::Unavailable { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the issuer said no to this request (as opposed to not answering): a refused
+    /// token exchange falls back to a fresh login.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(self, Self::BadCredentials { .. } | Self::Refused { .. })
+    }
+}

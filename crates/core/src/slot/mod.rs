@@ -1,0 +1,270 @@
+//! The token slot: one per provider, the single owner of that provider's current token.
+//!
+//! A slot is split in two. The [`Slot`] handle is what request handlers call: [`Slot::get`]
+//! and [`Slot::invalidate`] read the published [`View`] (a `watch` channel: no lock held
+//! across an await, no store, no issuer on the cached-token path) and, only when no token
+//! can be served, wake the driver and wait for its next outcome. The [`driver`] is one
+//! background task per provider and the only code that calls the issuer, which makes
+//! single-flight structural: at most one issuance per provider is in flight, and every
+//! consumer waiting on it receives its result, error included.
+//!
+//! The driver replaces a token at its `refresh_at`, never before unless the issuer
+//! rejected it (an honoured invalidation), and after a failure retries with backoff while
+//! the cached token keeps being served until it expires.
+
+mod backoff;
+mod driver;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use subtle::ConstantTimeEq;
+use tokio::sync::{Notify, watch};
+
+use crate::clock::Clock;
+use crate::config::ProviderConfig;
+use crate::issuer::{IssueError, Issuer};
+use crate::metrics::{Metrics, OutcomeLabels};
+use crate::token::Token;
+
+/// What a provider is doing, as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// Holding a token (or idle, waiting for the first request).
+    Ready,
+    /// An issuance is in flight.
+    Issuing,
+    /// The last issuance failed; the next attempt waits for the backoff.
+    BackingOff,
+}
+
+impl SlotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Issuing => "issuing",
+            Self::BackingOff => "backing_off",
+        }
+    }
+}
+
+/// A snapshot of a slot, published by the driver after every change.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The newest token, possibly expired or rejected: [`Slot::get`] decides what to serve.
+    pub token: Option<Arc<Token>>,
+    pub state: SlotState,
+    /// The error of the last attempt if it failed.
+    pub last_error: Option<IssueError>,
+    /// When the driver will try again, while backing off.
+    pub retry_at: Option<SystemTime>,
+    /// Finished issuance attempts: a waiter takes the first outcome after it began waiting.
+    pub attempts: u64,
+    /// Tokens obtained since start.
+    pub issuances: u64,
+}
+
+/// What a consumer reports as rejected by the upstream API.
+#[derive(Debug, Clone, Copy)]
+pub enum Rejected<'a> {
+    Generation(u64),
+    AccessToken(&'a str),
+}
+
+/// Why no token could be handed out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SlotError {
+    /// The issuance failed and no valid token is cached.
+    #[error("{error}")]
+    Issuer {
+        error: IssueError,
+        /// When the next attempt may come, if one is planned.
+        retry_after: Option<Duration>,
+    },
+    /// No token arrived within the provider's `timeout`.
+    #[error("{provider}: no token within {}", humantime::format_duration(*waited))]
+    WaitTimeout { provider: String, waited: Duration },
+    /// The broker is shutting down.
+    #[error("{provider}: the broker is shutting down")]
+    Stopped { provider: String },
+}
+
+/// The slot handle request handlers use. Cheap to clone.
+#[derive(Clone)]
+pub struct Slot {
+    shared: Arc<Shared>,
+}
+
+/// The state shared by a slot's handles and its driver.
+struct Shared {
+    config: Arc<ProviderConfig>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    /// The driver publishes, handles read.
+    view: watch::Sender<View>,
+    /// Wakes the driver: a consumer needs a token, or a rejected token must be replaced.
+    wake: Notify,
+    /// The highest generation reported rejected by the issuer's API (0: none). Such a token
+    /// is never served again.
+    rejected: AtomicU64,
+    /// A consumer found no token to serve since the driver last started an attempt.
+    demand: AtomicBool,
+}
+
+impl Slot {
+    /// Creates the slot of `config` and spawns its driver, which stops when `stop` turns
+    /// true.
+    pub fn start(
+        config: Arc<ProviderConfig>,
+        issuer: Box<dyn Issuer>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        stop: watch::Receiver<bool>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (view, _) = watch::channel(View {
+            token: None,
+            state: SlotState::Ready,
+            last_error: None,
+            retry_at: None,
+            attempts: 0,
+            issuances: 0,
+        });
+        let shared = Arc::new(Shared {
+            config,
+            clock,
+            metrics,
+            view,
+            wake: Notify::new(),
+            rejected: AtomicU64::new(0),
+            demand: AtomicBool::new(false),
+        });
+        let driver = tokio::spawn(driver::run(shared.clone(), issuer, stop));
+        (Self { shared }, driver)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.shared.config
+    }
+
+    /// The current snapshot, for operators and metrics.
+    pub fn view(&self) -> View {
+        self.shared.view.borrow().clone()
+    }
+
+    /// A token that is valid for at least `min_validity`, from memory when there is one,
+    /// else from the next issuance (waiting at most the provider's `timeout`).
+    pub async fn get(&self) -> Result<Arc<Token>, SlotError> {
+        let shared = &*self.shared;
+        let mut rx = shared.view.subscribe();
+        let deadline = tokio::time::Instant::now() + shared.config.timeout;
+        // The attempt count when this request started waiting: any later outcome is its.
+        let mut waiting_since: Option<u64> = None;
+        loop {
+            {
+                let view = rx.borrow_and_update();
+                let now = shared.clock.now();
+                if let Some(token) = shared.servable(&view, now) {
+                    token.mark_handed_out();
+                    if now >= token.refresh_at {
+                        // Past refresh_at and in use: make sure the driver rotates it.
+                        shared.wake.notify_one();
+                    }
+                    return Ok(token);
+                }
+                let failed_since_waiting = waiting_since.is_some_and(|seen| view.attempts > seen);
+                let backing_off = view.state == SlotState::BackingOff;
+                if (failed_since_waiting || (waiting_since.is_none() && backing_off))
+                    && let Some(error) = &view.last_error
+                {
+                    // Ask for a new attempt once the backoff allows it.
+                    shared.demand.store(true, Ordering::Release);
+                    shared.wake.notify_one();
+                    let retry_after = view
+                        .retry_at
+                        .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO));
+                    return Err(SlotError::Issuer {
+                        error: error.clone(),
+                        retry_after,
+                    });
+                }
+                waiting_since.get_or_insert(view.attempts);
+            }
+            shared.demand.store(true, Ordering::Release);
+            shared.wake.notify_one();
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(SlotError::Stopped {
+                        provider: shared.config.name.clone(),
+                    });
+                }
+                Err(_) => {
+                    return Err(SlotError::WaitTimeout {
+                        provider: shared.config.name.clone(),
+                        waited: shared.config.timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    /// "This token got a 401": replaces the token if it is still the current one, and
+    /// answers the current token either way. Any number of reports of one generation cause
+    /// one reissue. Returns whether this report was the one that caused it.
+    pub async fn invalidate(
+        &self,
+        rejected: Rejected<'_>,
+    ) -> Result<(Arc<Token>, bool), SlotError> {
+        let shared = &*self.shared;
+        let generation = {
+            let view = shared.view.borrow();
+            view.token.as_ref().and_then(|current| match rejected {
+                Rejected::Generation(g) => (g == current.generation).then_some(g),
+                Rejected::AccessToken(t) => {
+                    bool::from(t.as_bytes().ct_eq(current.expose().as_bytes()))
+                        .then_some(current.generation)
+                }
+            })
+        };
+        let honoured =
+            generation.is_some_and(|g| shared.rejected.fetch_max(g, Ordering::AcqRel) < g);
+        let outcome = if honoured { "honoured" } else { "ignored" };
+        shared
+            .metrics
+            .invalidations
+            .get_or_create(&OutcomeLabels {
+                provider: shared.config.name.clone(),
+                outcome,
+            })
+            .inc();
+        if honoured {
+            tracing::info!(provider = %shared.config.name, generation = generation, "token reported rejected; reissuing");
+            shared.wake.notify_one();
+        }
+        self.get().await.map(|token| (token, honoured))
+    }
+}
+
+impl Shared {
+    /// The token to hand out now, if there is one: not rejected, valid for `min_validity`,
+    /// and, for a single-session provider, not due for rotation, since that token is about
+    /// to be superseded (unless the rotation failed and the driver is backing off: then the
+    /// still-valid token is all there is).
+    fn servable(&self, view: &View, now: SystemTime) -> Option<Arc<Token>> {
+        let token = view.token.as_ref()?;
+        let rejected = token.generation <= self.rejected.load(Ordering::Acquire);
+        let expiring = now + self.config.min_validity > token.expires_at;
+        let rotating = self.config.single_session
+            && now >= token.refresh_at
+            && view.state != SlotState::BackingOff;
+        (!rejected && !expiring && !rotating).then(|| token.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests;

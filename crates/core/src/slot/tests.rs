@@ -1,0 +1,253 @@
+//! Slot behaviour under tokio's paused clock, against an in-memory issuer: the timing
+//! rules (refresh-ahead, backoff, expiry) checked deterministically. The end-to-end tests
+//! over HTTP live in the `tokenbroker` crate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use tokio::sync::watch;
+
+use super::*;
+use crate::config::Config;
+use crate::issuer::{Issuance, Issued};
+
+/// An issuer that mints `tok-N` tokens of a fixed lifetime, after a latency, and can be
+/// told to fail.
+struct FakeIssuer {
+    clock: Clock,
+    lifetime: Duration,
+    latency: Duration,
+    calls: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
+    max_in_flight: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Issuer for FakeIssuer {
+    async fn issue(&self, _current: Option<&Token>) -> Result<Issued, IssueError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let now_in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight
+            .fetch_max(now_in_flight, Ordering::SeqCst);
+        let issued_at = self.clock.now();
+        tokio::time::sleep(self.latency).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(IssueError::Unavailable {
+                provider: "fake".into(),
+                status: 503,
+                retry_after: None,
+            });
+        }
+        Ok(Issued {
+            access_token: SecretString::from(format!("tok-{n}")),
+            issued_at,
+            expires_at: issued_at + self.lifetime,
+            how: Issuance::Login,
+        })
+    }
+}
+
+struct Harness {
+    slot: Slot,
+    clock: Clock,
+    calls: Arc<AtomicU64>,
+    max_in_flight: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
+    _stop: watch::Sender<bool>,
+}
+
+fn harness(extra: &str, lifetime: Duration) -> Harness {
+    let text = format!(
+        "[providers.fake]\ntype = \"json_login\"\nlogin_url = \"http://127.0.0.1:9/\"\n\
+         login_body = {{ u = \"x\" }}\nbackoff_min = \"1s\"\nbackoff_max = \"8s\"\n{extra}"
+    );
+    let mut config = Config::parse(&text).expect("valid test config");
+    let provider = config.providers.remove("fake").expect("provider present");
+    let clock = Clock::new();
+    let calls = Arc::new(AtomicU64::new(0));
+    let max_in_flight = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let issuer = FakeIssuer {
+        clock,
+        lifetime,
+        latency: Duration::from_millis(200),
+        calls: calls.clone(),
+        in_flight: Arc::new(AtomicU64::new(0)),
+        max_in_flight: max_in_flight.clone(),
+        down: down.clone(),
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let (slot, _driver) = Slot::start(
+        Arc::new(provider),
+        Box::new(issuer),
+        Arc::new(Metrics::new()),
+        clock,
+        stop_rx,
+    );
+    Harness {
+        slot,
+        clock,
+        calls,
+        max_in_flight,
+        down,
+        _stop: stop,
+    }
+}
+
+fn calls(h: &Harness) -> u64 {
+    h.calls.load(Ordering::SeqCst)
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_share_one_issuance() {
+    let h = harness("", Duration::from_secs(60));
+    let gets: Vec<_> = (0..100)
+        .map(|_| {
+            let s = h.slot.clone();
+            tokio::spawn(async move { s.get().await })
+        })
+        .collect();
+    for get in gets {
+        let token = get.await.unwrap().unwrap();
+        assert_eq!(token.expose(), "tok-1");
+        assert_eq!(token.generation, 1);
+    }
+    assert_eq!(calls(&h), 1);
+    assert_eq!(h.max_in_flight.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refreshes_at_refresh_at_and_not_before() {
+    let h = harness(
+        "single_session = false\nrefresh_before = \"10s\"",
+        Duration::from_secs(60),
+    );
+    let first = h.slot.get().await.unwrap();
+    let lead = first.expires_at.duration_since(first.refresh_at).unwrap();
+    assert!(
+        lead >= Duration::from_secs(10) && lead < Duration::from_secs(11),
+        "{lead:?}"
+    );
+    // Just before refresh_at nothing is replaced.
+    let until = first.refresh_at.duration_since(h.clock.now()).unwrap();
+    tokio::time::sleep(until - Duration::from_millis(1)).await;
+    assert_eq!(calls(&h), 1);
+    assert_eq!(h.slot.get().await.unwrap().generation, 1);
+    // Past it, the driver rotates by itself; consumers get the old token until the new one lands.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(calls(&h), 2);
+    assert_eq!(h.slot.get().await.unwrap().generation, 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.slot.get().await.unwrap().generation, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn single_session_request_at_refresh_at_waits_for_the_rotation() {
+    let h = harness("refresh_before = \"10s\"", Duration::from_secs(60));
+    let first = h.slot.get().await.unwrap();
+    let until = first.refresh_at.duration_since(h.clock.now()).unwrap();
+    tokio::time::sleep(until).await;
+    let next = h.slot.get().await.unwrap();
+    assert_eq!(next.generation, 2, "never the token about to be superseded");
+    assert_eq!(calls(&h), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unused_token_is_not_refreshed_ahead() {
+    let h = harness("refresh_before = \"10s\"", Duration::from_secs(60));
+    h.slot.get().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(55)).await;
+    assert_eq!(calls(&h), 2, "the handed-out token was rotated");
+    // Nobody asked for generation 2: it is left to expire, then issued again on demand.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(calls(&h), 2);
+    assert_eq!(h.slot.get().await.unwrap().generation, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidation_storm_of_one_generation_reissues_once() {
+    let h = harness("", Duration::from_secs(60));
+    let first = h.slot.get().await.unwrap();
+    let reports: Vec<_> = (0..200)
+        .map(|_| {
+            let s = h.slot.clone();
+            tokio::spawn(async move { s.invalidate(Rejected::Generation(1)).await })
+        })
+        .collect();
+    let mut honoured = 0;
+    for report in reports {
+        let (token, was_honoured) = report.await.unwrap().unwrap();
+        assert_eq!(token.generation, 2);
+        honoured += u32::from(was_honoured);
+    }
+    assert_eq!(honoured, 1);
+    assert_eq!(calls(&h), 2);
+    // A late report of the old generation, by value, changes nothing.
+    let (token, was_honoured) = h
+        .slot
+        .invalidate(Rejected::AccessToken(first.expose()))
+        .await
+        .unwrap();
+    assert!(!was_honoured);
+    assert_eq!(token.generation, 2);
+    assert_eq!(calls(&h), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn issuer_down_serves_cache_until_expiry_then_errors_with_backoff() {
+    let h = harness(
+        "single_session = false\nrefresh_before = \"20s\"",
+        Duration::from_secs(60),
+    );
+    let first = h.slot.get().await.unwrap();
+    h.down.store(true, Ordering::SeqCst);
+    // Refreshes fail from refresh_at on; the cached token is still served.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    assert_eq!(h.slot.get().await.unwrap().generation, 1);
+    let during_validity = calls(&h) - 1;
+    assert!(
+        (2..=6).contains(&during_validity),
+        "retries spaced by backoff: {during_validity}"
+    );
+    // Past expiry: an error that says when to come back, and still no tight loop.
+    tokio::time::sleep(first.remaining(h.clock.now()) + Duration::from_secs(1)).await;
+    let before = calls(&h);
+    for _ in 0..50 {
+        match h.slot.get().await {
+            Err(SlotError::Issuer { error, .. }) => assert_eq!(error.reason(), "unavailable"),
+            other => panic!("expected an issuer error, got {other:?}"),
+        }
+    }
+    assert!(
+        calls(&h) - before <= 1,
+        "50 requests cause at most one attempt"
+    );
+    // Back up: the next attempt after the backoff serves everyone again.
+    h.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        h.slot.get().await.unwrap().expose(),
+        format!("tok-{}", calls(&h))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_all_receive_the_failure_of_the_attempt_they_waited_for() {
+    let h = harness("", Duration::from_secs(60));
+    h.down.store(true, Ordering::SeqCst);
+    let gets: Vec<_> = (0..20)
+        .map(|_| {
+            let s = h.slot.clone();
+            tokio::spawn(async move { s.get().await })
+        })
+        .collect();
+    for get in gets {
+        assert!(matches!(get.await.unwrap(), Err(SlotError::Issuer { .. })));
+    }
+    assert_eq!(calls(&h), 1);
+}
