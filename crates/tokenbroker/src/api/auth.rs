@@ -1,0 +1,54 @@
+//! The caller of a request, from its `Authorization: Bearer <client key>`, and the check
+//! that it may use a provider (SPEC guarantee 10).
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use tokenbroker_core::access::Client;
+use tokenbroker_core::slot::Slot;
+
+use super::{ApiError, AppState};
+
+/// An authenticated client.
+pub(super) struct Caller(pub(super) Client);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(ApiError::MissingKey)?;
+        let text = header.to_str().map_err(|_| ApiError::UnknownKey)?;
+        let (scheme, key) = text.split_once(' ').ok_or(ApiError::MissingKey)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::MissingKey);
+        }
+        state
+            .access
+            .authenticate(key.trim())
+            .cloned()
+            .map(Caller)
+            .ok_or(ApiError::UnknownKey)
+    }
+}
+
+impl Caller {
+    /// The slot of `provider` if this caller may use it. A provider that does not exist
+    /// answers like one the caller may not use, so a key learns nothing about providers
+    /// outside its scope; only an all-providers client is told it does not exist.
+    pub(super) fn slot<'a>(
+        &self,
+        state: &'a AppState,
+        provider: &str,
+    ) -> Result<&'a Slot, ApiError> {
+        if !self.0.may_use(provider) {
+            return Err(ApiError::Forbidden(provider.to_owned()));
+        }
+        state
+            .broker
+            .slot(provider)
+            .ok_or_else(|| ApiError::UnknownProvider(provider.to_owned()))
+    }
+}

@@ -1,0 +1,102 @@
+//! [`ApiError`]: every way a request can fail, mapped to the status and JSON body of
+//! SPEC.md (`{"error": code, "message": text}`). Messages come from typed errors that carry
+//! no secrets; nothing here prints a token or a key.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokenbroker_core::issuer::IssueError;
+use tokenbroker_core::slot::SlotError;
+
+/// A failed API request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing client key: send Authorization: Bearer <client key>")]
+    MissingKey,
+    #[error("unknown client key")]
+    UnknownKey,
+    #[error("this client key may not use provider {0:?}")]
+    Forbidden(String),
+    #[error("this client key may not read the operators' view")]
+    NotAdmin,
+    #[error("no provider named {0:?}")]
+    UnknownProvider(String),
+    #[error("no such route")]
+    NoRoute,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+}
+
+impl ApiError {
+    /// The status and the stable error code.
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::MissingKey | Self::UnknownKey => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) | Self::NotAdmin => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
+            Self::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Slot(SlotError::WaitTimeout { .. }) => {
+                (StatusCode::GATEWAY_TIMEOUT, "issuer_timeout")
+            }
+            Self::Slot(SlotError::Stopped { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+            }
+            Self::Slot(SlotError::Issuer { error, .. }) => match error {
+                IssueError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "issuer_timeout"),
+                IssueError::Unreachable { .. }
+                | IssueError::Unavailable { .. }
+                | IssueError::RateLimited { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "issuer_unavailable")
+                }
+                IssueError::BadCredentials { .. }
+                | IssueError::Refused { .. }
+                | IssueError::Malformed { .. }
+                | IssueError::Setup { .. } => (StatusCode::BAD_GATEWAY, "issuer_error"),
+            },
+        }
+    }
+
+    /// The stable error code, also the `outcome` label of the request metrics.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
+    /// How long a client should wait before asking again, when the broker knows.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Slot(SlotError::Issuer { retry_after, .. }) => {
+                Some(retry_after.unwrap_or(Duration::from_secs(1)))
+            }
+            Self::Slot(SlotError::WaitTimeout { .. } | SlotError::Stopped { .. }) => {
+                Some(Duration::from_secs(1))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({ "error": code, "message": self.to_string() });
+        let mut response = (status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after() {
+            // Whole seconds, rounded up, at least one: never "come back now".
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

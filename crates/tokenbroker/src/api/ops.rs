@@ -1,0 +1,41 @@
+//! Operational endpoints that need no key (`/healthz`, `/readyz`, `/metrics`), the JSON
+//! 404 for unknown routes, and the per-request tracing span.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{Request, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+
+pub(super) async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready once the config is loaded and every provider's slot is running, which is the case
+/// whenever this server answers (tokens are held in memory in this version).
+pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let providers: Vec<_> = state.broker.slots().map(|s| s.name().to_owned()).collect();
+    Json(json!({ "status": "ready", "providers": providers }))
+}
+
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.broker.render_metrics(),
+    )
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::NoRoute
+}
+
+/// One span per request, with the method and the path only: a query string could carry
+/// anything, and headers carry keys.
+pub(super) fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+}

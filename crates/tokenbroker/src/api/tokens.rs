@@ -1,0 +1,154 @@
+//! `GET /v1/tokens/{provider}` and `POST /v1/tokens/{provider}/invalidate`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tokenbroker_core::config::ProviderConfig;
+use tokenbroker_core::metrics::OutcomeLabels;
+use tokenbroker_core::slot::Rejected;
+use tokenbroker_core::token::Token;
+
+use super::auth::Caller;
+use super::{ApiError, AppState};
+
+/// The JSON answer of a token request (SPEC.md). Also what `tokenbroker token` reads.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenBody {
+    pub provider: String,
+    pub access_token: String,
+    /// The prefix's scheme (`Bearer`), or `raw` when the token is sent without one.
+    pub token_type: String,
+    /// RFC 3339, whole seconds.
+    pub expires_at: String,
+    /// Whole seconds left.
+    pub expires_in: u64,
+    /// RFC 3339, rounded down: the broker will not replace the token before then unless the
+    /// issuer rejects it.
+    pub refresh_at: String,
+    pub generation: u64,
+    /// The header the upstream API wants, and its full value.
+    pub header_name: String,
+    pub header_value: String,
+}
+
+impl TokenBody {
+    fn new(config: &ProviderConfig, token: &Token) -> Self {
+        let scheme = config.prefix.trim();
+        Self {
+            provider: config.name.clone(),
+            access_token: token.expose().to_owned(),
+            token_type: if scheme.is_empty() { "raw" } else { scheme }.to_owned(),
+            expires_at: humantime::format_rfc3339_seconds(token.expires_at).to_string(),
+            expires_in: token.remaining(SystemTime::now()).as_secs(),
+            refresh_at: humantime::format_rfc3339_seconds(token.refresh_at).to_string(),
+            generation: token.generation,
+            header_name: config.header.clone(),
+            header_value: format!("{}{}", config.prefix, token.expose()),
+        }
+    }
+}
+
+/// The body of an invalidation: exactly one of the two.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidateRequest {
+    generation: Option<u64>,
+    access_token: Option<String>,
+}
+
+pub(super) async fn get_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let slot = caller.slot(&state, &provider)?;
+    let result = slot.get().await;
+    count(
+        &state,
+        &provider,
+        result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| ApiError::from(e.clone())),
+    );
+    let token = result?;
+    Ok(answer(slot.config(), &token, &headers))
+}
+
+pub(super) async fn invalidate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let slot = caller.slot(&state, &provider)?;
+    let request: InvalidateRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"generation\": N}} or {{\"access_token\": \"...\"}}: {e}"
+        ))
+    })?;
+    let rejected = match (&request.generation, &request.access_token) {
+        (Some(g), None) => Rejected::Generation(*g),
+        (None, Some(t)) => Rejected::AccessToken(t),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of \"generation\" and \"access_token\"".to_owned(),
+            ));
+        }
+    };
+    let (token, _honoured) = slot.invalidate(rejected).await?;
+    Ok(answer(slot.config(), &token, &headers))
+}
+
+/// The token as JSON, or bare with `Accept: text/plain`.
+fn answer(config: &ProviderConfig, token: &Arc<Token>, headers: &HeaderMap) -> Response {
+    let mut response = if wants_plain_text(headers) {
+        token.expose().to_owned().into_response()
+    } else {
+        Json(TokenBody::new(config, token)).into_response()
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Whether the client prefers `text/plain` (its first listed media type).
+fn wants_plain_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|first| {
+            first
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("text/plain")
+        })
+}
+
+fn count(state: &AppState, provider: &str, outcome: Result<(), ApiError>) {
+    let outcome = match &outcome {
+        Ok(()) => "served",
+        Err(e) => e.code(),
+    };
+    state
+        .broker
+        .metrics()
+        .token_requests
+        .get_or_create(&OutcomeLabels {
+            provider: provider.to_owned(),
+            outcome,
+        })
+        .inc();
+}

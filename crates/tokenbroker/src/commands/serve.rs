@@ -1,0 +1,27 @@
+//! `tokenbroker serve`: load the config, bind, serve until SIGINT or SIGTERM.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::check::load;
+use crate::api::AppState;
+use crate::exit::{self, Exit};
+use crate::server;
+
+pub async fn run(path: &Path) -> Result<u8, Exit> {
+    let config = load(path)?;
+    crate::cli::init_logging("tokenbroker=info,tokenbroker_core=info");
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let providers = config.providers.len();
+    let state = AppState::start(config).context("cannot start the providers")?;
+    tracing::info!(%listen, providers, "tokenbroker serving");
+    server::run(listener, state, server::signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("stopped");
+    Ok(exit::OK)
+}

@@ -1,0 +1,206 @@
+//! `tokenbroker demo`: the scenario that started it all, on loopback, in one process.
+//!
+//! It starts an emulated Control Room whose API user has a single live session, then runs
+//! the same jobs twice: each job logging in for itself ([`jobs::self_login`]), then every job
+//! getting the token from a broker ([`jobs::brokered`]). Each half gets a fresh emulator so
+//! the counts are its own. Progress shows live; a table compares the halves at the end.
+//! With `--serve` the broker stays up afterwards for the reader to try with `curl`.
+
+pub mod jobs;
+mod report;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::future::join_all;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use secrecy::SecretString;
+use tokenbroker_core::Config;
+use tokenbroker_core::access::{hex, key_sha256, new_client_key};
+use tokenbroker_emulator::{ControlRoom, RunningControlRoom};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::api::AppState;
+use crate::client::BrokerClient;
+use crate::exit::{self, Exit};
+use crate::server;
+use jobs::{AskAgain, Tally, WorkItems};
+use report::Row;
+
+const USER: &str = "api-bot";
+const API_KEY: &str = "demo-api-key";
+const PROVIDER: &str = "controlroom";
+/// The emulated tokens' lifetime: short, so that the broker half shows rotations too.
+const LIFETIME: Duration = Duration::from_secs(10);
+const LOGIN_LATENCY: Duration = Duration::from_millis(150);
+const POLL_EVERY: Duration = Duration::from_millis(150);
+
+pub async fn run(jobs: usize, duration: Duration, keep_serving: bool) -> Result<u8, Exit> {
+    if jobs == 0 || duration.is_zero() {
+        return Err(Exit::new(
+            exit::USAGE,
+            "--jobs and --duration must be above zero",
+        ));
+    }
+    crate::cli::init_logging("warn");
+    println!(
+        "tokenbroker demo: {jobs} jobs share one Control Room API user (one live session per user, \
+         {}s tokens), each creating work items and polling them to completion.\n",
+        LIFETIME.as_secs()
+    );
+    let bars = MultiProgress::new();
+
+    let alone = emulator().await?;
+    let tally = Tally::default();
+    let bar = progress(&bars, "jobs logging in for themselves", duration);
+    let deadline = Instant::now() + duration;
+    let api = WorkItems::new(&alone.url(), POLL_EVERY);
+    let work = (0..jobs).map(|_| {
+        jobs::self_login(
+            api.clone(),
+            USER.to_owned(),
+            API_KEY.to_owned(),
+            deadline,
+            &tally,
+        )
+    });
+    watch(&bar, &alone, &tally, deadline, join_all(work)).await;
+    let first = Row::new("each job logs in", &alone.counters(), &tally);
+    alone.shutdown();
+
+    let shared = emulator().await?;
+    let key = new_client_key();
+    let broker = start_broker(&shared, &key, keep_serving).await?;
+    let client = BrokerClient::new(&broker.url, SecretString::from(key.clone()))
+        .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
+    let tally = Tally::default();
+    let bar = progress(&bars, "jobs using the broker", duration);
+    let deadline = Instant::now() + duration;
+    let api = WorkItems::new(&shared.url(), POLL_EVERY);
+    let work = (0..jobs).map(|_| {
+        jobs::brokered(
+            api.clone(),
+            &client,
+            PROVIDER,
+            AskAgain::AtRefreshAt,
+            deadline,
+            &tally,
+        )
+    });
+    watch(&bar, &shared, &tally, deadline, join_all(work)).await;
+    let second = Row::new("through tokenbroker", &shared.counters(), &tally);
+
+    println!("\n{}", report::table(&[first, second]));
+    if keep_serving {
+        report::try_it(&broker.url, &key, PROVIDER);
+        server::signal().await;
+    }
+    broker.stop().await.context("the broker failed")?;
+    shared.shutdown();
+    Ok(exit::OK)
+}
+
+async fn emulator() -> Result<RunningControlRoom, Exit> {
+    ControlRoom::builder()
+        .user(USER, API_KEY)
+        .token_lifetime(LIFETIME)
+        .login_latency(LOGIN_LATENCY)
+        .spawn()
+        .await
+        .map_err(|e| {
+            Exit::new(
+                exit::FAILURE,
+                format!("cannot start the emulated Control Room: {e}"),
+            )
+        })
+}
+
+/// Starts a broker for the emulated Control Room; with `--serve` on the usual port when free.
+async fn start_broker(
+    cr: &RunningControlRoom,
+    key: &str,
+    keep_serving: bool,
+) -> Result<server::Running, Exit> {
+    let text = format!(
+        r#"
+[providers.{PROVIDER}]
+type = "json_login"
+login_url = "{cr}/v1/authentication"
+login_body = {{ username = "{USER}", apiKey = "{API_KEY}" }}
+header = "X-Authorization"
+prefix = ""
+refresh_before = "3s"
+upstream = "{cr}"
+
+[clients.demo]
+key_sha256 = "{hash}"
+providers = ["{PROVIDER}"]
+admin = true
+"#,
+        cr = cr.url(),
+        hash = hex(&key_sha256(key)),
+    );
+    let config = Config::parse(&text).map_err(|problems| {
+        Exit::new(exit::FAILURE, format!("demo config invalid: {problems:?}"))
+    })?;
+    let listener = match keep_serving {
+        true => match TcpListener::bind("127.0.0.1:8420").await {
+            Ok(l) => l,
+            Err(_) => TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("cannot bind the broker")?,
+        },
+        false => TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot bind the broker")?,
+    };
+    let state = AppState::start(config).context("cannot start the broker")?;
+    Ok(server::spawn(listener, state).context("cannot serve the broker")?)
+}
+
+fn progress(bars: &MultiProgress, label: &str, duration: Duration) -> ProgressBar {
+    let bar = bars.add(ProgressBar::new(duration.as_millis() as u64));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:32} [{bar:24}] {elapsed:>3} {msg}")
+            .expect("the progress template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_owned());
+    bar
+}
+
+/// Runs `work` while updating `bar` from the emulator's and the jobs' counters.
+async fn watch(
+    bar: &ProgressBar,
+    cr: &RunningControlRoom,
+    tally: &Tally,
+    deadline: Instant,
+    work: impl std::future::Future<Output = Vec<()>>,
+) {
+    let start = Instant::now();
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let show = |bar: &ProgressBar| {
+        let c = cr.counters();
+        bar.set_position(start.elapsed().min(deadline - start).as_millis() as u64);
+        bar.set_message(format!(
+            "logins {:>3}  401s {:>3}  runs done {:>4}  failed {:>3}",
+            c.logins + c.refreshes,
+            Tally::get(&tally.unauthorized),
+            Tally::get(&tally.completed),
+            Tally::get(&tally.failed),
+        ));
+    };
+    loop {
+        tokio::select! {
+            _ = &mut work => break,
+            _ = tick.tick() => show(bar),
+        }
+    }
+    show(bar);
+    bar.finish();
+    if bar.is_hidden() {
+        println!("{}: {}", bar.prefix(), bar.message());
+    }
+}

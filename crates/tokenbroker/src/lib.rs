@@ -1,0 +1,14 @@
+//! tokenbroker's transports and commands over the core: the HTTP API ([`api`], run by
+//! [`server`]), the command line ([`cli`], [`commands`]), the client the CLI uses to reach
+//! a running broker ([`client`]) and the self-contained [`demo`].
+//!
+//! Everything here depends on `tokenbroker-core`; nothing in the core depends on this
+//! crate.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod demo;
+pub mod exit;
+pub mod server;

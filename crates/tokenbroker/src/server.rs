@@ -1,0 +1,111 @@
+//! Running the broker: build the core from a config, serve the API on a bound listener
+//! until a shutdown future resolves, then let in-flight requests and issuances finish.
+//!
+//! [`run`] takes the listener and the shutdown signal from its caller, so `serve` passes a
+//! socket it bound and SIGINT/SIGTERM, and tests pass port 0 and a channel of their own.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokenbroker_core::access::Access;
+use tokenbroker_core::issuer::IssueError;
+use tokenbroker_core::{Broker, Config};
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+
+/// How long in-flight requests get to finish after the shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+impl AppState {
+    /// Starts the core for `config`. Must run inside a tokio runtime.
+    pub fn start(config: Config) -> Result<Self, IssueError> {
+        let access = Arc::new(Access::from_config(&config));
+        let broker = Arc::new(Broker::start(config.providers)?);
+        Ok(Self { broker, access })
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains (bounded) and stops
+/// the slots' drivers.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let broker = state.broker.clone();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = stopping_tx.send(());
+    };
+    let serve = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown);
+    let result = tokio::select! {
+        result = serve.into_future() => result,
+        // Requests that outlive the drain window are cut.
+        () = async {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(DRAIN).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(drain_s = DRAIN.as_secs(), "requests still in flight after the drain window; closing");
+            Ok(())
+        }
+    };
+    broker.shutdown().await;
+    result
+}
+
+/// A broker served by a background task, for the demo and the tests.
+pub struct Running {
+    /// The base URL it answers on, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops it as a signal would, and waits for it to finish.
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Serves `state` on `listener` in a background task until [`Running::stop`].
+pub fn spawn(listener: TcpListener, state: AppState) -> std::io::Result<Running> {
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, state, async {
+        let _ = stopped.await;
+    }));
+    Ok(Running { url, stop, task })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

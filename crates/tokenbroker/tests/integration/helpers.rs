@@ -1,0 +1,191 @@
+//! `spawn_app()`: an emulated Control Room and a broker in front of it, in this process, on
+//! loopback ports chosen by the OS, with client keys of known scopes.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use tokenbroker::api::AppState;
+use tokenbroker::client::BrokerClient;
+use tokenbroker_core::Config;
+use tokenbroker_core::access::{hex, key_sha256, new_client_key};
+use tokenbroker_emulator::{ControlRoom, RunningControlRoom};
+
+pub(crate) const PROVIDER: &str = "controlroom";
+/// A second provider, on the same emulator, that the scoped key may not use.
+pub(crate) const OTHER: &str = "other";
+
+/// How the emulator and the broker are set up.
+pub(crate) struct Options {
+    pub(crate) lifetime: Duration,
+    pub(crate) login_latency: Duration,
+    /// Extra lines for `[providers.controlroom]`.
+    pub(crate) provider_extra: &'static str,
+    /// The API key the broker logs in to `other` with (the emulator knows `other-k3y`).
+    pub(crate) other_api_key: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lifetime: Duration::from_secs(600),
+            login_latency: Duration::ZERO,
+            provider_extra: "",
+            other_api_key: "other-k3y",
+        }
+    }
+}
+
+/// A running broker and its emulated issuer.
+pub(crate) struct TestApp {
+    pub(crate) url: String,
+    pub(crate) emulator: RunningControlRoom,
+    /// A key for every provider (`["*"]`).
+    pub(crate) all_key: String,
+    /// A key for `controlroom` only.
+    pub(crate) scoped_key: String,
+    pub(crate) http: reqwest::Client,
+    /// The config text the broker runs with (for CLI tests that start their own).
+    pub(crate) config_text: String,
+    /// Stopped (in the background) when the app is dropped.
+    broker: Option<tokenbroker::server::Running>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            tokio::spawn(broker.stop());
+        }
+        self.emulator.shutdown();
+    }
+}
+
+pub(crate) async fn spawn_app(options: Options) -> TestApp {
+    let emulator = ControlRoom::builder()
+        .user("api-bot", "k3y-for-tests")
+        .user("other-bot", "other-k3y")
+        .token_lifetime(options.lifetime)
+        .login_latency(options.login_latency)
+        .spawn()
+        .await
+        .expect("the emulator starts");
+    let all_key = new_client_key();
+    let scoped_key = new_client_key();
+    let config_text = config_text(&emulator.url(), &all_key, &scoped_key, &options);
+    let config = Config::parse(&config_text).expect("the test config is valid");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let state = AppState::start(config).expect("the broker starts");
+    let broker = tokenbroker::server::spawn(listener, state).expect("the broker serves");
+    TestApp {
+        url: broker.url.clone(),
+        emulator,
+        all_key,
+        scoped_key,
+        http: reqwest::Client::new(),
+        config_text,
+        broker: Some(broker),
+    }
+}
+
+fn config_text(emulator: &str, all_key: &str, scoped_key: &str, options: &Options) -> String {
+    format!(
+        r#"
+[providers.{PROVIDER}]
+type = "json_login"
+login_url = "{emulator}/v1/authentication"
+login_body = {{ username = "api-bot", apiKey = "k3y-for-tests" }}
+header = "X-Authorization"
+prefix = ""
+backoff_min = "500ms"
+backoff_max = "2s"
+timeout = "5s"
+{extra}
+
+[providers.{OTHER}]
+type = "json_login"
+login_url = "{emulator}/v1/authentication"
+login_body = {{ username = "other-bot", apiKey = "{other_key}" }}
+
+[clients.everything]
+key_sha256 = "{all}"
+providers = ["*"]
+
+[clients.scoped]
+key_sha256 = "{scoped}"
+providers = ["{PROVIDER}"]
+"#,
+        all = hex(&key_sha256(all_key)),
+        scoped = hex(&key_sha256(scoped_key)),
+        extra = options.provider_extra,
+        other_key = options.other_api_key,
+    )
+}
+
+impl TestApp {
+    /// A broker client with the all-providers key.
+    pub(crate) fn client(&self) -> BrokerClient {
+        BrokerClient::new(&self.url, SecretString::from(self.all_key.clone())).expect("valid URL")
+    }
+
+    /// `GET /v1/tokens/{provider}` with `key`, returning the status, headers and JSON body.
+    pub(crate) async fn get_token(
+        &self,
+        provider: &str,
+        key: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, serde_json::Value) {
+        let mut request = self.http.get(format!("{}/v1/tokens/{provider}", self.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.expect("the broker answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.json().await.expect("a JSON body");
+        (status, headers, body)
+    }
+
+    /// The bare token from the broker at `base` (`Accept: text/plain`).
+    pub(crate) async fn plain_token(&self, base: &str) -> String {
+        let response = self
+            .http
+            .get(format!("{base}/v1/tokens/{PROVIDER}"))
+            .bearer_auth(&self.all_key)
+            .header("Accept", "text/plain")
+            .send()
+            .await
+            .expect("the broker answers");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        response.text().await.expect("a body")
+    }
+
+    /// The status of `GET {path}` without a key.
+    pub(crate) async fn status_of(&self, path: &str) -> StatusCode {
+        let response = self.http.get(format!("{}{path}", self.url)).send().await;
+        response.expect("the broker answers").status()
+    }
+
+    /// `POST /v1/tokens/{provider}/invalidate` with the all-providers key.
+    pub(crate) async fn invalidate(
+        &self,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/tokens/{PROVIDER}/invalidate", self.url))
+            .bearer_auth(&self.all_key)
+            .json(&body)
+            .send()
+            .await
+            .expect("the broker answers");
+        (
+            response.status(),
+            response.json().await.expect("a JSON body"),
+        )
+    }
+}

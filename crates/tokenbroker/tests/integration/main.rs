@@ -1,0 +1,8 @@
+//! tokenbroker's integration tests: one test binary (one link) with a module per area.
+//! Every test talks HTTP over loopback to a real broker and to the project's Control Room
+//! emulator, and asserts on what the emulator saw.
+
+mod cli;
+mod consumers;
+mod helpers;
+mod token_api;
