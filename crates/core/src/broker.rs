@@ -1,4 +1,5 @@
-//! The broker: one [`Slot`] per configured provider, started together and stopped together.
+//! The broker: one [`Slot`] per configured provider, started together from the store and
+//! stopped together.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,11 +11,28 @@ use crate::clock::Clock;
 use crate::config::ProviderConfig;
 use crate::issuer::{self, IssueError};
 use crate::metrics::{Metrics, ProviderLabel};
-use crate::slot::Slot;
+use crate::seal::{Purpose, SealError};
+use crate::slot::{self, Context, Persistence, Slot};
+use crate::store::{AuditEvent, AuditKind, StoreError};
+
+/// The plaintext of the store's key check.
+const KEY_CHECK: &[u8] = b"tokenbroker master key check";
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Issuer(#[from] IssueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store was sealed with another master key: {0}")]
+    WrongKey(#[source] SealError),
+}
 
 /// Every provider's slot, and the switch that stops their drivers.
 pub struct Broker {
     slots: BTreeMap<String, Slot>,
+    persistence: Arc<Persistence>,
     metrics: Arc<Metrics>,
     clock: Clock,
     stop: watch::Sender<bool>,
@@ -23,8 +41,14 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Builds each provider's issuer and starts its slot. Must run inside a tokio runtime.
-    pub fn start(providers: BTreeMap<String, ProviderConfig>) -> Result<Self, IssueError> {
+    /// Checks the master key against the store, builds each provider's issuer, reuses each
+    /// provider's stored token, and starts the slots. Must run inside a tokio runtime.
+    pub async fn start(
+        providers: BTreeMap<String, ProviderConfig>,
+        persistence: Persistence,
+    ) -> Result<Self, StartError> {
+        verify_key(&persistence).await?;
+        let persistence = Arc::new(persistence);
         let metrics = Arc::new(Metrics::new());
         let clock = Clock::new();
         let (stop, _) = watch::channel(false);
@@ -32,18 +56,35 @@ impl Broker {
         let mut drivers = Vec::new();
         for (name, config) in providers {
             let issuer = issuer::for_provider(&config)?;
-            let (slot, driver) = Slot::start(
-                Arc::new(config),
-                issuer,
-                metrics.clone(),
+            let restored = match persistence.store.load_token(&name).await? {
+                Some(stored) => slot::restore(&persistence, &name, stored),
+                None => None,
+            };
+            if let Some(token) = &restored {
+                let valid_for = token.remaining(clock.now());
+                tracing::info!(provider = %name, generation = token.generation, valid_for_s = valid_for.as_secs(), "reusing the stored token");
+                let event = AuditEvent {
+                    at: clock.now(),
+                    provider: name.clone(),
+                    kind: AuditKind::Restored,
+                    generation: Some(token.generation),
+                    detail: format!("valid for {}s more", valid_for.as_secs()),
+                };
+                persistence.store.record(&event).await?;
+            }
+            let context = Context {
+                persistence: persistence.clone(),
+                metrics: metrics.clone(),
                 clock,
-                stop.subscribe(),
-            );
+                stop: stop.subscribe(),
+            };
+            let (slot, driver) = Slot::start(Arc::new(config), issuer, restored, context);
             slots.insert(name, slot);
             drivers.push(driver);
         }
         Ok(Self {
             slots,
+            persistence,
             metrics,
             clock,
             stop,
@@ -57,6 +98,11 @@ impl Broker {
 
     pub fn slots(&self) -> impl Iterator<Item = &Slot> {
         self.slots.values()
+    }
+
+    /// Whether the store answers, for the readiness probe.
+    pub async fn store_reachable(&self) -> Result<(), StoreError> {
+        self.persistence.store.key_check().await.map(drop)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -80,12 +126,32 @@ impl Broker {
         self.metrics.encode()
     }
 
-    /// Stops every driver and waits for them to finish.
+    /// Stops every driver and waits for them to finish their current issuance.
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
         let drivers = std::mem::take(&mut *self.drivers.lock().expect("driver list lock poisoned"));
         for driver in drivers {
             let _ = driver.await;
+        }
+    }
+}
+
+/// Fails if the store's secrets were sealed with another key; seals the check on first use.
+async fn verify_key(persistence: &Persistence) -> Result<(), StartError> {
+    match persistence.store.key_check().await? {
+        Some(sealed) => {
+            let opened = persistence
+                .sealer
+                .open("", Purpose::KeyCheck, &sealed)
+                .map_err(StartError::WrongKey)?;
+            if opened != KEY_CHECK {
+                return Err(StartError::WrongKey(SealError::WrongKeyOrTampered));
+            }
+            Ok(())
+        }
+        None => {
+            let sealed = persistence.sealer.seal("", Purpose::KeyCheck, KEY_CHECK);
+            Ok(persistence.store.set_key_check(&sealed).await?)
         }
     }
 }

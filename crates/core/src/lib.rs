@@ -6,6 +6,8 @@
 //! - [`slot`] owns one provider's current token: single-flight issuance, refresh-ahead,
 //!   generation-aware invalidation and backoff.
 //! - [`broker`] holds a slot per provider and [`access`] decides which client key reaches which.
+//! - [`store`] is the boundary to durable state (backends live in `tokenbroker-store`), and
+//!   [`seal`] encrypts every secret before it crosses it.
 //!
 //! The HTTP API, the proxy and the CLI live in the `tokenbroker` crate and depend on this
 //! one; this crate depends on no server, no CLI and no transport of its own (it is an HTTP
@@ -17,7 +19,9 @@ pub mod clock;
 pub mod config;
 pub mod issuer;
 pub mod metrics;
+pub mod seal;
 pub mod slot;
+pub mod store;
 pub mod token;
 
 pub use broker::Broker;

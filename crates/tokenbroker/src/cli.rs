@@ -58,6 +58,26 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Every provider's state from a running broker (admin key from TOKENBROKER_KEY).
+    Status {
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// The audit trail (issuances, refreshes, invalidations, failures) from the store.
+    Audit {
+        /// Only this provider.
+        provider: Option<String>,
+        /// How far back (e.g. 30m, 1h, 7d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        #[arg(long, default_value = "tokenbroker.toml")]
+        config: PathBuf,
+    },
+    /// Maintain the store.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Generate keys.
     Keys {
         #[command(subcommand)]
@@ -89,6 +109,16 @@ pub enum Format {
     Raw,
     Header,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Re-seal every stored secret under a new master key (TOKENBROKER_NEW_MASTER_KEY);
+    /// stop the broker first.
+    Rekey {
+        #[arg(long, default_value = "tokenbroker.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +162,15 @@ async fn run(command: Command) -> Result<u8, Exit> {
             env,
             command,
         } => commands::exec::run(&broker.broker, &provider, &env, &command).await,
+        Command::Status { broker } => commands::status::run(&broker.broker).await,
+        Command::Audit {
+            provider,
+            since,
+            config,
+        } => commands::audit::run(&config, provider.as_deref(), since).await,
+        Command::Store {
+            action: StoreAction::Rekey { config },
+        } => commands::rekey::run(&config).await,
         Command::Keys {
             kind: KeyKind::New { client },
         } => commands::keys::new_client(&client),

@@ -1,12 +1,14 @@
-//! A client of a running broker's token API, for `tokenbroker token` and `exec` (and the
-//! demo's jobs). Errors map to the documented exit codes.
+//! A client of a running broker's API, for `tokenbroker token`, `exec` and `status` (and
+//! the demo's jobs). Errors map to the documented exit codes.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
 
-use crate::api::TokenBody;
+use crate::api::{ProviderStatus, TokenBody};
 use crate::exit;
 
 /// Talks to one broker with one client key.
@@ -92,6 +94,12 @@ impl BrokerClient {
         self.send(self.http.post(url).json(&body)).await
     }
 
+    /// `GET /v1/providers` (an admin key).
+    pub async fn providers(&self) -> Result<BTreeMap<String, ProviderStatus>, ClientError> {
+        let url = self.url(&["v1", "providers"])?;
+        self.send(self.http.get(url)).await
+    }
+
     fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
@@ -101,7 +109,10 @@ impl BrokerClient {
         Ok(url)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<TokenBody, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let response = request
             .bearer_auth(self.key.expose_secret())
             .send()

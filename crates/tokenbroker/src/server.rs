@@ -1,5 +1,6 @@
-//! Running the broker: build the core from a config, serve the API on a bound listener
-//! until a shutdown future resolves, then let in-flight requests and issuances finish.
+//! Running the broker: open the store, build the core from a config, serve the API on a
+//! bound listener until a shutdown future resolves, then let in-flight requests and
+//! issuances finish.
 //!
 //! [`run`] takes the listener and the shutdown signal from its caller, so `serve` passes a
 //! socket it bound and SIGINT/SIGTERM, and tests pass port 0 and a channel of their own.
@@ -9,8 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokenbroker_core::access::Access;
-use tokenbroker_core::issuer::IssueError;
+use tokenbroker_core::broker::StartError;
+use tokenbroker_core::seal::Sealer;
+use tokenbroker_core::slot::Persistence;
 use tokenbroker_core::{Broker, Config};
+use tokenbroker_store::SqliteStore;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
@@ -19,12 +23,24 @@ use crate::api::{self, AppState};
 const DRAIN: Duration = Duration::from_secs(10);
 
 impl AppState {
-    /// Starts the core for `config`. Must run inside a tokio runtime.
-    pub fn start(config: Config) -> Result<Self, IssueError> {
+    /// Opens the store `config` names with `sealer` and starts the core: stored tokens are
+    /// reused, nobody logs in until a consumer asks.
+    pub async fn start(config: Config, sealer: Sealer) -> Result<Self, StartError> {
+        let store = SqliteStore::open(&config.store.path).await?;
+        let persistence = Persistence {
+            store: Arc::new(store),
+            sealer: Arc::new(sealer),
+            holder: holder_id(),
+        };
         let access = Arc::new(Access::from_config(&config));
-        let broker = Arc::new(Broker::start(config.providers)?);
+        let broker = Arc::new(Broker::start(config.providers, persistence).await?);
         Ok(Self { broker, access })
     }
+}
+
+/// This process's name as an issuance-lease holder: unique per start.
+fn holder_id() -> String {
+    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then drains (bounded) and stops

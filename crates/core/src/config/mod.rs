@@ -39,6 +39,8 @@ pub struct ServerConfig {
 pub struct StoreConfig {
     /// The embedded store's file.
     pub path: PathBuf,
+    /// Where the master key is, when `TOKENBROKER_MASTER_KEY` is not set.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[clients.NAME]`: one consumer and what it may reach.
@@ -148,6 +150,7 @@ impl Config {
             Some(t) => store(t, &mut problems),
             None => Some(StoreConfig {
                 path: PathBuf::from("tokenbroker.db"),
+                key_file: None,
             }),
         };
 
@@ -237,17 +240,17 @@ fn server(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<ServerConfig>
 
 fn store(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<StoreConfig> {
     let path = t.string("path", problems).unwrap_or("tokenbroker.db");
-    for later in ["url", "key_file"] {
-        if t.value(later).is_some() {
-            problems.push(Problem::new(
-                t.key(later),
-                "not supported by this version yet (tokens are held in memory)",
-            ));
-        }
+    let key_file = t.string("key_file", problems).map(PathBuf::from);
+    if t.value("url").is_some() {
+        problems.push(Problem::new(
+            t.key("url"),
+            "a shared PostgreSQL store is not supported by this version yet; use path",
+        ));
     }
     t.finish(problems);
     Some(StoreConfig {
         path: PathBuf::from(path),
+        key_file,
     })
 }
 

@@ -110,6 +110,10 @@ pub enum IssueError {
     },
     #[error("{provider}: cannot set up the issuer client: {reason}")]
     Setup { provider: String, reason: String },
+    /// The token was obtained but could not be stored, so it is not handed out: a token is
+    /// committed to the store before anyone receives it.
+    #[error("{provider}: cannot store the new token: {reason}")]
+    Store { provider: String, reason: String },
 }
 
 fn detail_suffix(detail: &Option<String>) -> String {
@@ -137,6 +141,7 @@ impl IssueError {
             Self::Malformed { .. } => "malformed",
             Self::Refused { .. } => "refused",
             Self::Setup { .. } => "setup",
+            Self::Store { .. } => "store",
         }
     }
 

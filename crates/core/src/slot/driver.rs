@@ -1,21 +1,29 @@
-//! The slot's driver: one task per provider, the only caller of its issuer.
+//! The slot's driver: one task per provider, the only caller of its issuer and the only
+//! writer of its token to the store.
 //!
 //! It sleeps until the current token's `refresh_at` or until a handle wakes it, decides
 //! whether an issuance is due ([`Shared::next_step`]), runs it, and publishes the outcome
-//! to the slot's `watch` channel. Failures are followed by a backoff during which the
-//! issuer is not called at all, however many consumers ask.
+//! to the slot's `watch` channel. An issuance takes the store's lease first (so that two
+//! brokers sharing a store never call the issuer together), and a new token is committed
+//! to the store before it is published. Failures are followed by a backoff during which
+//! the issuer is not called at all, however many consumers ask.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
 use super::{Shared, SlotState, backoff};
 use crate::clock::floor_to_second;
-use crate::issuer::{Issued, Issuer};
+use crate::issuer::{Issuance, IssueError, Issued, Issuer};
 use crate::metrics::{KindLabels, ProviderLabel, ReasonLabels};
+use crate::seal::Purpose;
+use crate::store::{AuditEvent, AuditKind, Lease, StoreErrorKind, StoredToken};
 use crate::token::Token;
+
+/// How soon to look again when another broker holds the issuance lease.
+const LEASE_POLL: Duration = Duration::from_millis(200);
 
 /// What the driver does next.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,7 +67,9 @@ impl Shared {
     }
 }
 
-/// Runs the driver until `stop` turns true (or its sender is dropped).
+/// Runs the driver until `stop` turns true (or its sender is dropped). An attempt under
+/// way when the stop comes is finished (it is bounded by the provider's timeout), so the
+/// store never holds a lease or a half-recorded issuance for nothing.
 pub(super) async fn run(
     shared: Arc<Shared>,
     issuer: Box<dyn Issuer>,
@@ -74,29 +84,24 @@ pub(super) async fn run(
         let now = shared.clock.now();
         let wake_at = match shared.next_step(now) {
             Step::Issue(reason) if retry_at.is_none_or(|at| now >= at) => {
-                let succeeded = tokio::select! {
-                    ok = attempt(&shared, &*issuer, reason) => ok,
-                    _ = stop.changed() => return,
-                };
-                if succeeded {
-                    failures = 0;
-                    retry_at = None;
-                } else {
-                    failures += 1;
-                    let config = &shared.config;
-                    let mut wait = backoff::delay(failures, config.backoff_min, config.backoff_max);
-                    let asked = shared
-                        .view
-                        .borrow()
-                        .last_error
-                        .as_ref()
-                        .and_then(|e| e.retry_after());
-                    if let Some(asked) = asked {
-                        wait = wait.max(asked);
+                match attempt(&shared, &*issuer, reason).await {
+                    Outcome::Published => {
+                        failures = 0;
+                        retry_at = None;
                     }
-                    let at = shared.clock.now() + wait;
-                    retry_at = Some(at);
-                    shared.view.send_modify(|v| v.retry_at = Some(at));
+                    Outcome::Busy => retry_at = Some(shared.clock.now() + LEASE_POLL),
+                    Outcome::Failed(asked) => {
+                        failures += 1;
+                        let config = &shared.config;
+                        let mut wait =
+                            backoff::delay(failures, config.backoff_min, config.backoff_max);
+                        if let Some(asked) = asked {
+                            wait = wait.max(asked);
+                        }
+                        let at = shared.clock.now() + wait;
+                        retry_at = Some(at);
+                        shared.view.send_modify(|v| v.retry_at = Some(at));
+                    }
                 }
                 continue;
             }
@@ -117,20 +122,55 @@ pub(super) async fn run(
     }
 }
 
-/// One issuance attempt, published to the view. Returns whether it produced a token.
-async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> bool {
+/// How an attempt ended.
+enum Outcome {
+    /// A new token (issued here, or stored by another broker) is published.
+    Published,
+    /// Another broker holds the issuance lease: look again shortly.
+    Busy,
+    /// The attempt failed; the issuer may have said how long to wait.
+    Failed(Option<Duration>),
+}
+
+/// One issuance attempt, published to the view.
+async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> Outcome {
     let provider = shared.config.name.as_str();
+    let persistence = &shared.persistence;
     shared.demand.store(false, Ordering::Release);
-    let current = {
-        let view = shared.view.borrow();
-        view.token.clone()
-    };
+    let current = shared.view.borrow().token.clone();
+    let expected = current.as_ref().map_or(0, |t| t.generation);
+    shared.view.send_modify(|v| v.state = SlotState::Issuing);
+    if reason == "rejected" {
+        audit(
+            shared,
+            AuditKind::Invalidated,
+            Some(expected),
+            "reported rejected by a consumer",
+        )
+        .await;
+    }
+
+    let ttl = shared.config.timeout + Duration::from_secs(2);
+    match persistence
+        .store
+        .acquire_lease(provider, &persistence.holder, ttl)
+        .await
+    {
+        Ok(Lease::Granted { .. }) => {}
+        Ok(Lease::HeldElsewhere { .. }) => {
+            return match adopt_stored(shared, expected).await {
+                Some(token) => publish(shared, token),
+                None => Outcome::Busy,
+            };
+        }
+        Err(e) => return fail(shared, store_error(provider, &e), reason, Duration::ZERO).await,
+    }
+
     // Only a token the issuer has not rejected and that is still valid can be exchanged.
     let exchangeable = current.as_ref().filter(|t| {
         t.generation > shared.rejected.load(Ordering::Acquire)
             && t.remaining(shared.clock.now()) > shared.config.min_validity
     });
-    shared.view.send_modify(|v| v.state = SlotState::Issuing);
     let started = Instant::now();
     let result = issuer.issue(exchangeable.map(|t| &**t)).await;
     let latency = started.elapsed();
@@ -141,55 +181,156 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
             provider: provider.to_owned(),
         })
         .observe(latency.as_secs_f64());
-    let generation = current.map_or(0, |t| t.generation) + 1;
-    match result {
+    let outcome = match result {
         Ok(issued) => {
             let how = issued.how;
-            let token = Arc::new(numbered(shared, issued, generation));
-            tracing::info!(
-                provider,
-                generation,
-                reason,
-                how = how.as_str(),
-                latency_ms = latency.as_millis() as u64,
-                expires_in_s = token.remaining(shared.clock.now()).as_secs(),
-                "token issued"
-            );
-            shared
-                .metrics
-                .issuances
-                .get_or_create(&KindLabels {
-                    provider: provider.to_owned(),
-                    kind: how.as_str(),
-                })
-                .inc();
-            shared.view.send_modify(|v| {
-                v.token = Some(token);
-                v.state = SlotState::Ready;
-                v.last_error = None;
-                v.retry_at = None;
-                v.attempts += 1;
-                v.issuances += 1;
-            });
-            true
+            let token = numbered(shared, issued, expected + 1);
+            match store_token(shared, expected, &token).await {
+                Ok(()) => {
+                    tracing::info!(
+                        provider,
+                        generation = token.generation,
+                        reason,
+                        how = how.as_str(),
+                        latency_ms = latency.as_millis() as u64,
+                        expires_in_s = token.remaining(shared.clock.now()).as_secs(),
+                        "token issued"
+                    );
+                    shared
+                        .metrics
+                        .issuances
+                        .get_or_create(&KindLabels {
+                            provider: provider.to_owned(),
+                            kind: how.as_str(),
+                        })
+                        .inc();
+                    let kind = match how {
+                        Issuance::Login => AuditKind::Issued,
+                        Issuance::Refresh => AuditKind::Refreshed,
+                    };
+                    audit(shared, kind, Some(token.generation), reason).await;
+                    publish(shared, token)
+                }
+                Err(e) if e.kind == StoreErrorKind::Conflict => {
+                    tracing::warn!(provider, "another broker stored a newer token; using it");
+                    match adopt_stored(shared, expected).await {
+                        Some(token) => publish(shared, token),
+                        None => fail(shared, store_error(provider, &e), reason, latency).await,
+                    }
+                }
+                Err(e) => fail(shared, store_error(provider, &e), reason, latency).await,
+            }
         }
-        Err(error) => {
-            tracing::warn!(provider, reason, error = %error, latency_ms = latency.as_millis() as u64, "issuance failed");
-            shared
-                .metrics
-                .issuance_failures
-                .get_or_create(&ReasonLabels {
-                    provider: provider.to_owned(),
-                    reason: error.reason(),
-                })
-                .inc();
-            shared.view.send_modify(|v| {
-                v.state = SlotState::BackingOff;
-                v.last_error = Some(error);
-                v.attempts += 1;
-            });
-            false
+        Err(error) => fail(shared, error, reason, latency).await,
+    };
+    if let Err(e) = persistence
+        .store
+        .release_lease(provider, &persistence.holder)
+        .await
+    {
+        tracing::warn!(provider, error = %e, "cannot release the issuance lease; it will expire");
+    }
+    outcome
+}
+
+/// Seals and stores `token` as the successor of generation `expected`.
+async fn store_token(
+    shared: &Shared,
+    expected: u64,
+    token: &Token,
+) -> Result<(), crate::store::StoreError> {
+    let provider = shared.config.name.as_str();
+    let stored = StoredToken {
+        generation: token.generation,
+        issued_at: token.issued_at,
+        expires_at: token.expires_at,
+        refresh_at: token.refresh_at,
+        sealed: shared.persistence.sealer.seal(
+            provider,
+            Purpose::AccessToken,
+            token.expose().as_bytes(),
+        ),
+    };
+    shared
+        .persistence
+        .store
+        .save_token(provider, expected, &stored)
+        .await
+}
+
+/// The token another broker stored, if it is newer than `expected` and opens.
+async fn adopt_stored(shared: &Shared, expected: u64) -> Option<Token> {
+    let provider = shared.config.name.as_str();
+    let stored = match shared.persistence.store.load_token(provider).await {
+        Ok(Some(stored)) if stored.generation > expected => stored,
+        Ok(_) => return None,
+        Err(e) => {
+            tracing::warn!(provider, error = %e, "cannot read the stored token");
+            return None;
         }
+    };
+    super::restore(&shared.persistence, provider, stored)
+}
+
+fn publish(shared: &Shared, token: Token) -> Outcome {
+    let token = Arc::new(token);
+    shared.view.send_modify(|v| {
+        v.token = Some(token);
+        v.state = SlotState::Ready;
+        v.last_error = None;
+        v.retry_at = None;
+        v.attempts += 1;
+        v.issuances += 1;
+    });
+    Outcome::Published
+}
+
+async fn fail(
+    shared: &Shared,
+    error: IssueError,
+    reason: &'static str,
+    latency: Duration,
+) -> Outcome {
+    let provider = shared.config.name.as_str();
+    tracing::warn!(provider, reason, error = %error, latency_ms = latency.as_millis() as u64, "issuance failed");
+    shared
+        .metrics
+        .issuance_failures
+        .get_or_create(&ReasonLabels {
+            provider: provider.to_owned(),
+            reason: error.reason(),
+        })
+        .inc();
+    audit(shared, AuditKind::Failed, None, &error.to_string()).await;
+    let asked = error.retry_after();
+    let at = shared.clock.now();
+    shared.view.send_modify(|v| {
+        v.state = SlotState::BackingOff;
+        v.last_failure = Some((at, error.to_string()));
+        v.last_error = Some(error);
+        v.attempts += 1;
+    });
+    Outcome::Failed(asked)
+}
+
+fn store_error(provider: &str, e: &crate::store::StoreError) -> IssueError {
+    IssueError::Store {
+        provider: provider.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// Appends to the audit trail; a failure to do so is logged, never fatal.
+async fn audit(shared: &Shared, kind: AuditKind, generation: Option<u64>, detail: &str) {
+    let event = AuditEvent {
+        at: shared.clock.now(),
+        provider: shared.config.name.clone(),
+        kind,
+        generation,
+        detail: detail.to_owned(),
+    };
+    if let Err(e) = shared.persistence.store.record(&event).await {
+        tracing::warn!(provider = %shared.config.name, error = %e, "cannot append to the audit trail");
     }
 }
 

@@ -26,6 +26,8 @@ use crate::clock::Clock;
 use crate::config::ProviderConfig;
 use crate::issuer::{IssueError, Issuer};
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::seal::{Purpose, Sealer};
+use crate::store::{Store, StoredToken};
 use crate::token::Token;
 
 /// What a provider is doing, as operators see it.
@@ -57,6 +59,9 @@ pub struct View {
     pub state: SlotState,
     /// The error of the last attempt if it failed.
     pub last_error: Option<IssueError>,
+    /// The most recent failure and when it happened, kept after later successes so that
+    /// operators can see it.
+    pub last_failure: Option<(SystemTime, String)>,
     /// When the driver will try again, while backing off.
     pub retry_at: Option<SystemTime>,
     /// Finished issuance attempts: a waiter takes the first outcome after it began waiting.
@@ -90,6 +95,26 @@ pub enum SlotError {
     Stopped { provider: String },
 }
 
+/// Where a broker's slots keep their tokens: the store, the key that seals them, and this
+/// broker's name as an issuance-lease holder.
+pub struct Persistence {
+    pub store: Arc<dyn Store>,
+    pub sealer: Arc<Sealer>,
+    /// Unique per broker process, so that a lease outlives a crashed holder only until it
+    /// expires.
+    pub holder: String,
+}
+
+/// What every slot of one broker shares.
+#[derive(Clone)]
+pub struct Context {
+    pub persistence: Arc<Persistence>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    /// Turns true when the broker stops.
+    pub stop: watch::Receiver<bool>,
+}
+
 /// The slot handle request handlers use. Cheap to clone.
 #[derive(Clone)]
 pub struct Slot {
@@ -101,6 +126,7 @@ struct Shared {
     config: Arc<ProviderConfig>,
     clock: Clock,
     metrics: Arc<Metrics>,
+    persistence: Arc<Persistence>,
     /// The driver publishes, handles read.
     view: watch::Sender<View>,
     /// Wakes the driver: a consumer needs a token, or a rejected token must be replaced.
@@ -113,33 +139,34 @@ struct Shared {
 }
 
 impl Slot {
-    /// Creates the slot of `config` and spawns its driver, which stops when `stop` turns
-    /// true.
+    /// Creates the slot of `config`, holding `restored` (a token reused from the store) if
+    /// any, and spawns its driver, which stops when the context's `stop` turns true.
     pub fn start(
         config: Arc<ProviderConfig>,
         issuer: Box<dyn Issuer>,
-        metrics: Arc<Metrics>,
-        clock: Clock,
-        stop: watch::Receiver<bool>,
+        restored: Option<Token>,
+        context: Context,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (view, _) = watch::channel(View {
-            token: None,
+            token: restored.map(Arc::new),
             state: SlotState::Ready,
             last_error: None,
+            last_failure: None,
             retry_at: None,
             attempts: 0,
             issuances: 0,
         });
         let shared = Arc::new(Shared {
             config,
-            clock,
-            metrics,
+            clock: context.clock,
+            metrics: context.metrics,
+            persistence: context.persistence,
             view,
             wake: Notify::new(),
             rejected: AtomicU64::new(0),
             demand: AtomicBool::new(false),
         });
-        let driver = tokio::spawn(driver::run(shared.clone(), issuer, stop));
+        let driver = tokio::spawn(driver::run(shared.clone(), issuer, context.stop));
         (Self { shared }, driver)
     }
 
@@ -247,6 +274,36 @@ impl Slot {
             shared.wake.notify_one();
         }
         self.get().await.map(|token| (token, honoured))
+    }
+}
+
+/// The token a stored row holds, if it opens with this broker's key. A restored token is
+/// treated as handed out: consumers may hold it from before the restart, so it is
+/// refreshed ahead of its expiry like any token in use.
+pub(crate) fn restore(
+    persistence: &Persistence,
+    provider: &str,
+    stored: StoredToken,
+) -> Option<Token> {
+    match persistence
+        .sealer
+        .open_string(provider, Purpose::AccessToken, &stored.sealed)
+    {
+        Ok(value) => {
+            let token = Token::new(
+                value,
+                stored.generation,
+                stored.issued_at,
+                stored.expires_at,
+                stored.refresh_at,
+            );
+            token.mark_handed_out();
+            Some(token)
+        }
+        Err(e) => {
+            tracing::error!(provider, error = %e, "the stored token does not open; ignoring it");
+            None
+        }
     }
 }
 

@@ -1,10 +1,11 @@
-//! Slot behaviour under tokio's paused clock, against an in-memory issuer: the timing
-//! rules (refresh-ahead, backoff, expiry) checked deterministically. The end-to-end tests
-//! over HTTP live in the `tokenbroker` crate.
+//! Slot behaviour under tokio's paused clock, against an in-memory issuer and store: the
+//! timing rules (refresh-ahead, backoff, expiry) checked deterministically. The real SQLite
+//! store has its own tests in `tokenbroker-store`, and the end-to-end tests over HTTP with
+//! both live in the `tokenbroker` crate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use secrecy::SecretString;
@@ -13,6 +14,8 @@ use tokio::sync::watch;
 use super::*;
 use crate::config::Config;
 use crate::issuer::{Issuance, Issued};
+use crate::seal::new_master_key;
+use crate::store::{AuditEvent, Lease, Reseal, StoreError, StoreErrorKind};
 
 /// An issuer that mints `tok-N` tokens of a fixed lifetime, after a latency, and can be
 /// told to fail.
@@ -52,6 +55,57 @@ impl Issuer for FakeIssuer {
     }
 }
 
+/// A store that keeps the token in memory and grants every lease: the slot's timing rules
+/// do not depend on durability.
+#[derive(Default)]
+struct MemoryStore {
+    token: std::sync::Mutex<Option<StoredToken>>,
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load_token(&self, _: &str) -> Result<Option<StoredToken>, StoreError> {
+        Ok(self.token.lock().unwrap().clone())
+    }
+    async fn save_token(
+        &self,
+        _: &str,
+        expected: u64,
+        token: &StoredToken,
+    ) -> Result<(), StoreError> {
+        let mut stored = self.token.lock().unwrap();
+        if stored.as_ref().map_or(0, |t| t.generation) != expected {
+            return Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                "newer token stored",
+            ));
+        }
+        *stored = Some(token.clone());
+        Ok(())
+    }
+    async fn acquire_lease(&self, _: &str, _: &str, _: Duration) -> Result<Lease, StoreError> {
+        Ok(Lease::Granted { fence: 1 })
+    }
+    async fn release_lease(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn record(&self, _: &AuditEvent) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn audit(&self, _: Option<&str>, _: SystemTime) -> Result<Vec<AuditEvent>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    async fn set_key_check(&self, _: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn rekey(&self, _: Reseal) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+}
+
 struct Harness {
     slot: Slot,
     clock: Clock,
@@ -82,13 +136,20 @@ fn harness(extra: &str, lifetime: Duration) -> Harness {
         down: down.clone(),
     };
     let (stop, stop_rx) = watch::channel(false);
-    let (slot, _driver) = Slot::start(
-        Arc::new(provider),
-        Box::new(issuer),
-        Arc::new(Metrics::new()),
+    let persistence = Persistence {
+        store: Arc::new(MemoryStore::default()),
+        sealer: Arc::new(
+            Sealer::from_base64(&SecretString::from(new_master_key()), "test").unwrap(),
+        ),
+        holder: "test".to_owned(),
+    };
+    let context = Context {
+        persistence: Arc::new(persistence),
+        metrics: Arc::new(Metrics::new()),
         clock,
-        stop_rx,
-    );
+        stop: stop_rx,
+    };
+    let (slot, _driver) = Slot::start(Arc::new(provider), Box::new(issuer), None, context);
     Harness {
         slot,
         clock,

@@ -48,6 +48,7 @@ impl ApiError {
             }
             Self::Slot(SlotError::Issuer { error, .. }) => match error {
                 IssueError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "issuer_timeout"),
+                IssueError::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
                 IssueError::Unreachable { .. }
                 | IssueError::Unavailable { .. }
                 | IssueError::RateLimited { .. } => {

@@ -8,6 +8,7 @@
 mod auth;
 mod error;
 mod ops;
+mod providers;
 mod tokens;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokenbroker_core::access::Access;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use providers::{LastError, ProviderStatus};
 pub use tokens::TokenBody;
 
 /// What every handler can reach.
@@ -35,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/tokens/{provider}", get(tokens::get_token))
         .route("/v1/tokens/{provider}/invalidate", post(tokens::invalidate))
+        .route("/v1/providers", get(providers::list))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{Request, header};
+use axum::http::{Request, StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::json;
 
@@ -13,11 +13,20 @@ pub(super) async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready once the config is loaded and every provider's slot is running, which is the case
-/// whenever this server answers (tokens are held in memory in this version).
+/// Ready when the config is loaded (it is, or this server would not run) and the store
+/// answers.
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let providers: Vec<_> = state.broker.slots().map(|s| s.name().to_owned()).collect();
-    Json(json!({ "status": "ready", "providers": providers }))
+    match state.broker.store_reachable().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "providers": providers })),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": e.to_string() })),
+        ),
+    }
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -1,9 +1,7 @@
 //! `tokenbroker keys new CLIENT` and `keys master`.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use rand::RngCore;
 use tokenbroker_core::access::{hex, key_sha256, new_client_key};
+use tokenbroker_core::seal::new_master_key;
 
 use crate::exit::{self, Exit};
 
@@ -34,8 +32,6 @@ pub fn new_client(client: &str) -> Result<u8, Exit> {
 
 /// Prints a new master key for encryption at rest.
 pub fn master() -> Result<u8, Exit> {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    println!("{}", STANDARD.encode(bytes));
+    println!("{}", new_master_key());
     Ok(exit::OK)
 }

@@ -1,7 +1,11 @@
 //! One module per CLI command (except `demo`, which is big enough to be [`crate::demo`]).
 
+pub mod audit;
 pub mod check;
 pub mod exec;
 pub mod keys;
+pub mod rekey;
 pub mod serve;
+pub mod status;
+mod table;
 pub mod token;

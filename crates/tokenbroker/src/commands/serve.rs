@@ -5,19 +5,29 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::check::load;
+use tokenbroker_core::seal::Sealer;
+
 use crate::api::AppState;
 use crate::exit::{self, Exit};
 use crate::server;
 
 pub async fn run(path: &Path) -> Result<u8, Exit> {
     let config = load(path)?;
+    let sealer = Sealer::from_env_or_file(config.store.key_file.as_deref())
+        .map_err(|e| Exit::new(exit::CONFIG, e.to_string()))?;
     crate::cli::init_logging("tokenbroker=info,tokenbroker_core=info");
     let listen = config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let providers = config.providers.len();
-    let state = AppState::start(config).context("cannot start the providers")?;
+    let store = config.store.path.clone();
+    let state = AppState::start(config, sealer).await.map_err(|e| {
+        Exit::new(
+            exit::FAILURE,
+            format!("cannot start with the store {}: {e}", store.display()),
+        )
+    })?;
     tracing::info!(%listen, providers, "tokenbroker serving");
     server::run(listener, state, server::signal())
         .await

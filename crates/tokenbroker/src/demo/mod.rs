@@ -9,6 +9,7 @@
 pub mod jobs;
 mod report;
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,6 +18,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use secrecy::SecretString;
 use tokenbroker_core::Config;
 use tokenbroker_core::access::{hex, key_sha256, new_client_key};
+use tokenbroker_core::seal::{Sealer, new_master_key};
 use tokenbroker_emulator::{ControlRoom, RunningControlRoom};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -71,7 +73,8 @@ pub async fn run(jobs: usize, duration: Duration, keep_serving: bool) -> Result<
 
     let shared = emulator().await?;
     let key = new_client_key();
-    let broker = start_broker(&shared, &key, keep_serving).await?;
+    let store = tempfile::tempdir().context("cannot make a directory for the demo's store")?;
+    let broker = start_broker(&shared, &key, keep_serving, &store.path().join("demo.db")).await?;
     let client = BrokerClient::new(&broker.url, SecretString::from(key.clone()))
         .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
     let tally = Tally::default();
@@ -121,6 +124,7 @@ async fn start_broker(
     cr: &RunningControlRoom,
     key: &str,
     keep_serving: bool,
+    store: &Path,
 ) -> Result<server::Running, Exit> {
     let text = format!(
         r#"
@@ -133,6 +137,9 @@ prefix = ""
 refresh_before = "3s"
 upstream = "{cr}"
 
+[store]
+path = {store:?}
+
 [clients.demo]
 key_sha256 = "{hash}"
 providers = ["{PROVIDER}"]
@@ -140,6 +147,7 @@ admin = true
 "#,
         cr = cr.url(),
         hash = hex(&key_sha256(key)),
+        store = store.display().to_string(),
     );
     let config = Config::parse(&text).map_err(|problems| {
         Exit::new(exit::FAILURE, format!("demo config invalid: {problems:?}"))
@@ -155,7 +163,11 @@ admin = true
             .await
             .context("cannot bind the broker")?,
     };
-    let state = AppState::start(config).context("cannot start the broker")?;
+    let sealer = Sealer::from_base64(&SecretString::from(new_master_key()), "the demo")
+        .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
+    let state = AppState::start(config, sealer)
+        .await
+        .context("cannot start the broker")?;
     Ok(server::spawn(listener, state).context("cannot serve the broker")?)
 }
 

@@ -1,31 +1,15 @@
 //! The binary itself: `check`, `keys new`, `token`, `exec` and `serve` as a user runs them.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use tokenbroker_core::access::{hex, key_sha256};
 
 use crate::helpers::{Options, PROVIDER, spawn_app};
-
-fn tokenbroker() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tokenbroker"));
-    command
-        .env_remove("TOKENBROKER_KEY")
-        .env_remove("TOKENBROKER_URL")
-        .env_remove("RUST_LOG");
-    command
-}
+use crate::process::{ServeProcess, output, tokenbroker};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs a blocking command off the async runtime (the broker it talks to runs on it).
-async fn output(mut command: Command) -> Output {
-    tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
-        .await
-        .expect("the command thread finishes")
 }
 
 fn check(config: &str) -> Output {
@@ -168,6 +152,11 @@ async fn token_prints_the_token_in_each_format_with_documented_exit_codes() {
     no_key.args(["token", PROVIDER, "--broker", &app.url]);
     let no_key = output(no_key).await;
     assert!(text(&no_key.stderr).contains("TOKENBROKER_KEY"));
+    assert_eq!(
+        no_key.status.code(),
+        Some(2),
+        "a missing key is a usage error"
+    );
     assert_eq!(app.emulator.counters().logins, 1);
 }
 
@@ -207,63 +196,21 @@ async fn exec_passes_the_token_and_the_exit_code_through() {
 #[tokio::test]
 async fn serve_answers_then_stops_cleanly_on_sigterm() {
     let app = spawn_app(Options::default()).await;
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n{}",
-        app.config_text
-    );
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(config.as_bytes()).unwrap();
-    let mut child = tokenbroker()
-        .args(["serve", "--config"])
-        .arg(file.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    // Wait on the readiness probe, not on time.
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = app.http.get(format!("{url}/readyz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "serve never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let token = app.plain_token(&url).await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = tokio::task::spawn_blocking(move || {
-        let status = child.wait().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        (status, stderr)
-    })
-    .await
-    .unwrap();
-    assert_eq!(out.0.code(), Some(0), "{}", out.1);
+    let mut serve = ServeProcess::start(&app.config_text, &app.master_key);
+    serve.ready(&app.http).await;
+    let token = app.plain_token(&serve.url).await;
+    let (status, logs) = serve.terminate().await;
+    assert_eq!(status.code(), Some(0), "{logs}");
     assert!(
-        out.1.contains("token issued"),
-        "one log line per issuance:\n{}",
-        out.1
+        logs.contains("token issued"),
+        "one log line per issuance:\n{logs}"
     );
     assert!(
-        !out.1.contains(&token),
+        !logs.contains(&token),
         "the token never appears in the logs"
     );
     assert!(
-        !out.1.contains("k3y-for-tests"),
+        !logs.contains("k3y-for-tests"),
         "credentials never appear in the logs"
     );
 }

@@ -1,6 +1,7 @@
 //! `spawn_app()`: an emulated Control Room and a broker in front of it, in this process, on
 //! loopback ports chosen by the OS, with client keys of known scopes.
 
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -9,6 +10,7 @@ use tokenbroker::api::AppState;
 use tokenbroker::client::BrokerClient;
 use tokenbroker_core::Config;
 use tokenbroker_core::access::{hex, key_sha256, new_client_key};
+use tokenbroker_core::seal::{Sealer, new_master_key};
 use tokenbroker_emulator::{ControlRoom, RunningControlRoom};
 
 pub(crate) const PROVIDER: &str = "controlroom";
@@ -47,6 +49,10 @@ pub(crate) struct TestApp {
     pub(crate) http: reqwest::Client,
     /// The config text the broker runs with (for CLI tests that start their own).
     pub(crate) config_text: String,
+    /// The master key the store is sealed with.
+    pub(crate) master_key: String,
+    /// The directory of the store's file, removed when the app is dropped.
+    pub(crate) store: tempfile::TempDir,
     /// Stopped (in the background) when the app is dropped.
     broker: Option<tokenbroker::server::Running>,
 }
@@ -60,6 +66,11 @@ impl Drop for TestApp {
     }
 }
 
+/// A sealer for a base64 master key.
+pub(crate) fn sealer(master_key: &str) -> Sealer {
+    Sealer::from_base64(&SecretString::from(master_key.to_owned()), "test").expect("a valid key")
+}
+
 pub(crate) async fn spawn_app(options: Options) -> TestApp {
     let emulator = ControlRoom::builder()
         .user("api-bot", "k3y-for-tests")
@@ -71,13 +82,16 @@ pub(crate) async fn spawn_app(options: Options) -> TestApp {
         .expect("the emulator starts");
     let all_key = new_client_key();
     let scoped_key = new_client_key();
-    let config_text = config_text(&emulator.url(), &all_key, &scoped_key, &options);
-    let config = Config::parse(&config_text).expect("the test config is valid");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let state = AppState::start(config).expect("the broker starts");
-    let broker = tokenbroker::server::spawn(listener, state).expect("the broker serves");
+    let store = tempfile::tempdir().expect("a temporary directory");
+    let master_key = new_master_key();
+    let config_text = config_text(
+        &emulator.url(),
+        &all_key,
+        &scoped_key,
+        &options,
+        store.path(),
+    );
+    let broker = start_broker(&config_text, &master_key).await;
     TestApp {
         url: broker.url.clone(),
         emulator,
@@ -85,13 +99,35 @@ pub(crate) async fn spawn_app(options: Options) -> TestApp {
         scoped_key,
         http: reqwest::Client::new(),
         config_text,
+        master_key,
+        store,
         broker: Some(broker),
     }
 }
 
-fn config_text(emulator: &str, all_key: &str, scoped_key: &str, options: &Options) -> String {
+async fn start_broker(config_text: &str, master_key: &str) -> tokenbroker::server::Running {
+    let config = Config::parse(config_text).expect("the test config is valid");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let state = AppState::start(config, sealer(master_key))
+        .await
+        .expect("the broker starts");
+    tokenbroker::server::spawn(listener, state).expect("the broker serves")
+}
+
+fn config_text(
+    emulator: &str,
+    all_key: &str,
+    scoped_key: &str,
+    options: &Options,
+    store: &Path,
+) -> String {
     format!(
         r#"
+[store]
+path = "{store}/tokenbroker.db"
+
 [providers.{PROVIDER}]
 type = "json_login"
 login_url = "{emulator}/v1/authentication"
@@ -111,6 +147,7 @@ login_body = {{ username = "other-bot", apiKey = "{other_key}" }}
 [clients.everything]
 key_sha256 = "{all}"
 providers = ["*"]
+admin = true
 
 [clients.scoped]
 key_sha256 = "{scoped}"
@@ -120,6 +157,7 @@ providers = ["{PROVIDER}"]
         scoped = hex(&key_sha256(scoped_key)),
         extra = options.provider_extra,
         other_key = options.other_api_key,
+        store = store.display(),
     )
 }
 
@@ -144,6 +182,16 @@ impl TestApp {
         let headers = response.headers().clone();
         let body = response.json().await.expect("a JSON body");
         (status, headers, body)
+    }
+
+    /// Stops the broker gracefully and starts a new one on the same store and key.
+    pub(crate) async fn restart(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.stop().await.expect("the broker stops cleanly");
+        }
+        let broker = start_broker(&self.config_text, &self.master_key).await;
+        self.url = broker.url.clone();
+        self.broker = Some(broker);
     }
 
     /// The bare token from the broker at `base` (`Accept: text/plain`).

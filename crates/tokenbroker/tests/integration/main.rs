@@ -5,4 +5,6 @@
 mod cli;
 mod consumers;
 mod helpers;
+mod process;
+mod store;
 mod token_api;

@@ -1,0 +1,451 @@
+//! The embedded store: one SQLite file in WAL mode, `synchronous = FULL`, so that a
+//! committed write survives a crash of the process or the machine before the token it
+//! carries is handed to anyone.
+//!
+//! rusqlite is synchronous; every call runs on tokio's blocking pool with the one
+//! connection behind a std `Mutex` (held only inside that blocking closure, never across an
+//! await). One connection is plenty: the store is on the issuance path only.
+//! Migrations are the numbered SQL files under `migrations/sqlite/`, applied at open and
+//! tracked in `PRAGMA user_version`; a file from a newer version is refused, not migrated
+//! down.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use tokenbroker_core::seal::Purpose;
+use tokenbroker_core::store::{
+    AuditEvent, AuditKind, Lease, Reseal, SealedRow, Store, StoreError, StoreErrorKind, StoredToken,
+};
+
+/// The schema migrations, in order; the schema version is how many have been applied.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+
+/// The `meta` key of the master-key check.
+const KEY_CHECK: &str = "key_check";
+
+/// The SQLite store at one path.
+#[derive(Clone)]
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let owned = path.to_owned();
+        let connection = tokio::task::spawn_blocking(move || open_and_migrate(&owned, true))
+            .await
+            .map_err(|e| unavailable(path, &e.to_string()))??;
+        Ok(Self::wrap(connection, path))
+    }
+
+    /// Opens an existing store without creating or migrating it (for reading the audit).
+    pub async fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        let owned = path.to_owned();
+        let connection = tokio::task::spawn_blocking(move || open_and_migrate(&owned, false))
+            .await
+            .map_err(|e| unavailable(path, &e.to_string()))??;
+        Ok(Self::wrap(connection, path))
+    }
+
+    fn wrap(connection: Connection, path: &Path) -> Self {
+        Self {
+            connection: Arc::new(Mutex::new(connection)),
+            path: Arc::new(path.to_owned()),
+        }
+    }
+
+    /// Runs `work` with the connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let connection = self.connection.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().expect("store connection lock poisoned");
+            work(&mut connection)
+        })
+        .await
+        .map_err(|e| unavailable(&path, &e.to_string()))?
+    }
+}
+
+fn open_and_migrate(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    if !create && !path.exists() {
+        return Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!("no store at {}", path.display()),
+        ));
+    }
+    let connection = Connection::open(path).map_err(|e| map(path, &e))?;
+    connection
+        .busy_timeout(Duration::from_secs(5))
+        .map_err(|e| map(path, &e))?;
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| map(path, &e))?;
+    connection
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| map(path, &e))?;
+    let version: usize = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| map(path, &e))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::new(
+            StoreErrorKind::TooNew,
+            format!(
+                "the store {} has schema version {version}, newer than this tokenbroker knows ({}); \
+                 refusing to use it (upgrade tokenbroker, or point store.path elsewhere)",
+                path.display(),
+                MIGRATIONS.len()
+            ),
+        ));
+    }
+    let mut connection = connection;
+    if create {
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| map(path, &e))?;
+            tx.execute_batch(migration).map_err(|e| map(path, &e))?;
+            tx.pragma_update(None, "user_version", index + 1)
+                .map_err(|e| map(path, &e))?;
+            tx.commit().map_err(|e| map(path, &e))?;
+        }
+    }
+    Ok(connection)
+}
+
+fn unavailable(path: &Path, why: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Unavailable,
+        format!("store {}: {why}", path.display()),
+    )
+}
+
+/// Maps SQLite's errors into the core's kinds.
+fn map(path: &Path, e: &rusqlite::Error) -> StoreError {
+    let kind = match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreErrorKind::Corrupt,
+        Some(ErrorCode::ConstraintViolation) => StoreErrorKind::Conflict,
+        _ => StoreErrorKind::Unavailable,
+    };
+    StoreError::new(kind, format!("store {}: {e}", path.display()))
+}
+
+fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn generation(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load_token(&self, provider: &str) -> Result<Option<StoredToken>, StoreError> {
+        let provider = provider.to_owned();
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT generation, issued_at_ms, expires_at_ms, refresh_at_ms, sealed
+                 FROM tokens WHERE provider = ?1",
+                params![provider],
+                |row| {
+                    Ok(StoredToken {
+                        generation: generation(row.get(0)?),
+                        issued_at: time(row.get(1)?),
+                        expires_at: time(row.get(2)?),
+                        refresh_at: time(row.get(3)?),
+                        sealed: row.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn save_token(
+        &self,
+        provider: &str,
+        expected: u64,
+        token: &StoredToken,
+    ) -> Result<(), StoreError> {
+        let provider = provider.to_owned();
+        let token = token.clone();
+        let path = self.path.clone();
+        self.with(move |c| {
+            let values = params![
+                provider,
+                signed(token.generation),
+                millis(token.issued_at),
+                millis(token.expires_at),
+                millis(token.refresh_at),
+                token.sealed,
+                signed(expected),
+            ];
+            let changed = if expected == 0 {
+                c.execute(
+                    "INSERT INTO tokens (provider, generation, issued_at_ms, expires_at_ms, refresh_at_ms, sealed)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE ?7 = 0
+                     ON CONFLICT (provider) DO NOTHING",
+                    values,
+                )
+            } else {
+                c.execute(
+                    "UPDATE tokens SET generation = ?2, issued_at_ms = ?3, expires_at_ms = ?4,
+                            refresh_at_ms = ?5, sealed = ?6
+                     WHERE provider = ?1 AND generation = ?7",
+                    values,
+                )
+            }
+            .map_err(|e| map(&path, &e))?;
+            if changed == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::new(
+                    StoreErrorKind::Conflict,
+                    format!("a token newer than generation {expected} is already stored"),
+                ))
+            }
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        provider: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let (provider, holder) = (provider.to_owned(), holder.to_owned());
+        let path = self.path.clone();
+        self.with(move |c| {
+            let now = SystemTime::now();
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| map(&path, &e))?;
+            let fence: Option<i64> = tx
+                .query_row(
+                    "INSERT INTO leases (provider, holder, expires_at_ms, fence) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT (provider) DO UPDATE SET holder = excluded.holder,
+                         expires_at_ms = excluded.expires_at_ms, fence = leases.fence + 1
+                     WHERE leases.expires_at_ms <= ?4 OR leases.holder = excluded.holder
+                     RETURNING fence",
+                    params![provider, holder, millis(now + ttl), millis(now)],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| map(&path, &e))?;
+            let lease = match fence {
+                Some(fence) => Lease::Granted {
+                    fence: generation(fence),
+                },
+                None => {
+                    let until: i64 = tx
+                        .query_row(
+                            "SELECT expires_at_ms FROM leases WHERE provider = ?1",
+                            params![provider],
+                            |row| row.get(0),
+                        )
+                        .map_err(|e| map(&path, &e))?;
+                    Lease::HeldElsewhere { until: time(until) }
+                }
+            };
+            tx.commit().map_err(|e| map(&path, &e))?;
+            Ok(lease)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, provider: &str, holder: &str) -> Result<(), StoreError> {
+        let (provider, holder) = (provider.to_owned(), holder.to_owned());
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE leases SET expires_at_ms = 0 WHERE provider = ?1 AND holder = ?2",
+                params![provider, holder],
+            )
+            .map(drop)
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let event = event.clone();
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO audit (at_ms, provider, event, generation, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    millis(event.at),
+                    event.provider,
+                    event.kind.as_str(),
+                    event.generation.map(signed),
+                    event.detail
+                ],
+            )
+            .map(drop)
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn audit(
+        &self,
+        provider: Option<&str>,
+        since: SystemTime,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let provider = provider.map(str::to_owned);
+        let path = self.path.clone();
+        self.with(move |c| {
+            let mut statement = c
+                .prepare(
+                    "SELECT at_ms, provider, event, generation, detail FROM audit
+                     WHERE at_ms >= ?1 AND (?2 IS NULL OR provider = ?2) ORDER BY id",
+                )
+                .map_err(|e| map(&path, &e))?;
+            let rows = statement
+                .query_map(params![millis(since), provider], |row| {
+                    let kind: String = row.get(2)?;
+                    let generation: Option<i64> = row.get(3)?;
+                    Ok((row.get(0)?, row.get(1)?, kind, generation, row.get(4)?))
+                })
+                .map_err(|e| map(&path, &e))?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (at, provider, kind, gen_, detail): (i64, String, String, Option<i64>, String) =
+                    row.map_err(|e| map(&path, &e))?;
+                let kind = AuditKind::parse(&kind).ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        format!("unknown audit event {kind:?}"),
+                    )
+                })?;
+                events.push(AuditEvent {
+                    at: time(at),
+                    provider,
+                    kind,
+                    generation: gen_.map(generation),
+                    detail,
+                });
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                params![KEY_CHECK],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn set_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        let sealed = sealed.to_vec();
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                params![KEY_CHECK, sealed],
+            )
+            .map(drop)
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn rekey(&self, reseal: Reseal) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| map(&path, &e))?;
+            let corrupt = |e: tokenbroker_core::seal::SealError| {
+                StoreError::new(StoreErrorKind::Corrupt, e.to_string())
+            };
+            let mut count = 0;
+            let tokens: Vec<(String, Vec<u8>)> = {
+                let mut statement = tx
+                    .prepare("SELECT provider, sealed FROM tokens")
+                    .map_err(|e| map(&path, &e))?;
+                let rows = statement
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map_err(|e| map(&path, &e))?;
+                rows.collect::<Result<_, _>>().map_err(|e| map(&path, &e))?
+            };
+            for (provider, sealed) in tokens {
+                let row = SealedRow {
+                    provider: &provider,
+                    purpose: Purpose::AccessToken,
+                    sealed: &sealed,
+                };
+                let resealed = reseal(row).map_err(corrupt)?;
+                tx.execute(
+                    "UPDATE tokens SET sealed = ?2 WHERE provider = ?1",
+                    params![provider, resealed],
+                )
+                .map_err(|e| map(&path, &e))?;
+                count += 1;
+            }
+            let check: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT value FROM meta WHERE key = ?1",
+                    params![KEY_CHECK],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| map(&path, &e))?;
+            if let Some(sealed) = check {
+                let row = SealedRow {
+                    provider: "",
+                    purpose: Purpose::KeyCheck,
+                    sealed: &sealed,
+                };
+                let resealed = reseal(row).map_err(corrupt)?;
+                tx.execute(
+                    "UPDATE meta SET value = ?2 WHERE key = ?1",
+                    params![KEY_CHECK, resealed],
+                )
+                .map_err(|e| map(&path, &e))?;
+                count += 1;
+            }
+            tx.commit().map_err(|e| map(&path, &e))?;
+            Ok(count)
+        })
+        .await
+    }
+}

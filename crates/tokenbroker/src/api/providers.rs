@@ -1,0 +1,78 @@
+//! `GET /v1/providers`: the operators' view of every provider, for admin clients.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use tokenbroker_core::slot::Slot;
+
+use super::auth::Caller;
+use super::{ApiError, AppState};
+
+/// One provider's state as operators see it. Holds no secret.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProviderStatus {
+    /// `ready`, `issuing` or `backing_off`.
+    pub state: String,
+    /// The current token's generation (0 before the first issuance).
+    pub generation: u64,
+    pub expires_at: Option<String>,
+    pub refresh_at: Option<String>,
+    /// When the current token was issued.
+    pub last_issued_at: Option<String>,
+    /// The most recent failure, kept after later successes.
+    pub last_error: Option<LastError>,
+    /// Tokens obtained since this broker started.
+    pub issuances: u64,
+    /// Unexpired tokens the broker holds for the provider.
+    pub live_tokens: u64,
+}
+
+/// A failure and when it happened.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LastError {
+    pub at: String,
+    pub message: String,
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+impl ProviderStatus {
+    fn of(slot: &Slot) -> Self {
+        let view = slot.view();
+        let token = view.token.as_ref();
+        let now = SystemTime::now();
+        Self {
+            state: view.state.as_str().to_owned(),
+            generation: token.map_or(0, |t| t.generation),
+            expires_at: token.map(|t| rfc3339(t.expires_at)),
+            refresh_at: token.map(|t| rfc3339(t.refresh_at)),
+            last_issued_at: token.map(|t| rfc3339(t.issued_at)),
+            last_error: view.last_failure.map(|(at, message)| LastError {
+                at: rfc3339(at),
+                message,
+            }),
+            issuances: view.issuances,
+            live_tokens: u64::from(token.is_some_and(|t| t.expires_at > now)),
+        }
+    }
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<BTreeMap<String, ProviderStatus>>, ApiError> {
+    if !caller.0.admin {
+        return Err(ApiError::NotAdmin);
+    }
+    let view = state
+        .broker
+        .slots()
+        .map(|slot| (slot.name().to_owned(), ProviderStatus::of(slot)))
+        .collect();
+    Ok(Json(view))
+}

@@ -1,0 +1,47 @@
+//! `tokenbroker audit [PROVIDER] [--since 1h]`: the audit trail from the store, as a table.
+//! It reads the store directly, so it works while the broker is down; it needs no master
+//! key, since the audit holds no secret.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use tokenbroker_core::store::Store;
+use tokenbroker_store::SqliteStore;
+
+use super::check::load;
+use crate::commands::table::Table;
+use crate::exit::{self, Exit};
+
+pub async fn run(config: &Path, provider: Option<&str>, since: Duration) -> Result<u8, Exit> {
+    let config = load(config)?;
+    let store = SqliteStore::open_existing(&config.store.path)
+        .await
+        .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
+    let from = SystemTime::now()
+        .checked_sub(since)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let events = store
+        .audit(provider, from)
+        .await
+        .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
+    let mut table = Table::new(&["TIME", "PROVIDER", "EVENT", "GEN", "DETAIL"]);
+    for event in &events {
+        table.row(vec![
+            humantime::format_rfc3339_seconds(event.at).to_string(),
+            event.provider.clone(),
+            event.kind.as_str().to_owned(),
+            event
+                .generation
+                .map_or_else(|| "-".to_owned(), |g| g.to_string()),
+            event.detail.clone(),
+        ]);
+    }
+    print!("{table}");
+    if events.is_empty() {
+        eprintln!(
+            "no audit events in the last {}",
+            humantime::format_duration(since)
+        );
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,116 @@
+//! The broker as a separate process (`tokenbroker serve`), for tests that kill it, restart
+//! it, or read its logs.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `tokenbroker serve` child with its own config file and captured stderr.
+pub(crate) struct ServeProcess {
+    child: Child,
+    pub(crate) url: String,
+    /// Where the child's stderr (its logs) goes.
+    pub(crate) log: PathBuf,
+    _files: tempfile::TempDir,
+}
+
+/// The `tokenbroker` binary with no inherited broker settings.
+pub(crate) fn tokenbroker() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tokenbroker"));
+    command
+        .env_remove("TOKENBROKER_KEY")
+        .env_remove("TOKENBROKER_URL")
+        .env_remove("TOKENBROKER_MASTER_KEY")
+        .env_remove("TOKENBROKER_NEW_MASTER_KEY")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// Runs a command to completion off the async runtime, which may be serving the broker the
+/// command talks to.
+pub(crate) async fn output(mut command: Command) -> Output {
+    tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
+        .await
+        .expect("the command thread finishes")
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
+    probe.local_addr().expect("probe address").port()
+}
+
+impl ServeProcess {
+    /// Starts `serve` with `config` (without a `[server]` table) and `master_key`.
+    pub(crate) fn start(config: &str, master_key: &str) -> Self {
+        let files = tempfile::tempdir().expect("a temporary directory");
+        let port = free_port();
+        let path = files.path().join("tokenbroker.toml");
+        let mut file = std::fs::File::create(&path).expect("config file");
+        write!(file, "[server]\nlisten = \"127.0.0.1:{port}\"\n{config}").expect("write config");
+        let log = files.path().join("stderr.log");
+        let child = tokenbroker()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("TOKENBROKER_MASTER_KEY", master_key)
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("serve starts");
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            _files: files,
+        }
+    }
+
+    /// Waits on the readiness probe (bounded), not on time.
+    pub(crate) async fn ready(&mut self, http: &reqwest::Client) {
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("serve exited with {status}:\n{}", self.logs());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "serve never became ready:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub(crate) fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub(crate) async fn terminate(mut self) -> (ExitStatus, String) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        let status = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait().expect("reaped");
+            (status, self)
+        })
+        .await
+        .expect("the wait finishes");
+        let (status, this) = status;
+        (status, this.logs())
+    }
+}

@@ -1,0 +1,301 @@
+//! The durable store end to end (SPEC guarantees 6's storage half, 7 and 9): restarts,
+//! crashes, secrets at rest, master keys, and the operators' view.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use rand::Rng;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{OTHER, Options, PROVIDER, spawn_app};
+use crate::process::{ServeProcess, output, tokenbroker};
+
+/// `GET /v1/tokens/controlroom` on `base` with the all-providers key: (generation, token).
+async fn current(http: &reqwest::Client, base: &str, key: &str) -> (u64, String) {
+    let body: serde_json::Value = http
+        .get(format!("{base}/v1/tokens/{PROVIDER}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("the broker answers")
+        .json()
+        .await
+        .expect("a token");
+    (
+        body["generation"].as_u64().expect("a generation"),
+        body["access_token"].as_str().expect("a token").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_graceful_restart_reuses_the_stored_token() {
+    let mut app = spawn_app(Options::default()).await;
+    let before = current(&app.http, &app.url, &app.all_key).await;
+    app.restart().await;
+    let after = current(&app.http, &app.url, &app.all_key).await;
+    assert_eq!(before, after);
+    assert_eq!(
+        app.emulator.counters().logins,
+        1,
+        "no login after the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sigkills_under_load_lose_no_token_a_consumer_saw() {
+    let app = spawn_app(Options {
+        login_latency: Duration::from_millis(20),
+        ..Options::default()
+    })
+    .await;
+    let mut seen: Option<(u64, String)> = None;
+    for round in 0..20 {
+        let mut serve = ServeProcess::start(&app.config_text, &app.master_key);
+        serve.ready(&app.http).await;
+        let logins_before = app.emulator.counters().logins;
+        let restored = current(&app.http, &serve.url, &app.all_key).await;
+        if let Some(seen) = &seen {
+            assert_eq!(
+                &restored, seen,
+                "round {round}: the last token a consumer saw is reused"
+            );
+            assert_eq!(
+                app.emulator.counters().logins,
+                logins_before,
+                "round {round}: no login on restart"
+            );
+        }
+        // A write a consumer sees: the token is replaced and the new one handed out.
+        let answer: serde_json::Value = app
+            .http
+            .post(format!("{}/v1/tokens/{PROVIDER}/invalidate", serve.url))
+            .bearer_auth(&app.all_key)
+            .json(&json!({ "generation": restored.0 }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let written = (
+            answer["generation"].as_u64().unwrap(),
+            answer["access_token"].as_str().unwrap().to_owned(),
+        );
+        assert_eq!(written.0, restored.0 + 1);
+        seen = Some(written);
+        // Load, then SIGKILL at a random moment of it.
+        let kill_after = Duration::from_millis(rand::rng().random_range(10..300));
+        let load = join_all((0..8).map(|_| async {
+            let until = tokio::time::Instant::now() + Duration::from_millis(400);
+            while tokio::time::Instant::now() < until {
+                let _ = app
+                    .http
+                    .get(format!("{}/v1/tokens/{PROVIDER}", serve.url))
+                    .bearer_auth(&app.all_key)
+                    .send()
+                    .await;
+            }
+        }));
+        tokio::select! {
+            _ = load => {}
+            () = tokio::time::sleep(kill_after) => {}
+        }
+        serve.kill();
+    }
+    // The file still opens cleanly after all that, in process too.
+    let mut app = app;
+    app.restart().await;
+    assert_eq!(Some(current(&app.http, &app.url, &app.all_key).await), seen);
+}
+
+#[tokio::test]
+async fn neither_the_store_file_nor_the_logs_hold_a_secret_in_plaintext() {
+    let app = spawn_app(Options::default()).await;
+    let mut serve = ServeProcess::start(&app.config_text, &app.master_key);
+    serve.ready(&app.http).await;
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let (generation, token) = current(&app.http, &serve.url, &app.all_key).await;
+        tokens.push(token);
+        app.http
+            .post(format!("{}/v1/tokens/{PROVIDER}/invalidate", serve.url))
+            .bearer_auth(&app.all_key)
+            .json(&json!({ "generation": generation }))
+            .send()
+            .await
+            .unwrap();
+    }
+    tokens.push(current(&app.http, &serve.url, &app.all_key).await.1);
+    let _ = app.get_token(OTHER, Some(&app.all_key)).await;
+    let (status, logs) = serve.terminate().await;
+    assert!(status.success(), "{logs}");
+
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(app.store.path()).unwrap() {
+        files.push(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    assert!(!files.is_empty());
+    let secrets: Vec<&[u8]> = tokens
+        .iter()
+        .map(|t| t.as_bytes())
+        .chain([
+            &b"k3y-for-tests"[..],
+            b"other-k3y",
+            app.all_key.as_bytes(),
+            app.master_key.as_bytes(),
+        ])
+        .collect();
+    for secret in &secrets {
+        for bytes in files
+            .iter()
+            .chain(std::iter::once(&logs.as_bytes().to_vec()))
+        {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == *secret),
+                "a secret ({} bytes) is in plaintext in the store or the logs",
+                secret.len()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_master_key_fails_at_start_with_a_readable_error() {
+    let app = spawn_app(Options::default()).await;
+    let _ = current(&app.http, &app.url, &app.all_key).await;
+    let config = app.store.path().join("serve.toml");
+    std::fs::write(&config, &app.config_text).unwrap();
+    let wrong = tokenbroker()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env(
+            "TOKENBROKER_MASTER_KEY",
+            tokenbroker_core::seal::new_master_key(),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sealed with another master key"),
+        "{stderr}"
+    );
+    let missing = tokenbroker()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("tokenbroker keys master"), "{stderr}");
+}
+
+#[tokio::test]
+async fn rekey_round_trips_and_the_old_key_stops_working() {
+    let mut app = spawn_app(Options::default()).await;
+    let before = current(&app.http, &app.url, &app.all_key).await;
+    let config = app.store.path().join("serve.toml");
+    std::fs::write(&config, &app.config_text).unwrap();
+    let new_key = tokenbroker_core::seal::new_master_key();
+    app.restart().await; // no writes in flight while the CLI rekeys
+    let rekey = tokenbroker()
+        .args(["store", "rekey", "--config"])
+        .arg(&config)
+        .env("TOKENBROKER_MASTER_KEY", &app.master_key)
+        .env("TOKENBROKER_NEW_MASTER_KEY", &new_key)
+        .output()
+        .unwrap();
+    assert_eq!(
+        rekey.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&rekey.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rekey.stdout).contains("re-sealed 2 value(s)"));
+
+    let old_key = std::mem::replace(&mut app.master_key, new_key);
+    app.restart().await;
+    assert_eq!(
+        current(&app.http, &app.url, &app.all_key).await,
+        before,
+        "the new key opens the token"
+    );
+    assert_eq!(app.emulator.counters().logins, 1);
+    let stale = tokenbroker()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TOKENBROKER_MASTER_KEY", &old_key)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("another master key"));
+}
+
+#[tokio::test]
+async fn operators_see_provider_state_and_the_audit_trail() {
+    let app = spawn_app(Options::default()).await;
+    let (generation, _) = current(&app.http, &app.url, &app.all_key).await;
+    let _ = app.invalidate(json!({ "generation": generation })).await;
+
+    let view = app
+        .http
+        .get(format!("{}/v1/providers", app.url))
+        .bearer_auth(&app.all_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(view.status(), StatusCode::OK);
+    let view: serde_json::Value = view.json().await.unwrap();
+    assert_eq!(view[PROVIDER]["state"], "ready");
+    assert_eq!(view[PROVIDER]["generation"], 2);
+    assert_eq!(view[PROVIDER]["issuances"], 2);
+    assert_eq!(view[PROVIDER]["live_tokens"], 1);
+    assert_eq!(view[OTHER]["generation"], 0);
+    let scoped = app
+        .http
+        .get(format!("{}/v1/providers", app.url))
+        .bearer_auth(&app.scoped_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scoped.status(), StatusCode::FORBIDDEN);
+
+    let mut status = tokenbroker();
+    status
+        .args(["status", "--broker", &app.url])
+        .env("TOKENBROKER_KEY", &app.all_key);
+    let status = output(status).await;
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(table.starts_with("PROVIDER"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(PROVIDER) && l.contains("ready")),
+        "{table}"
+    );
+
+    let config = app.store.path().join("serve.toml");
+    std::fs::write(&config, &app.config_text).unwrap();
+    let audit = tokenbroker()
+        .args(["audit", PROVIDER, "--since", "10m", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let trail = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let events: Vec<&str> = trail
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(events, ["issued", "invalidated", "issued"], "{trail}");
+}
