@@ -20,14 +20,17 @@ pub const KEY_PREFIX: &str = "tbk_";
 /// A configured consumer.
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// The name under `[clients]`, for logs.
     pub name: String,
     key_sha256: [u8; 32],
+    /// The providers it may get tokens for.
     pub scope: ProviderScope,
     /// May read the operators' view.
     pub admin: bool,
 }
 
 impl Client {
+    /// Whether this client may get tokens of `provider`.
     pub fn may_use(&self, provider: &str) -> bool {
         self.scope.allows(provider)
     }
@@ -40,6 +43,7 @@ pub struct Access {
 }
 
 impl Access {
+    /// The clients of `config`.
     pub fn from_config(config: &Config) -> Self {
         let clients = config
             .clients

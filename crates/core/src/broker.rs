@@ -50,7 +50,7 @@ impl Broker {
         verify_key(&persistence).await?;
         let persistence = Arc::new(persistence);
         let metrics = Arc::new(Metrics::new());
-        let clock = Clock::new();
+        let clock = Clock::system();
         let (stop, _) = watch::channel(false);
         let mut slots = BTreeMap::new();
         let mut drivers = Vec::new();
@@ -92,10 +92,12 @@ impl Broker {
         })
     }
 
+    /// The slot of `provider`, if it is configured.
     pub fn slot(&self, provider: &str) -> Option<&Slot> {
         self.slots.get(provider)
     }
 
+    /// Every provider's slot, by name.
     pub fn slots(&self) -> impl Iterator<Item = &Slot> {
         self.slots.values()
     }
@@ -105,6 +107,7 @@ impl Broker {
         self.persistence.store.key_check().await.map(drop)
     }
 
+    /// The broker's metrics, for the API to count requests in.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

@@ -1,45 +1,46 @@
-//! Wall-clock time that follows tokio's clock.
+//! The wall clock the slots go by.
 //!
-//! Token expiries are wall-clock instants (they come from JWT `exp` claims and go out as
-//! RFC 3339), but the slot's timers run on tokio's monotonic clock. [`Clock`] anchors one to
-//! the other once, so that `now()` advances exactly as tokio's timers do, including under
-//! `tokio::time::pause()` in tests, and a system clock step does not fire or stall a refresh.
+//! Token expiries are wall-clock instants: they come from JWT `exp` claims and issuers'
+//! `expires_in`, go out as RFC 3339 and are compared with the issuer's own clock, so in
+//! production [`Clock::system`] is simply `SystemTime::now()`. The slot's timers run on
+//! tokio's clock; [`Clock::instant_at`] converts. For tests under `tokio::time::pause()`,
+//! [`Clock::following_tokio`] makes the wall clock advance exactly as tokio's does.
 
 use std::time::{Duration, SystemTime};
 
-/// A wall clock driven by tokio's monotonic clock.
+/// A source of wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    /// The wall time at `anchor`.
-    wall: SystemTime,
-    /// The tokio instant at which `wall` was read.
-    anchor: tokio::time::Instant,
+    /// For a clock that follows tokio: the wall time at a tokio instant.
+    anchor: Option<(SystemTime, tokio::time::Instant)>,
 }
 
 impl Clock {
-    /// Anchors a new clock at the current wall time.
-    pub fn new() -> Self {
+    /// The system's wall clock.
+    pub fn system() -> Self {
+        Self { anchor: None }
+    }
+
+    /// A wall clock that advances with tokio's clock (paused or not) from the current
+    /// wall time, for deterministic tests.
+    pub fn following_tokio() -> Self {
         Self {
-            wall: SystemTime::now(),
-            anchor: tokio::time::Instant::now(),
+            anchor: Some((SystemTime::now(), tokio::time::Instant::now())),
         }
     }
 
-    /// The current wall time, as tokio's clock sees it.
+    /// The current wall time.
     pub fn now(&self) -> SystemTime {
-        self.wall + self.anchor.elapsed()
+        match self.anchor {
+            None => SystemTime::now(),
+            Some((wall, at)) => wall + at.elapsed(),
+        }
     }
 
-    /// The tokio instant at which this clock reads `at` (now, if `at` is in the past).
+    /// The tokio instant at which this clock will read `at` (now, if `at` is past).
     pub fn instant_at(&self, at: SystemTime) -> tokio::time::Instant {
         let from_now = at.duration_since(self.now()).unwrap_or(Duration::ZERO);
         tokio::time::Instant::now() + from_now
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -12,11 +12,13 @@ use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabel {
+    /// The provider's name.
     pub provider: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
+    /// The provider's name.
     pub provider: String,
     /// `login` or `refresh`.
     pub kind: &'static str,
@@ -24,6 +26,7 @@ pub struct KindLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
+    /// The provider's name.
     pub provider: String,
     /// An [`IssueError::reason`](crate::issuer::IssueError::reason).
     pub reason: &'static str,
@@ -31,6 +34,7 @@ pub struct ReasonLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
+    /// The provider's name.
     pub provider: String,
     /// What the request got: `served`, or the error code it was answered with.
     pub outcome: &'static str,
@@ -55,6 +59,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Registers every metric at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tokenbroker");
         let issuances = Family::default();

@@ -29,6 +29,7 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    /// The name bound into the associated data.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AccessToken => "access_token",

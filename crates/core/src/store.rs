@@ -46,6 +46,7 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
+    /// The name stored and shown by `tokenbroker audit`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Issued => "issued",
@@ -56,6 +57,7 @@ impl AuditKind {
         }
     }
 
+    /// The kind a stored name stands for.
     pub fn parse(text: &str) -> Option<Self> {
         [
             Self::Issued,
@@ -72,10 +74,14 @@ impl AuditKind {
 /// One line of the audit trail. `detail` is built from typed errors and never holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
+    /// When it happened.
     pub at: SystemTime,
     pub provider: String,
+    /// What happened.
     pub kind: AuditKind,
+    /// The token generation it concerns, if one.
     pub generation: Option<u64>,
+    /// A reason or an error message.
     pub detail: String,
 }
 
@@ -101,6 +107,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
+    /// An error of `kind`; `message` must hold no secret.
     pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,

@@ -20,6 +20,7 @@ use crate::exit::{self, Exit};
 4 no token available, 69 broker unreachable, 78 invalid config; `exec` passes the command's own."
 )]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }

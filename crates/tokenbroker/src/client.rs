@@ -65,6 +65,7 @@ impl BrokerClient {
         Self::new(base, SecretString::from(key))
     }
 
+    /// A client of the broker at `base` with `key`.
     pub fn new(base: &str, key: SecretString) -> Result<Self, ClientError> {
         let base = Url::parse(base)
             .ok()
@@ -118,7 +119,7 @@ impl BrokerClient {
             .send()
             .await
             .map_err(|e| ClientError::Unreachable {
-                broker: self.base.to_string(),
+                broker: without_credentials(&self.base),
                 reason: root_cause(&e),
             })?;
         let status = response.status();
@@ -149,6 +150,14 @@ impl BrokerClient {
             },
         })
     }
+}
+
+/// The URL as it may be printed: without a user or password in it.
+fn without_credentials(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
 }
 
 fn root_cause(e: &reqwest::Error) -> String {

@@ -20,7 +20,9 @@ use table::Table;
 /// The whole validated configuration.
 #[derive(Debug)]
 pub struct Config {
+    /// Where the API listens.
     pub server: ServerConfig,
+    /// Where tokens are kept.
     pub store: StoreConfig,
     /// Consumers, keyed by client name.
     pub clients: BTreeMap<String, ClientConfig>,
@@ -31,6 +33,7 @@ pub struct Config {
 /// `[server]`: where the broker listens.
 #[derive(Debug)]
 pub struct ServerConfig {
+    /// The address the API binds.
     pub listen: SocketAddr,
 }
 
@@ -78,6 +81,7 @@ impl ProviderScope {
 pub struct Problem {
     /// The dotted key (`providers.cr.lifetime`), or the position for a syntax error.
     pub key: String,
+    /// What is wrong, for a human.
     pub message: String,
 }
 
@@ -200,9 +204,10 @@ fn default_listen() -> SocketAddr {
 
 fn syntax_problem(text: &str, error: &toml::de::Error) -> Problem {
     let position = error.span().map(|span| {
-        let before = &text[..span.start.min(text.len())];
+        let before = text.get(..span.start).unwrap_or(text);
         let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
         format!("line {line}, column {column}")
     });
     Problem::new(

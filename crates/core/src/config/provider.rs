@@ -12,6 +12,7 @@ use super::table::Table;
 /// One identity the broker owns tokens for.
 #[derive(Debug)]
 pub struct ProviderConfig {
+    /// The name under `[providers]`: the API path, metric label and log field.
     pub name: String,
     /// How tokens are obtained.
     pub issuer: IssuerConfig,
@@ -46,6 +47,7 @@ pub enum IssuerConfig {
 /// `type = "json_login"` (Automation Anywhere Control Room and its kind).
 #[derive(Debug, Clone)]
 pub struct JsonLoginConfig {
+    /// Where to POST the login body.
     pub login_url: Url,
     /// The login body, secret references resolved.
     pub login_body: JsonTemplate,

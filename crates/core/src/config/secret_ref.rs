@@ -14,7 +14,8 @@ pub(crate) enum RefError {
     MissingEnv(String),
     /// `${file:PATH}` names a file that cannot be read.
     UnreadableFile(String, String),
-    /// `${...}` is not one of the known forms.
+    /// `${...}` is not one of the known forms; holds only the part before a `:`, since the
+    /// rest may be a secret that merely looks like a reference.
     Unknown(String),
     /// A `${` without its `}`.
     Unclosed,
@@ -25,9 +26,10 @@ impl fmt::Display for RefError {
         match self {
             Self::MissingEnv(name) => write!(f, "environment variable {name} is not set"),
             Self::UnreadableFile(path, why) => write!(f, "cannot read secret file {path}: {why}"),
-            Self::Unknown(what) => write!(
+            Self::Unknown(kind) => write!(
                 f,
-                "unknown reference ${{{what}}}; use ${{env:NAME}} or ${{file:PATH}}"
+                "unknown reference kind {kind:?} in ${{...}}; use ${{env:NAME}} or ${{file:PATH}} \
+                 (write $${{ for a literal ${{)"
             ),
             Self::Unclosed => write!(f, "unclosed ${{ in value"),
         }
@@ -40,6 +42,13 @@ pub(crate) fn resolve(text: &str, allow_token: bool) -> Result<String, RefError>
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
+        if rest[..start].ends_with('$') {
+            // `$${` is a literal `${`.
+            out.push_str(&rest[..start]);
+            out.push('{');
+            rest = &rest[start + 2..];
+            continue;
+        }
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after.find('}').ok_or(RefError::Unclosed)?;
@@ -54,7 +63,8 @@ pub(crate) fn resolve(text: &str, allow_token: bool) -> Result<String, RefError>
         } else if inner == "token" && allow_token {
             out.push_str("${token}");
         } else {
-            return Err(RefError::Unknown(inner.to_owned()));
+            let kind = inner.split_once(':').map_or("", |(kind, _)| kind);
+            return Err(RefError::Unknown(kind.to_owned()));
         }
         rest = &after[end + 1..];
     }
@@ -84,8 +94,10 @@ mod tests {
         );
         assert_eq!(
             resolve("${vault:x}", false),
-            Err(RefError::Unknown("vault:x".into()))
+            Err(RefError::Unknown("vault".into()))
         );
+        let secret_like = resolve("Pa${ss-w0rd}x", false).unwrap_err().to_string();
+        assert!(!secret_like.contains("ss-w0rd"), "{secret_like}");
         assert_eq!(resolve("${env:X", false), Err(RefError::Unclosed));
         assert!(matches!(
             resolve("${file:/nonexistent/tokenbroker}", false),
@@ -98,7 +110,8 @@ mod tests {
         assert_eq!(resolve("${token}", true).unwrap(), "${token}");
         assert_eq!(
             resolve("${token}", false),
-            Err(RefError::Unknown("token".into()))
+            Err(RefError::Unknown(String::new()))
         );
+        assert_eq!(resolve("a$${b}c", false).unwrap(), "a${b}c");
     }
 }

@@ -11,6 +11,9 @@ use reqwest::Url;
 
 use super::Problem;
 
+/// The longest duration any setting accepts.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// One table of the config, with the dotted path that leads to it.
 pub(crate) struct Table<'a> {
     path: String,
@@ -105,6 +108,13 @@ impl<'a> Table<'a> {
     ) -> Option<Duration> {
         let text = self.string(name, problems)?;
         match humantime::parse_duration(text) {
+            Ok(d) if d > MAX_DURATION => {
+                problems.push(Problem::new(
+                    self.key(name),
+                    "longer than a year; surely a typo",
+                ));
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 problems.push(Problem::new(
@@ -120,6 +130,13 @@ impl<'a> Table<'a> {
     pub(crate) fn url(&mut self, name: &'a str, problems: &mut Vec<Problem>) -> Option<Url> {
         let text = self.string(name, problems)?;
         match Url::parse(text) {
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                problems.push(Problem::new(
+                    self.key(name),
+                    "credentials in a URL would be printed with it; put them in the body or a header",
+                ));
+                None
+            }
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
             Ok(_) => {
                 problems.push(Problem::new(

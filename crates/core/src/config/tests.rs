@@ -126,3 +126,18 @@ fn secrets_do_not_print() {
     .unwrap();
     assert!(!format!("{config:?}").contains("hunter2-secret"));
 }
+
+#[test]
+fn absurd_durations_and_urls_with_credentials_are_refused() {
+    assert_problem(
+        &format!("{PROVIDER}timeout = \"300000000y\"\n"),
+        "providers.cr.timeout",
+        "longer than a year",
+    );
+    assert_problem(
+        "[providers.cr]\ntype = \"json_login\"\nlogin_url = \"https://u:p@cr.example.com/\"\n\
+         login_body = { a = \"b\" }\n",
+        "providers.cr.login_url",
+        "credentials in a URL",
+    );
+}

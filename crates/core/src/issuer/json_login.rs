@@ -86,7 +86,7 @@ impl JsonLogin {
             ));
         }
         let expires_at = jwt::expiry(token)
-            .or_else(|| expires_in(answer).map(|d| issued_at + d))
+            .or_else(|| expires_in(answer).and_then(|d| issued_at.checked_add(d)))
             .unwrap_or(issued_at + self.config.lifetime);
         Ok(Issued {
             access_token: SecretString::from(token.to_owned()),
@@ -103,7 +103,9 @@ fn expires_in(answer: &serde_json::Value) -> Option<Duration> {
     let secs = value
         .as_f64()
         .or_else(|| value.as_str()?.trim().parse().ok())?;
-    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
 }
 
 #[async_trait]

@@ -16,7 +16,8 @@ pub(crate) fn expiry(token: &str) -> Option<SystemTime> {
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_f64()?;
-    (exp.is_finite() && exp > 0.0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(exp))
+    let since_epoch = Duration::try_from_secs_f64(exp).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(since_epoch)
 }
 
 #[cfg(test)]
@@ -43,6 +44,8 @@ mod tests {
         assert_eq!(expiry("opaque-token"), None);
         assert_eq!(expiry(&jwt(r#"{"sub":"bot"}"#)), None);
         assert_eq!(expiry("a.!!!.c"), None);
+        assert_eq!(expiry(&jwt(r#"{"exp":1e300}"#)), None, "no overflow");
+        assert_eq!(expiry(&jwt(r#"{"exp":-5}"#)), None);
         assert_eq!(expiry(&format!("{}.x", jwt(r#"{"exp":1}"#))), None);
     }
 }

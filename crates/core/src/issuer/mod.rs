@@ -21,9 +21,11 @@ pub use json_login::JsonLogin;
 /// A freshly issued token, before the slot numbers it.
 #[derive(Debug)]
 pub struct Issued {
+    /// The token itself.
     pub access_token: SecretString,
     /// When the request that produced it was sent: an `expires_in` counts from here.
     pub issued_at: SystemTime,
+    /// When the issuer stops accepting it.
     pub expires_at: SystemTime,
     /// Whether it came from a login or from exchanging the previous token.
     pub how: Issuance,

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::{Shared, SlotState, backoff};
 use crate::clock::floor_to_second;
@@ -21,6 +22,9 @@ use crate::metrics::{KindLabels, ProviderLabel, ReasonLabels};
 use crate::seal::Purpose;
 use crate::store::{AuditEvent, AuditKind, Lease, StoreErrorKind, StoredToken};
 use crate::token::Token;
+
+/// The longest token lifetime the broker believes.
+const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// How soon to look again when another broker holds the issuance lease.
 const LEASE_POLL: Duration = Duration::from_millis(200);
@@ -84,23 +88,24 @@ pub(super) async fn run(
         let now = shared.clock.now();
         let wake_at = match shared.next_step(now) {
             Step::Issue(reason) if retry_at.is_none_or(|at| now >= at) => {
-                match attempt(&shared, &*issuer, reason).await {
+                let span = tracing::info_span!("issuance", provider = %shared.config.name, reason);
+                match attempt(&shared, &*issuer, reason).instrument(span).await {
                     Outcome::Published => {
                         failures = 0;
                         retry_at = None;
                     }
                     Outcome::Busy => retry_at = Some(shared.clock.now() + LEASE_POLL),
-                    Outcome::Failed(asked) => {
+                    Outcome::Failed(error) => {
                         failures += 1;
                         let config = &shared.config;
                         let mut wait =
                             backoff::delay(failures, config.backoff_min, config.backoff_max);
-                        if let Some(asked) = asked {
+                        if let Some(asked) = error.retry_after() {
                             wait = wait.max(asked);
                         }
                         let at = shared.clock.now() + wait;
                         retry_at = Some(at);
-                        shared.view.send_modify(|v| v.retry_at = Some(at));
+                        publish_failure(&shared, error, at);
                     }
                 }
                 continue;
@@ -117,7 +122,11 @@ pub(super) async fn run(
         tokio::select! {
             () = shared.wake.notified() => {}
             () = sleep => {}
-            _ = stop.changed() => {}
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    return; // the broker is gone
+                }
+            }
         }
     }
 }
@@ -128,11 +137,11 @@ enum Outcome {
     Published,
     /// Another broker holds the issuance lease: look again shortly.
     Busy,
-    /// The attempt failed; the issuer may have said how long to wait.
-    Failed(Option<Duration>),
+    /// The attempt failed; the driver publishes it with the time of the next attempt.
+    Failed(IssueError),
 }
 
-/// One issuance attempt, published to the view.
+/// One issuance attempt: lease, issue, store, publish.
 async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> Outcome {
     let provider = shared.config.name.as_str();
     let persistence = &shared.persistence;
@@ -160,10 +169,14 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
         Ok(Lease::HeldElsewhere { .. }) => {
             return match adopt_stored(shared, expected).await {
                 Some(token) => publish(shared, token),
-                None => Outcome::Busy,
+                None => {
+                    // Whoever wanted this issuance still does: look again after the poll.
+                    shared.demand.store(true, Ordering::Release);
+                    Outcome::Busy
+                }
             };
         }
-        Err(e) => return fail(shared, store_error(provider, &e), reason, Duration::ZERO).await,
+        Err(e) => return failed(shared, store_error(provider, &e), Duration::ZERO).await,
     }
 
     // Only a token the issuer has not rejected and that is still valid can be exchanged.
@@ -172,7 +185,16 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
             && t.remaining(shared.clock.now()) > shared.config.min_validity
     });
     let started = Instant::now();
-    let result = issuer.issue(exchangeable.map(|t| &**t)).await;
+    // One bound for the whole issuance, token exchange and fallback login included.
+    let issuance = issuer.issue(exchangeable.map(|t| &**t));
+    let result = tokio::time::timeout(shared.config.timeout, issuance)
+        .await
+        .unwrap_or_else(|_| {
+            Err(IssueError::Timeout {
+                provider: provider.to_owned(),
+                timeout: shared.config.timeout,
+            })
+        });
     let latency = started.elapsed();
     shared
         .metrics
@@ -181,48 +203,15 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
             provider: provider.to_owned(),
         })
         .observe(latency.as_secs_f64());
-    let outcome = match result {
-        Ok(issued) => {
-            let how = issued.how;
-            let token = numbered(shared, issued, expected + 1);
-            match store_token(shared, expected, &token).await {
-                Ok(()) => {
-                    tracing::info!(
-                        provider,
-                        generation = token.generation,
-                        reason,
-                        how = how.as_str(),
-                        latency_ms = latency.as_millis() as u64,
-                        expires_in_s = token.remaining(shared.clock.now()).as_secs(),
-                        "token issued"
-                    );
-                    shared
-                        .metrics
-                        .issuances
-                        .get_or_create(&KindLabels {
-                            provider: provider.to_owned(),
-                            kind: how.as_str(),
-                        })
-                        .inc();
-                    let kind = match how {
-                        Issuance::Login => AuditKind::Issued,
-                        Issuance::Refresh => AuditKind::Refreshed,
-                    };
-                    audit(shared, kind, Some(token.generation), reason).await;
-                    publish(shared, token)
-                }
-                Err(e) if e.kind == StoreErrorKind::Conflict => {
-                    tracing::warn!(provider, "another broker stored a newer token; using it");
-                    match adopt_stored(shared, expected).await {
-                        Some(token) => publish(shared, token),
-                        None => fail(shared, store_error(provider, &e), reason, latency).await,
-                    }
-                }
-                Err(e) => fail(shared, store_error(provider, &e), reason, latency).await,
-            }
-        }
-        Err(error) => fail(shared, error, reason, latency).await,
+    let committed = match result.and_then(|issued| {
+        let how = issued.how;
+        numbered(shared, issued, expected + 1).map(|token| (token, how))
+    }) {
+        Ok((token, how)) => commit(shared, expected, token).await.map(|c| (c, how)),
+        Err(error) => Err(error),
     };
+    // Released before anyone sees the outcome: a crash after a consumer received a token
+    // never leaves the lease behind.
     if let Err(e) = persistence
         .store
         .release_lease(provider, &persistence.holder)
@@ -230,7 +219,62 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
     {
         tracing::warn!(provider, error = %e, "cannot release the issuance lease; it will expire");
     }
-    outcome
+    match committed {
+        Ok((Committed::Ours(token), how)) => {
+            tracing::info!(
+                provider,
+                generation = token.generation,
+                reason,
+                how = how.as_str(),
+                latency_ms = latency.as_millis() as u64,
+                expires_in_s = token.remaining(shared.clock.now()).as_secs(),
+                "token issued"
+            );
+            shared
+                .metrics
+                .issuances
+                .get_or_create(&KindLabels {
+                    provider: provider.to_owned(),
+                    kind: how.as_str(),
+                })
+                .inc();
+            let generation = token.generation;
+            let outcome = publish(shared, token);
+            let kind = match how {
+                Issuance::Login => AuditKind::Issued,
+                Issuance::Refresh => AuditKind::Refreshed,
+            };
+            audit(shared, kind, Some(generation), reason).await;
+            outcome
+        }
+        Ok((Committed::Theirs(token), _)) => publish(shared, token),
+        Err(error) => failed(shared, error, latency).await,
+    }
+}
+
+/// The token to publish after a commit.
+enum Committed {
+    /// The token this broker obtained, now stored.
+    Ours(Token),
+    /// A newer token another broker stored first.
+    Theirs(Token),
+}
+
+/// Stores a new token as the successor of `expected`; if another broker stored a newer one
+/// meanwhile, that one is used instead.
+async fn commit(shared: &Shared, expected: u64, token: Token) -> Result<Committed, IssueError> {
+    let provider = shared.config.name.as_str();
+    match store_token(shared, expected, &token).await {
+        Ok(()) => Ok(Committed::Ours(token)),
+        Err(e) if e.kind == StoreErrorKind::Conflict => {
+            tracing::warn!(provider, "another broker stored a newer token; using it");
+            adopt_stored(shared, expected)
+                .await
+                .map(Committed::Theirs)
+                .ok_or_else(|| store_error(provider, &e))
+        }
+        Err(e) => Err(store_error(provider, &e)),
+    }
 }
 
 /// Seals and stores `token` as the successor of generation `expected`.
@@ -285,14 +329,10 @@ fn publish(shared: &Shared, token: Token) -> Outcome {
     Outcome::Published
 }
 
-async fn fail(
-    shared: &Shared,
-    error: IssueError,
-    reason: &'static str,
-    latency: Duration,
-) -> Outcome {
+/// Logs, counts and audits a failed attempt; the driver publishes it.
+async fn failed(shared: &Shared, error: IssueError, latency: Duration) -> Outcome {
     let provider = shared.config.name.as_str();
-    tracing::warn!(provider, reason, error = %error, latency_ms = latency.as_millis() as u64, "issuance failed");
+    tracing::warn!(provider, error = %error, latency_ms = latency.as_millis() as u64, "issuance failed");
     shared
         .metrics
         .issuance_failures
@@ -302,15 +342,20 @@ async fn fail(
         })
         .inc();
     audit(shared, AuditKind::Failed, None, &error.to_string()).await;
-    let asked = error.retry_after();
+    Outcome::Failed(error)
+}
+
+/// Publishes a failure together with the time of the next attempt, in one update, so that
+/// no consumer sees one without the other.
+fn publish_failure(shared: &Shared, error: IssueError, retry_at: SystemTime) {
     let at = shared.clock.now();
     shared.view.send_modify(|v| {
         v.state = SlotState::BackingOff;
         v.last_failure = Some((at, error.to_string()));
         v.last_error = Some(error);
+        v.retry_at = Some(retry_at);
         v.attempts += 1;
     });
-    Outcome::Failed(asked)
 }
 
 fn store_error(provider: &str, e: &crate::store::StoreError) -> IssueError {
@@ -334,20 +379,49 @@ async fn audit(shared: &Shared, kind: AuditKind, generation: Option<u64>, detail
     }
 }
 
-/// Gives an issued token its generation and its `refresh_at`.
-fn numbered(shared: &Shared, issued: Issued, generation: u64) -> Token {
+/// Gives an issued token its generation and its `refresh_at`, or refuses a token the
+/// broker could not keep its promises with: one that expires before it could be handed out
+/// and replaced in time (a skewed clock, an issuer minting very short tokens), which would
+/// otherwise be reissued in a tight loop, or one whose expiry is absurdly far ahead (an
+/// `exp` in milliseconds).
+fn numbered(shared: &Shared, issued: Issued, generation: u64) -> Result<Token, IssueError> {
+    let config = &shared.config;
+    let now = shared.clock.now();
+    let left =
+        || humantime::format_duration(issued.expires_at.duration_since(now).unwrap_or_default());
+    let malformed = |reason: String| IssueError::Malformed {
+        provider: config.name.clone(),
+        reason,
+    };
+    if issued.expires_at > now + MAX_LIFETIME {
+        return Err(malformed(format!(
+            "the token claims to live {} (an exp in milliseconds?)",
+            left()
+        )));
+    }
     let lifetime = issued
         .expires_at
         .duration_since(issued.issued_at)
         .unwrap_or_default();
-    let lead = shared.config.refresh_lead(lifetime);
+    // Never later than the last moment the token can be handed out.
+    let lead = config.refresh_lead(lifetime).max(config.min_validity);
     // Rounded down: refresh_at is a promise, and it is published with whole seconds.
-    let refresh_at = floor_to_second(issued.expires_at - lead).max(issued.issued_at);
-    Token::new(
+    let refresh_at = issued
+        .expires_at
+        .checked_sub(lead)
+        .map(floor_to_second)
+        .filter(|at| *at > now)
+        .ok_or_else(|| {
+            malformed(format!(
+                "the token expires in {}, too soon to hand out and replace in time (clock skew?)",
+                left()
+            ))
+        })?;
+    Ok(Token::new(
         issued.access_token,
         generation,
         issued.issued_at,
         issued.expires_at,
         refresh_at,
-    )
+    ))
 }

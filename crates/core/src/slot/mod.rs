@@ -42,6 +42,7 @@ pub enum SlotState {
 }
 
 impl SlotState {
+    /// The name operators see (`GET /v1/providers`, `status`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ready => "ready",
@@ -56,6 +57,7 @@ impl SlotState {
 pub struct View {
     /// The newest token, possibly expired or rejected: [`Slot::get`] decides what to serve.
     pub token: Option<Arc<Token>>,
+    /// What the driver is doing.
     pub state: SlotState,
     /// The error of the last attempt if it failed.
     pub last_error: Option<IssueError>,
@@ -73,7 +75,9 @@ pub struct View {
 /// What a consumer reports as rejected by the upstream API.
 #[derive(Debug, Clone, Copy)]
 pub enum Rejected<'a> {
+    /// By generation, as consumers of the token API know it.
     Generation(u64),
+    /// By value, for consumers that kept only the token.
     AccessToken(&'a str),
 }
 
@@ -90,15 +94,18 @@ pub enum SlotError {
     /// No token arrived within the provider's `timeout`.
     #[error("{provider}: no token within {}", humantime::format_duration(*waited))]
     WaitTimeout { provider: String, waited: Duration },
-    /// The broker is shutting down.
-    #[error("{provider}: the broker is shutting down")]
-    Stopped { provider: String },
 }
+
+/// How much longer than the issuer's `timeout` a consumer waits: the issuance is also
+/// stored before it is handed out.
+const STORE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Where a broker's slots keep their tokens: the store, the key that seals them, and this
 /// broker's name as an issuance-lease holder.
 pub struct Persistence {
+    /// Where tokens, leases and the audit trail live.
     pub store: Arc<dyn Store>,
+    /// Seals tokens before they reach the store.
     pub sealer: Arc<Sealer>,
     /// Unique per broker process, so that a lease outlives a crashed holder only until it
     /// expires.
@@ -108,8 +115,11 @@ pub struct Persistence {
 /// What every slot of one broker shares.
 #[derive(Clone)]
 pub struct Context {
+    /// The store and the sealing key.
     pub persistence: Arc<Persistence>,
+    /// Where issuances and invalidations are counted.
     pub metrics: Arc<Metrics>,
+    /// The time every slot of the broker goes by.
     pub clock: Clock,
     /// Turns true when the broker stops.
     pub stop: watch::Receiver<bool>,
@@ -170,10 +180,12 @@ impl Slot {
         (Self { shared }, driver)
     }
 
+    /// The provider's name.
     pub fn name(&self) -> &str {
         &self.shared.config.name
     }
 
+    /// The provider's settings.
     pub fn config(&self) -> &ProviderConfig {
         &self.shared.config
     }
@@ -188,7 +200,7 @@ impl Slot {
     pub async fn get(&self) -> Result<Arc<Token>, SlotError> {
         let shared = &*self.shared;
         let mut rx = shared.view.subscribe();
-        let deadline = tokio::time::Instant::now() + shared.config.timeout;
+        let deadline = tokio::time::Instant::now() + shared.config.timeout + STORE_MARGIN;
         // The attempt count when this request started waiting: any later outcome is its.
         let mut waiting_since: Option<u64> = None;
         loop {
@@ -204,13 +216,13 @@ impl Slot {
                     return Ok(token);
                 }
                 let failed_since_waiting = waiting_since.is_some_and(|seen| view.attempts > seen);
-                let backing_off = view.state == SlotState::BackingOff;
+                // While the backoff runs, a new request gets the last error at once; once it
+                // is over, the request waits for a fresh attempt instead.
+                let backing_off =
+                    view.state == SlotState::BackingOff && view.retry_at.is_some_and(|at| at > now);
                 if (failed_since_waiting || (waiting_since.is_none() && backing_off))
                     && let Some(error) = &view.last_error
                 {
-                    // Ask for a new attempt once the backoff allows it.
-                    shared.demand.store(true, Ordering::Release);
-                    shared.wake.notify_one();
                     let retry_after = view
                         .retry_at
                         .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO));
@@ -220,22 +232,22 @@ impl Slot {
                     });
                 }
                 waiting_since.get_or_insert(view.attempts);
+                // An attempt under way will answer this request; otherwise ask for one.
+                if view.state != SlotState::Issuing {
+                    shared.demand.store(true, Ordering::Release);
+                    shared.wake.notify_one();
+                }
             }
-            shared.demand.store(true, Ordering::Release);
-            shared.wake.notify_one();
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    return Err(SlotError::Stopped {
-                        provider: shared.config.name.clone(),
-                    });
-                }
-                Err(_) => {
-                    return Err(SlotError::WaitTimeout {
-                        provider: shared.config.name.clone(),
-                        waited: shared.config.timeout,
-                    });
-                }
+            // The sender lives in `shared`, which this handle keeps alive: `changed` ends
+            // only with a new value or the deadline.
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return Err(SlotError::WaitTimeout {
+                    provider: shared.config.name.clone(),
+                    waited: shared.config.timeout,
+                });
             }
         }
     }
@@ -258,8 +270,17 @@ impl Slot {
                 }
             })
         };
-        let honoured =
-            generation.is_some_and(|g| shared.rejected.fetch_max(g, Ordering::AcqRel) < g);
+        // Honoured by the one report that raises the watermark while the generation is still
+        // current; a report that arrives after the successor was published changes nothing.
+        let honoured = generation.is_some_and(|g| {
+            shared.rejected.fetch_max(g, Ordering::AcqRel) < g
+                && shared
+                    .view
+                    .borrow()
+                    .token
+                    .as_ref()
+                    .is_some_and(|t| t.generation == g)
+        });
         let outcome = if honoured { "honoured" } else { "ignored" };
         shared
             .metrics

@@ -122,7 +122,7 @@ fn harness(extra: &str, lifetime: Duration) -> Harness {
     );
     let mut config = Config::parse(&text).expect("valid test config");
     let provider = config.providers.remove("fake").expect("provider present");
-    let clock = Clock::new();
+    let clock = Clock::following_tokio();
     let calls = Arc::new(AtomicU64::new(0));
     let max_in_flight = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicBool::new(false));
@@ -311,4 +311,46 @@ async fn waiters_all_receive_the_failure_of_the_attempt_they_waited_for() {
         assert!(matches!(get.await.unwrap(), Err(SlotError::Issuer { .. })));
     }
     assert_eq!(calls(&h), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn single_session_issuer_down_still_serves_the_valid_token_past_refresh_at() {
+    let h = harness("refresh_before = \"20s\"", Duration::from_secs(60));
+    let first = h.slot.get().await.unwrap();
+    h.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(
+        first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_secs(5),
+    )
+    .await;
+    // The rotation failed, so the token is not about to be superseded: it is served.
+    assert_eq!(h.slot.get().await.unwrap().generation, 1);
+    assert!(calls(&h) >= 2, "the rotation was attempted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_too_short_to_keep_promises_with_are_refused_with_backoff() {
+    let h = harness("", Duration::from_millis(500));
+    for _ in 0..20 {
+        match h.slot.get().await {
+            Err(SlotError::Issuer { error, .. }) => {
+                assert_eq!(error.reason(), "malformed");
+                assert!(error.to_string().contains("too soon"), "{error}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(calls(&h) <= 3, "no tight loop of logins: {}", calls(&h));
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_idle_backoff_a_request_gets_a_fresh_attempt_not_the_old_error() {
+    let h = harness("", Duration::from_secs(60));
+    h.down.store(true, Ordering::SeqCst);
+    assert!(h.slot.get().await.is_err());
+    let after_failure = calls(&h);
+    h.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(calls(&h), after_failure, "nobody asked: no retries");
+    assert_eq!(h.slot.get().await.unwrap().generation, 1);
 }

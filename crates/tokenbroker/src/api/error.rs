@@ -25,6 +25,8 @@ pub enum ApiError {
     UnknownProvider(String),
     #[error("no such route")]
     NoRoute,
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
@@ -39,12 +41,10 @@ impl ApiError {
             Self::Forbidden(_) | Self::NotAdmin => (StatusCode::FORBIDDEN, "forbidden"),
             Self::UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
             Self::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Slot(SlotError::WaitTimeout { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, "issuer_timeout")
-            }
-            Self::Slot(SlotError::Stopped { .. }) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
             }
             Self::Slot(SlotError::Issuer { error, .. }) => match error {
                 IssueError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "issuer_timeout"),
@@ -73,9 +73,7 @@ impl ApiError {
             Self::Slot(SlotError::Issuer { retry_after, .. }) => {
                 Some(retry_after.unwrap_or(Duration::from_secs(1)))
             }
-            Self::Slot(SlotError::WaitTimeout { .. } | SlotError::Stopped { .. }) => {
-                Some(Duration::from_secs(1))
-            }
+            Self::Slot(SlotError::WaitTimeout { .. }) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(TraceLayer::new_for_http().make_span_with(ops::request_span))
         .with_state(state)
 }

@@ -43,6 +43,10 @@ pub(super) async fn not_found() -> ApiError {
     ApiError::NoRoute
 }
 
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 /// One span per request, with the method and the path only: a query string could carry
 /// anything, and headers carry keys.
 pub(super) fn request_span<B>(request: &Request<B>) -> tracing::Span {

@@ -18,7 +18,9 @@ pub struct ProviderStatus {
     pub state: String,
     /// The current token's generation (0 before the first issuance).
     pub generation: u64,
+    /// The current token's expiry (RFC 3339).
     pub expires_at: Option<String>,
+    /// When the current token will be replaced (RFC 3339).
     pub refresh_at: Option<String>,
     /// When the current token was issued.
     pub last_issued_at: Option<String>,
@@ -33,7 +35,9 @@ pub struct ProviderStatus {
 /// A failure and when it happened.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LastError {
+    /// When (RFC 3339).
     pub at: String,
+    /// What went wrong; names the provider and the step, never a secret.
     pub message: String,
 }
 

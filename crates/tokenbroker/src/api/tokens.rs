@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +21,9 @@ use super::{ApiError, AppState};
 /// The JSON answer of a token request (SPEC.md). Also what `tokenbroker token` reads.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TokenBody {
+    /// The provider asked for.
     pub provider: String,
+    /// The token.
     pub access_token: String,
     /// The prefix's scheme (`Bearer`), or `raw` when the token is sent without one.
     pub token_type: String,
@@ -31,6 +34,7 @@ pub struct TokenBody {
     /// RFC 3339, rounded down: the broker will not replace the token before then unless the
     /// issuer rejects it.
     pub refresh_at: String,
+    /// Which issuance this token came from; report it to `invalidate` on a 401.
     pub generation: u64,
     /// The header the upstream API wants, and its full value.
     pub header_name: String,
@@ -65,9 +69,11 @@ struct InvalidateRequest {
 pub(super) async fn get_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(provider): Path<String>,
+    provider: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Path(provider) =
+        provider.map_err(|_| ApiError::BadRequest("bad provider name in the path".to_owned()))?;
     let slot = caller.slot(&state, &provider)?;
     let result = slot.get().await;
     count(
@@ -85,14 +91,24 @@ pub(super) async fn get_token(
 pub(super) async fn invalidate(
     State(state): State<AppState>,
     caller: Caller,
-    Path(provider): Path<String>,
+    provider: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let Path(provider) =
+        provider.map_err(|_| ApiError::BadRequest("bad provider name in the path".to_owned()))?;
     let slot = caller.slot(&state, &provider)?;
+    // serde's own message would quote the offending value, which may be a token.
     let request: InvalidateRequest = serde_json::from_slice(&body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "unexpected fields or types",
+            _ => "not valid JSON",
+        };
         ApiError::BadRequest(format!(
-            "expected {{\"generation\": N}} or {{\"access_token\": \"...\"}}: {e}"
+            "expected {{\"generation\": N}} or {{\"access_token\": \"...\"}}: {what} \
+             (line {}, column {})",
+            e.line(),
+            e.column()
         ))
     })?;
     let rejected = match (&request.generation, &request.access_token) {

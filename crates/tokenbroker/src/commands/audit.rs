@@ -12,6 +12,7 @@ use super::check::load;
 use crate::commands::table::Table;
 use crate::exit::{self, Exit};
 
+/// Runs `tokenbroker audit`; returns the exit code.
 pub async fn run(config: &Path, provider: Option<&str>, since: Duration) -> Result<u8, Exit> {
     let config = load(config)?;
     let store = SqliteStore::open_existing(&config.store.path)

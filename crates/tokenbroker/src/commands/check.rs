@@ -7,6 +7,7 @@ use tokenbroker_core::config::ConfigError;
 
 use crate::exit::{self, Exit};
 
+/// Runs `tokenbroker check`; returns the exit code.
 pub fn run(path: &Path) -> Result<u8, Exit> {
     let config = load(path)?;
     println!(

@@ -5,6 +5,7 @@ use std::io::ErrorKind;
 
 use crate::exit::{self, Exit};
 
+/// Runs `tokenbroker exec`; returns the exit code.
 pub async fn run(broker: &str, provider: &str, env: &str, command: &[String]) -> Result<u8, Exit> {
     if env.is_empty() || env.contains(['=', '\0']) {
         return Err(Exit::new(exit::USAGE, format!("bad variable name {env:?}")));

@@ -16,6 +16,7 @@ use crate::exit::{self, Exit};
 /// The environment variable that holds the new master key.
 pub const NEW_MASTER_KEY_ENV: &str = "TOKENBROKER_NEW_MASTER_KEY";
 
+/// Runs `tokenbroker store rekey`; returns the exit code.
 pub async fn run(config: &Path) -> Result<u8, Exit> {
     let config = load(config)?;
     let usage = |message: String| Exit::new(exit::CONFIG, message);

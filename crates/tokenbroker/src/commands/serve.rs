@@ -11,6 +11,7 @@ use crate::api::AppState;
 use crate::exit::{self, Exit};
 use crate::server;
 
+/// Runs `tokenbroker serve`; returns the exit code.
 pub async fn run(path: &Path) -> Result<u8, Exit> {
     let config = load(path)?;
     let sealer = Sealer::from_env_or_file(config.store.key_file.as_deref())

@@ -4,6 +4,7 @@ use crate::client::BrokerClient;
 use crate::commands::table::Table;
 use crate::exit::{self, Exit};
 
+/// Runs `tokenbroker status`; returns the exit code.
 pub async fn run(broker: &str) -> Result<u8, Exit> {
     let as_exit = |e: crate::client::ClientError| Exit::new(e.exit_code(), e.to_string());
     let client = BrokerClient::from_env(broker).map_err(as_exit)?;

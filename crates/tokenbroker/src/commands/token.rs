@@ -5,6 +5,7 @@ use crate::cli::Format;
 use crate::client::BrokerClient;
 use crate::exit::{self, Exit};
 
+/// Runs `tokenbroker token`; returns the exit code.
 pub async fn run(broker: &str, provider: &str, format: Format) -> Result<u8, Exit> {
     let token = fetch(broker, provider).await?;
     match format {

@@ -129,12 +129,27 @@ async fn bad_invalidation_bodies_get_the_json_error_shape() {
         json!({ "generation": 1, "access_token": "x" }),
         json!({ "gen": 1 }),
         json!("1"),
+        json!({ "generation": "a-token-pasted-in-the-wrong-field" }),
     ] {
         let (status, answer) = app.invalidate(body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(answer["error"], "bad_request");
-        assert!(!answer["message"].as_str().unwrap().is_empty());
+        let message = answer["message"].as_str().unwrap();
+        assert!(!message.is_empty());
+        assert!(
+            !message.contains("pasted"),
+            "the body is never echoed: {message}"
+        );
     }
+    let wrong_method = app
+        .http
+        .get(format!("{}/v1/tokens/{PROVIDER}/invalidate", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let answer: serde_json::Value = wrong_method.json().await.unwrap();
+    assert_eq!(answer["error"], "method_not_allowed");
     assert_eq!(app.emulator.counters().login_attempts, 0);
 }
 
