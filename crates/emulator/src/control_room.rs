@@ -26,7 +26,6 @@ mod work_items;
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,7 +136,7 @@ impl ControlRoomBuilder {
 
     /// Binds `127.0.0.1:0` and starts serving in a background task.
     pub async fn spawn(self) -> io::Result<RunningControlRoom> {
-        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let listener = Serving::bind_loopback().await?;
         self.spawn_on(listener)
     }
 
@@ -150,7 +149,7 @@ impl ControlRoomBuilder {
             users.push(("api-bot".to_owned(), "demo-key".to_owned()));
         }
         let config = Config {
-            token_lifetime: whole_seconds(self.token_lifetime),
+            token_lifetime: crate::whole_seconds(self.token_lifetime),
             login_latency: self.login_latency,
             users: users.into_iter().collect(),
         };
@@ -158,15 +157,10 @@ impl ControlRoomBuilder {
         let serving = Serving::start(listener, router(Arc::clone(&shared)))?;
         tracing::debug!(addr = %serving.addr(), "control room emulator started");
         Ok(RunningControlRoom {
-            running: Arc::new(Running { shared, serving }),
+            shared,
+            serving: Arc::new(serving),
         })
     }
-}
-
-/// Rounds a token lifetime to the nearest whole second, at least one, as a JWT `exp` needs.
-fn whole_seconds(d: Duration) -> Duration {
-    let rounded = d.as_secs() + u64::from(d.subsec_millis() >= 500);
-    Duration::from_secs(rounded.max(1))
 }
 
 /// The routes of the emulated Control Room.
@@ -194,100 +188,46 @@ fn router(shared: Arc<Shared>) -> Router {
 /// server.
 ///
 /// The server runs until [`shutdown`](Self::shutdown) or until the runtime ends; dropping
-/// the handles does not stop it.
+/// the handles does not stop it. Its `Debug` shows the address only.
 #[derive(Clone)]
 pub struct RunningControlRoom {
-    /// Shared by every clone, so that they all see and steer the same server.
-    running: Arc<Running>,
-}
-
-/// What every clone of a [`RunningControlRoom`] shares.
-struct Running {
     /// The state the handlers work on.
     shared: Arc<Shared>,
     /// The server task and its stop signal.
-    serving: Serving,
+    serving: Arc<Serving>,
 }
 
-impl fmt::Debug for RunningControlRoom {
-    // Hand-written: the state holds API keys and tokens, the address is what identifies it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunningControlRoom")
-            .field("addr", &self.addr())
-            .finish_non_exhaustive()
-    }
-}
+crate::serving_handle!(RunningControlRoom);
 
 impl RunningControlRoom {
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.running.serving.addr()
-    }
-
-    /// The base URL, such as `http://127.0.0.1:PORT`, without a trailing slash.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
-        self.running.shared.counters()
+        self.shared.counters()
     }
 
     /// When each `POST /v1/authentication` arrived, in order, so that tests can check the
     /// spacing of retries (backoff) during an outage.
     pub fn login_attempt_times(&self) -> Vec<Instant> {
-        self.running.shared.login_attempt_times()
+        self.shared.login_attempt_times()
     }
 
     /// While `down` is true, login and refresh answer 503 (after their latency) and are
     /// still counted as attempts; everything else keeps working.
     pub fn set_outage(&self, down: bool) {
         tracing::info!(down, "control room outage");
-        self.running.shared.set_outage(down);
+        self.shared.set_outage(down);
     }
 
     /// Ends every user's session out of band, as an administrator would: every token issued
     /// so far answers 401 from now on.
     pub fn kick(&self) {
-        self.running.shared.kick();
-    }
-
-    /// Stops accepting connections and lets the requests in flight finish.
-    pub fn shutdown(&self) {
-        self.running.serving.shutdown();
-    }
-
-    /// Resolves once the server has stopped after [`shutdown`](Self::shutdown).
-    pub async fn stopped(&self) {
-        self.running.serving.stopped().await;
+        self.shared.kick();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lifetimes_round_to_the_nearest_second_and_at_least_one() {
-        assert_eq!(
-            whole_seconds(Duration::from_millis(1_499)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            whole_seconds(Duration::from_millis(1_500)),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            whole_seconds(Duration::from_secs(1_200)),
-            Duration::from_secs(1_200)
-        );
-        assert_eq!(
-            whole_seconds(Duration::from_millis(100)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(whole_seconds(Duration::ZERO), Duration::from_secs(1));
-    }
 
     #[test]
     fn builder_debug_hides_api_keys() {

@@ -1,5 +1,5 @@
-//! The `tokenbroker-emulator` binary: an emulated Control Room on a chosen address, for trying
-//! the broker by hand.
+//! The `tokenbroker-emulator` binary: an emulated Control Room on a chosen address, and on
+//! request the two OAuth2 servers beside it, for trying the broker by hand.
 //!
 //! Parses the flags, sets up tracing, binds, and hands the listener to the library; then
 //! waits for Ctrl-C (or SIGTERM) and shuts down gracefully. Everything else is the library's.
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tokenbroker_emulator::ControlRoom;
+use tokenbroker_emulator::{CappedPool, ControlRoom, RotatingRefresh};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -18,7 +18,8 @@ use tracing_subscriber::EnvFilter;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// An emulated Automation Anywhere Control Room (single-session JWT logins and a work-item
-/// queue API), for trying tokenbroker by hand.
+/// queue API), and optionally the OAuth2 capped pool and rotating refresh-token servers, for
+/// trying tokenbroker by hand.
 #[derive(Parser)]
 #[command(name = "tokenbroker-emulator", version)]
 struct Args {
@@ -34,6 +35,14 @@ struct Args {
     /// An accepted user and its API key; repeatable. Default: `api-bot:demo-key`.
     #[arg(long = "user", value_name = "NAME:APIKEY", value_parser = parse_user)]
     users: Vec<User>,
+    /// Also serve the capped OAuth2 pool (client `svc`/`secret`, 3 active tokens, token
+    /// endpoint `/oauth/token`) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pool_listen: Option<SocketAddr>,
+    /// Also serve the rotating refresh-token server (client `svc`/`secret`, token endpoint
+    /// `/oauth2/token`) on this address; its first refresh token is logged.
+    #[arg(long, value_name = "ADDR")]
+    refresh_listen: Option<SocketAddr>,
 }
 
 /// One `--user NAME:APIKEY`. No `Debug`, so that the key cannot end up in a log.
@@ -83,9 +92,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for user in &args.users {
         builder = builder.user(&user.name, &user.api_key);
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = bind(args.listen).await?;
     let control_room = builder
         .spawn_on(listener)
         .context("cannot start the Control Room emulator")?;
@@ -104,10 +111,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "Control Room emulator ready; Ctrl-C to stop"
     );
 
+    let pool = match args.pool_listen {
+        Some(addr) => {
+            let pool = CappedPool::builder().spawn_on(bind(addr).await?)?;
+            tracing::info!(url = %pool.url(), "capped OAuth2 pool ready");
+            Some(pool)
+        }
+        None => None,
+    };
+    let refresh = match args.refresh_listen {
+        Some(addr) => {
+            let refresh = RotatingRefresh::builder().spawn_on(bind(addr).await?)?;
+            tracing::info!(
+                url = %refresh.url(),
+                refresh_token = %refresh.initial_refresh_token(),
+                "rotating refresh-token server ready"
+            );
+            Some(refresh)
+        }
+        None => None,
+    };
+
     shutdown_signal().await?;
     tracing::info!("shutting down");
     control_room.shutdown();
-    if tokio::time::timeout(SHUTDOWN_GRACE, control_room.stopped())
+    if let Some(pool) = &pool {
+        pool.shutdown();
+    }
+    if let Some(refresh) = &refresh {
+        refresh.shutdown();
+    }
+    let all_stopped = async {
+        control_room.stopped().await;
+        if let Some(pool) = &pool {
+            pool.stopped().await;
+        }
+        if let Some(refresh) = &refresh {
+            refresh.stopped().await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_stopped)
         .await
         .is_err()
     {
@@ -115,7 +158,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let counters = control_room.counters();
     tracing::info!(?counters, "stopped");
+    if let Some(pool) = &pool {
+        tracing::info!(counters = ?pool.counters(), "capped pool stopped");
+    }
+    if let Some(refresh) = &refresh {
+        tracing::info!(counters = ?refresh.counters(), "rotating refresh server stopped");
+    }
     Ok(())
+}
+
+/// Binds `addr`, saying which address failed.
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Resolves on Ctrl-C, or on SIGTERM where there is one.
@@ -168,6 +224,7 @@ mod tests {
         assert_eq!(args.lifetime, Duration::from_secs(20 * 60));
         assert_eq!(args.login_latency, Duration::ZERO);
         assert!(args.users.is_empty());
+        assert_eq!((args.pool_listen, args.refresh_listen), (None, None));
     }
 
     #[test]

@@ -28,6 +28,16 @@ impl App {
         }
     }
 
+    /// A Control Room with two users: `bot-a` (key `key-a`) and `bot-b` (key `key-b`).
+    async fn with_two_users() -> Self {
+        Self::with(
+            ControlRoom::builder()
+                .user("bot-a", "key-a")
+                .user("bot-b", "key-b"),
+        )
+        .await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.cr.url())
     }
@@ -41,6 +51,13 @@ impl App {
             .await
             .expect("login request reaches the emulator");
         status_and_json(response).await
+    }
+
+    /// Logs in with `body`, which must succeed, and returns the token.
+    async fn login_with(&self, body: Value) -> String {
+        let (status, answer) = self.post_login(body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        token_of(&answer)
     }
 
     /// Logs the default user in and returns the token.
@@ -220,19 +237,13 @@ async fn a_second_login_supersedes_the_first_token() {
 
 #[tokio::test]
 async fn users_have_separate_sessions() {
-    let app = App::with(
-        ControlRoom::builder()
-            .user("bot-a", "key-a")
-            .user("bot-b", "key-b"),
-    )
-    .await;
-    let (_, a) = app
-        .post_login(json!({"username": "bot-a", "apiKey": "key-a"}))
+    let app = App::with_two_users().await;
+    let a = app
+        .login_with(json!({"username": "bot-a", "apiKey": "key-a"}))
         .await;
-    let (_, b) = app
-        .post_login(json!({"username": "bot-b", "apiKey": "key-b"}))
+    let b = app
+        .login_with(json!({"username": "bot-b", "apiKey": "key-b"}))
         .await;
-    let (a, b) = (token_of(&a), token_of(&b));
     assert_eq!(app.add_work_item(&a).await.0, StatusCode::OK);
     assert_eq!(app.add_work_item(&b).await.0, StatusCode::OK);
     // The default user exists only when no user was configured.
@@ -316,19 +327,13 @@ async fn an_outage_answers_503_and_still_counts_attempts() {
 
 #[tokio::test]
 async fn a_kick_invalidates_every_current_token() {
-    let app = App::with(
-        ControlRoom::builder()
-            .user("bot-a", "key-a")
-            .user("bot-b", "key-b"),
-    )
-    .await;
-    let (_, a) = app
-        .post_login(json!({"username": "bot-a", "apiKey": "key-a"}))
+    let app = App::with_two_users().await;
+    let a = app
+        .login_with(json!({"username": "bot-a", "apiKey": "key-a"}))
         .await;
-    let (_, b) = app
-        .post_login(json!({"username": "bot-b", "password": "key-b"}))
+    let b = app
+        .login_with(json!({"username": "bot-b", "password": "key-b"}))
         .await;
-    let (a, b) = (token_of(&a), token_of(&b));
 
     app.cr.kick();
     assert_eq!(app.add_work_item(&a).await.0, StatusCode::UNAUTHORIZED);
@@ -336,11 +341,10 @@ async fn a_kick_invalidates_every_current_token() {
     assert_eq!(app.refresh(&a).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(app.counters().unauthorized, 3);
 
-    let (status, again) = app
-        .post_login(json!({"username": "bot-a", "apiKey": "key-a"}))
+    let again = app
+        .login_with(json!({"username": "bot-a", "apiKey": "key-a"}))
         .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(app.add_work_item(&token_of(&again)).await.0, StatusCode::OK);
+    assert_eq!(app.add_work_item(&again).await.0, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -47,7 +47,7 @@ pub(super) async fn login(
 ) -> Result<Json<Value>, ApiError> {
     shared.record_login_attempt();
     let _in_flight = shared.issuance_in_flight();
-    issuance_latency(&shared).await;
+    crate::pause(shared.login_latency()).await;
     if shared.is_down() {
         tracing::info!("login refused: outage");
         return Err(ApiError::Unavailable);
@@ -80,7 +80,7 @@ pub(super) async fn refresh(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let _in_flight = shared.issuance_in_flight();
-    issuance_latency(&shared).await;
+    crate::pause(shared.login_latency()).await;
     if shared.is_down() {
         tracing::info!("refresh refused: outage");
         return Err(ApiError::Unavailable);
@@ -96,14 +96,6 @@ pub(super) async fn refresh(
             tracing::info!(?refusal, "refresh refused");
             Err(ApiError::Unauthorized)
         }
-    }
-}
-
-/// Waits the configured login latency, so that issuances take long enough to overlap.
-async fn issuance_latency(shared: &Shared) {
-    let latency = shared.login_latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
     }
 }
 
@@ -142,10 +134,7 @@ pub(super) fn presented_token(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get("x-authorization") {
         return value.to_str().ok().map(str::trim).filter(|t| !t.is_empty());
     }
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    crate::oauth2::bearer_token(headers)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Counters;
 use super::work_items::WorkItems;
+use crate::in_flight::{Gauge, InFlight};
 use crate::jwt::{self, Claims};
 
 /// The settings fixed when the Control Room starts.
@@ -35,6 +36,8 @@ pub(super) struct Shared {
     sessions: Mutex<Sessions>,
     /// The queue API's items, apart from the sessions since they never change together.
     work_items: Mutex<WorkItems>,
+    /// Logins and refreshes being handled right now, and their peak.
+    issuances: Gauge,
 }
 
 /// The mutable session state.
@@ -44,10 +47,9 @@ struct Sessions {
     by_user: HashMap<String, Session>,
     /// The last session number handed out, for the JWT `sid`.
     last_sid: u64,
-    /// What has been seen so far.
+    /// What has been seen so far, but for the peak of issuances in flight, which
+    /// `Shared::issuances` keeps.
     counters: Counters,
-    /// Logins and refreshes being handled right now, to maintain the peak in `counters`.
-    issuances_in_flight: u64,
     /// Arrival time of each login attempt.
     login_attempt_times: Vec<Instant>,
 }
@@ -127,6 +129,7 @@ impl Shared {
             outage: AtomicBool::new(false),
             sessions: Mutex::new(Sessions::default()),
             work_items: Mutex::new(WorkItems::default()),
+            issuances: Gauge::default(),
         }
     }
 
@@ -172,13 +175,8 @@ impl Shared {
 
     /// Marks a login or refresh as in flight until the returned guard drops, which happens
     /// also when the client goes away and the handler is cancelled mid-latency.
-    pub(super) fn issuance_in_flight(&self) -> IssuanceInFlight<'_> {
-        let mut sessions = self.sessions();
-        sessions.issuances_in_flight += 1;
-        let now = sessions.issuances_in_flight;
-        let peak = &mut sessions.counters.max_issuances_in_flight;
-        *peak = (*peak).max(now);
-        IssuanceInFlight { shared: self }
+    pub(super) fn issuance_in_flight(&self) -> InFlight<'_> {
+        self.issuances.enter()
     }
 
     pub(super) fn count_bad_credentials(&self) {
@@ -257,26 +255,14 @@ impl Shared {
     }
 
     pub(super) fn counters(&self) -> Counters {
-        self.sessions().counters.clone()
+        Counters {
+            max_issuances_in_flight: self.issuances.peak(),
+            ..self.sessions().counters.clone()
+        }
     }
 
     pub(super) fn login_attempt_times(&self) -> Vec<Instant> {
         self.sessions().login_attempt_times.clone()
-    }
-}
-
-/// A login or refresh being handled; dropping it ends it, whichever way the handler ends.
-pub(super) struct IssuanceInFlight<'a> {
-    /// Where the in-flight count lives.
-    shared: &'a Shared,
-}
-
-impl Drop for IssuanceInFlight<'_> {
-    fn drop(&mut self) {
-        // Runs during unwinding too; a poisoned lock then only loses a count.
-        if let Ok(mut sessions) = self.shared.sessions.lock() {
-            sessions.issuances_in_flight -= 1;
-        }
     }
 }
 
@@ -313,15 +299,12 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_guard_tracks_the_peak_and_releases_on_drop() {
+    fn counters_carry_the_peak_of_issuances_in_flight() {
         let shared = shared(Duration::from_secs(60));
         let first = shared.issuance_in_flight();
         let second = shared.issuance_in_flight();
-        drop(second);
-        drop(first);
-        let third = shared.issuance_in_flight();
+        drop((first, second));
+        let _third = shared.issuance_in_flight();
         assert_eq!(shared.counters().max_issuances_in_flight, 2);
-        drop(third);
-        assert_eq!(shared.sessions().issuances_in_flight, 0);
     }
 }
