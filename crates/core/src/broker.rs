@@ -12,7 +12,7 @@ use crate::config::ProviderConfig;
 use crate::issuer::{self, IssueError};
 use crate::metrics::{Metrics, ProviderLabel};
 use crate::seal::{Purpose, SealError};
-use crate::slot::{self, Context, Persistence, Slot};
+use crate::slot::{self, Context, Persistence, Slot, SlotState};
 use crate::store::{AuditEvent, AuditKind, StoreError};
 
 /// The plaintext of the store's key check.
@@ -112,17 +112,25 @@ impl Broker {
         &self.metrics
     }
 
-    /// The Prometheus exposition, with each provider's token age brought up to date.
+    /// The Prometheus exposition, with each provider's token age and credentials state
+    /// brought up to date.
     pub fn render_metrics(&self) -> String {
         let now = self.clock.now();
         for slot in self.slots.values() {
-            if let Some(token) = slot.view().token {
+            let view = slot.view();
+            let label = ProviderLabel {
+                provider: slot.name().to_owned(),
+            };
+            let needs = i64::from(view.state == SlotState::NeedsCredentials);
+            self.metrics
+                .needs_credentials
+                .get_or_create(&label)
+                .set(needs);
+            if let Some(token) = view.token {
                 let age = now.duration_since(token.issued_at).unwrap_or_default();
                 self.metrics
                     .token_age
-                    .get_or_create(&ProviderLabel {
-                        provider: slot.name().to_owned(),
-                    })
+                    .get_or_create(&label)
                     .set(age.as_secs_f64());
             }
         }

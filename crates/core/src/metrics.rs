@@ -56,6 +56,8 @@ pub struct Metrics {
     pub issuer_latency: Family<ProviderLabel, Histogram>,
     /// Age of each provider's current token in seconds, set when scraped.
     pub token_age: Family<ProviderLabel, Gauge<f64, AtomicU64>>,
+    /// 1 while a provider's refresh token is out of service until a reseed, set when scraped.
+    pub needs_credentials: Family<ProviderLabel, Gauge>,
 }
 
 impl Metrics {
@@ -102,8 +104,15 @@ impl Metrics {
             "Age of the current token",
             token_age.clone(),
         );
+        let needs_credentials = Family::default();
+        registry.register(
+            "needs_credentials",
+            "1 while the provider waits for `tokenbroker reseed`",
+            needs_credentials.clone(),
+        );
         Self {
             registry,
+            needs_credentials,
             issuances,
             issuance_failures,
             token_requests,

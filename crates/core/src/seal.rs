@@ -24,6 +24,8 @@ pub const MASTER_KEY_ENV: &str = "TOKENBROKER_MASTER_KEY";
 pub enum Purpose {
     /// A provider's access token.
     AccessToken,
+    /// A provider's refresh token.
+    RefreshToken,
     /// The store's own check that it is opened with the key it was sealed with.
     KeyCheck,
 }
@@ -33,6 +35,7 @@ impl Purpose {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AccessToken => "access_token",
+            Self::RefreshToken => "refresh_token",
             Self::KeyCheck => "key_check",
         }
     }

@@ -21,6 +21,27 @@ pub struct StoredToken {
     pub sealed: Vec<u8>,
 }
 
+/// A provider's refresh token as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRefresh {
+    /// Grows with every rotation and reseed.
+    pub generation: u64,
+    /// The refresh token sealed for the provider and [`Purpose::RefreshToken`](crate::seal::Purpose).
+    pub sealed: Vec<u8>,
+    /// Set when a refresh with this token was started and its outcome not yet stored.
+    pub intent_at: Option<SystemTime>,
+    /// Set when the token can no longer be used; a person must reseed it.
+    pub needs_credentials: Option<String>,
+}
+
+/// One issuance request in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuanceRecord {
+    pub requested_at: SystemTime,
+    /// The token's expiry; `None` while (or if, after a crash) the outcome is unknown.
+    pub expires_at: Option<SystemTime>,
+}
+
 /// The outcome of asking for a provider's issuance lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lease {
@@ -43,6 +64,8 @@ pub enum AuditKind {
     Failed,
     /// A stored token was reused at start instead of logging in.
     Restored,
+    /// A person gave a new refresh token (`tokenbroker reseed`).
+    Reseeded,
 }
 
 impl AuditKind {
@@ -54,6 +77,7 @@ impl AuditKind {
             Self::Invalidated => "invalidated",
             Self::Failed => "failed",
             Self::Restored => "restored",
+            Self::Reseeded => "reseeded",
         }
     }
 
@@ -65,6 +89,7 @@ impl AuditKind {
             Self::Invalidated,
             Self::Failed,
             Self::Restored,
+            Self::Reseeded,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -171,6 +196,54 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes the key check if none is there yet.
     async fn set_key_check(&self, sealed: &[u8]) -> Result<(), StoreError>;
+
+    /// The provider's refresh token, if one was stored.
+    async fn load_refresh(&self, provider: &str) -> Result<Option<StoredRefresh>, StoreError>;
+
+    /// Stores a refresh token as the successor of generation `expected` (0: none yet) and
+    /// clears any intent and `needs_credentials`; returns the new generation. A
+    /// compare-and-set: `Conflict` if the stored generation is not `expected`.
+    async fn save_refresh(
+        &self,
+        provider: &str,
+        expected: u64,
+        sealed: &[u8],
+    ) -> Result<u64, StoreError>;
+
+    /// Records, durably, that a refresh with token `generation` is about to be sent; an
+    /// earlier intent for it is kept (the issuer's reuse grace counts from the first use).
+    async fn begin_refresh(
+        &self,
+        provider: &str,
+        generation: u64,
+        at: SystemTime,
+    ) -> Result<(), StoreError>;
+
+    /// Clears the intent of token `generation`: its request provably rotated nothing.
+    async fn clear_refresh_intent(&self, provider: &str, generation: u64)
+    -> Result<(), StoreError>;
+
+    /// Takes the refresh token out of service until it is reseeded.
+    async fn mark_needs_credentials(&self, provider: &str, reason: &str) -> Result<(), StoreError>;
+
+    /// Records an issuance request before it is sent; returns its ledger id.
+    async fn begin_issuance(&self, provider: &str, at: SystemTime) -> Result<u64, StoreError>;
+
+    /// Records the outcome of ledger entry `id`: the token's expiry, or `None` if the
+    /// request produced no token.
+    async fn finish_issuance(
+        &self,
+        id: u64,
+        expires_at: Option<SystemTime>,
+    ) -> Result<(), StoreError>;
+
+    /// The provider's ledger entries that matter at `since`: requested since then, or whose
+    /// token was still live then, or whose outcome is unknown.
+    async fn issuances(
+        &self,
+        provider: &str,
+        since: SystemTime,
+    ) -> Result<Vec<IssuanceRecord>, StoreError>;
 
     /// Re-seals every sealed value in one transaction; returns how many it re-sealed.
     async fn rekey(&self, reseal: Reseal) -> Result<usize, StoreError>;

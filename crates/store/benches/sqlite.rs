@@ -31,7 +31,12 @@ fn write_path(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| {
             generation += 1;
             let (store, expected) = (&store, generation - 1);
-            async move { store.save_token("cr", expected, &token(expected + 1)).await.expect("saved") }
+            async move {
+                store
+                    .save_token("cr", expected, &token(expected + 1))
+                    .await
+                    .expect("saved")
+            }
         });
     });
 }

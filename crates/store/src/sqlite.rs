@@ -17,11 +17,15 @@ use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tokenbroker_core::seal::Purpose;
 use tokenbroker_core::store::{
-    AuditEvent, AuditKind, Lease, Reseal, SealedRow, Store, StoreError, StoreErrorKind, StoredToken,
+    AuditEvent, AuditKind, IssuanceRecord, Lease, Reseal, SealedRow, Store, StoreError,
+    StoreErrorKind, StoredRefresh, StoredToken,
 };
 
 /// The schema migrations, in order; the schema version is how many have been applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_refresh_tokens_and_ledger.sql"),
+];
 
 /// The `meta` key of the master-key check.
 const KEY_CHECK: &str = "key_check";
@@ -65,6 +69,52 @@ impl SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
             path: Arc::new(path.to_owned()),
         }
+    }
+
+    /// Runs one compare-and-set update of a refresh-token row (`?1` provider, `?2`
+    /// generation, `?3` an optional time); `Conflict` if the generation moved on.
+    async fn refresh_update(
+        &self,
+        provider: &str,
+        generation_: u64,
+        sql: &'static str,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let provider = provider.to_owned();
+        let path = self.path.clone();
+        self.with(move |c| {
+            let changed = match at {
+                Some(at) => c.execute(sql, params![provider, signed(generation_), at]),
+                None => c.execute(sql, params![provider, signed(generation_)]),
+            }
+            .map_err(|e| map(&path, &e))?;
+            if changed == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::new(
+                    StoreErrorKind::Conflict,
+                    format!("the refresh token is no longer generation {generation_}"),
+                ))
+            }
+        })
+        .await
+    }
+
+    /// Runs one statement with two text parameters, `?1` and `?2`.
+    async fn execute(
+        &self,
+        sql: &'static str,
+        first: &str,
+        second: &str,
+    ) -> Result<(), StoreError> {
+        let (first, second) = (first.to_owned(), second.to_owned());
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.execute(sql, params![first, second])
+                .map(drop)
+                .map_err(|e| map(&path, &e))
+        })
+        .await
     }
 
     /// Runs `work` with the connection on the blocking pool.
@@ -127,6 +177,44 @@ fn open_and_migrate(path: &Path, create: bool) -> Result<Connection, StoreError>
         }
     }
     Ok(connection)
+}
+
+/// Why re-sealing a table failed.
+enum Reseal_ {
+    Store(rusqlite::Error),
+    Seal(tokenbroker_core::seal::SealError),
+}
+
+/// Re-seals the `sealed` column of every row of `table` (keyed by `provider`).
+fn reseal_table(
+    tx: &rusqlite::Transaction<'_>,
+    table: &'static str,
+    purpose: Purpose,
+    reseal: &Reseal,
+) -> Result<usize, Reseal_> {
+    let rows: Vec<(String, Vec<u8>)> = {
+        let mut statement = tx
+            .prepare(&format!("SELECT provider, sealed FROM {table}"))
+            .map_err(Reseal_::Store)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(Reseal_::Store)?;
+        rows.collect::<Result<_, _>>().map_err(Reseal_::Store)?
+    };
+    for (provider, sealed) in &rows {
+        let row = SealedRow {
+            provider,
+            purpose,
+            sealed,
+        };
+        let resealed = reseal(row).map_err(Reseal_::Seal)?;
+        tx.execute(
+            &format!("UPDATE {table} SET sealed = ?2 WHERE provider = ?1"),
+            params![provider, resealed],
+        )
+        .map_err(Reseal_::Store)?;
+    }
+    Ok(rows.len())
 }
 
 fn unavailable(path: &Path, why: &str) -> StoreError {
@@ -283,16 +371,11 @@ impl Store for SqliteStore {
     }
 
     async fn release_lease(&self, provider: &str, holder: &str) -> Result<(), StoreError> {
-        let (provider, holder) = (provider.to_owned(), holder.to_owned());
-        let path = self.path.clone();
-        self.with(move |c| {
-            c.execute(
-                "UPDATE leases SET expires_at_ms = 0 WHERE provider = ?1 AND holder = ?2",
-                params![provider, holder],
-            )
-            .map(drop)
-            .map_err(|e| map(&path, &e))
-        })
+        self.execute(
+            "UPDATE leases SET expires_at_ms = 0 WHERE provider = ?1 AND holder = ?2",
+            provider,
+            holder,
+        )
         .await
     }
 
@@ -388,6 +471,168 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn load_refresh(&self, provider: &str) -> Result<Option<StoredRefresh>, StoreError> {
+        let provider = provider.to_owned();
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT generation, sealed, intent_at_ms, needs_credentials
+                 FROM refresh_tokens WHERE provider = ?1",
+                params![provider],
+                |row| {
+                    let intent: Option<i64> = row.get(2)?;
+                    Ok(StoredRefresh {
+                        generation: generation(row.get(0)?),
+                        sealed: row.get(1)?,
+                        intent_at: intent.map(time),
+                        needs_credentials: row.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn save_refresh(
+        &self,
+        provider: &str,
+        expected: u64,
+        sealed: &[u8],
+    ) -> Result<u64, StoreError> {
+        let provider = provider.to_owned();
+        let sealed = sealed.to_vec();
+        let path = self.path.clone();
+        self.with(move |c| {
+            let next = expected + 1;
+            let changed = if expected == 0 {
+                c.execute(
+                    "INSERT INTO refresh_tokens (provider, generation, sealed) VALUES (?1, 1, ?2)
+                     ON CONFLICT (provider) DO NOTHING",
+                    params![provider, sealed],
+                )
+            } else {
+                c.execute(
+                    "UPDATE refresh_tokens SET generation = ?3, sealed = ?2, intent_at_ms = NULL,
+                            needs_credentials = NULL
+                     WHERE provider = ?1 AND generation = ?4",
+                    params![provider, sealed, signed(next), signed(expected)],
+                )
+            }
+            .map_err(|e| map(&path, &e))?;
+            if changed == 1 {
+                Ok(next)
+            } else {
+                Err(StoreError::new(
+                    StoreErrorKind::Conflict,
+                    format!("a refresh token newer than generation {expected} is already stored"),
+                ))
+            }
+        })
+        .await
+    }
+
+    async fn begin_refresh(
+        &self,
+        provider: &str,
+        generation: u64,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.refresh_update(
+            provider,
+            generation,
+            "UPDATE refresh_tokens SET intent_at_ms = COALESCE(intent_at_ms, ?3)
+             WHERE provider = ?1 AND generation = ?2",
+            Some(millis(at)),
+        )
+        .await
+    }
+
+    async fn clear_refresh_intent(
+        &self,
+        provider: &str,
+        generation: u64,
+    ) -> Result<(), StoreError> {
+        self.refresh_update(
+            provider,
+            generation,
+            "UPDATE refresh_tokens SET intent_at_ms = NULL WHERE provider = ?1 AND generation = ?2",
+            None,
+        )
+        .await
+    }
+
+    async fn mark_needs_credentials(&self, provider: &str, reason: &str) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE refresh_tokens SET needs_credentials = ?2 WHERE provider = ?1",
+            provider,
+            reason,
+        )
+        .await
+    }
+
+    async fn begin_issuance(&self, provider: &str, at: SystemTime) -> Result<u64, StoreError> {
+        let provider = provider.to_owned();
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO issuances (provider, requested_at_ms) VALUES (?1, ?2)",
+                params![provider, millis(at)],
+            )
+            .map_err(|e| map(&path, &e))?;
+            Ok(generation(c.last_insert_rowid()))
+        })
+        .await
+    }
+
+    async fn finish_issuance(
+        &self,
+        id: u64,
+        expires_at: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE issuances SET expires_at_ms = COALESCE(?2, requested_at_ms) WHERE id = ?1",
+                params![signed(id), expires_at.map(millis)],
+            )
+            .map(drop)
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn issuances(
+        &self,
+        provider: &str,
+        since: SystemTime,
+    ) -> Result<Vec<IssuanceRecord>, StoreError> {
+        let provider = provider.to_owned();
+        let path = self.path.clone();
+        self.with(move |c| {
+            let mut statement = c
+                .prepare(
+                    "SELECT requested_at_ms, expires_at_ms FROM issuances
+                     WHERE provider = ?1 AND (requested_at_ms >= ?2 OR expires_at_ms IS NULL
+                                              OR expires_at_ms >= ?2)
+                     ORDER BY requested_at_ms",
+                )
+                .map_err(|e| map(&path, &e))?;
+            let rows = statement
+                .query_map(params![provider, millis(since)], |row| {
+                    let expires: Option<i64> = row.get(1)?;
+                    Ok(IssuanceRecord {
+                        requested_at: time(row.get(0)?),
+                        expires_at: expires.map(time),
+                    })
+                })
+                .map_err(|e| map(&path, &e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
     async fn rekey(&self, reseal: Reseal) -> Result<usize, StoreError> {
         let path = self.path.clone();
         self.with(move |c| {
@@ -398,28 +643,14 @@ impl Store for SqliteStore {
                 StoreError::new(StoreErrorKind::Corrupt, e.to_string())
             };
             let mut count = 0;
-            let tokens: Vec<(String, Vec<u8>)> = {
-                let mut statement = tx
-                    .prepare("SELECT provider, sealed FROM tokens")
-                    .map_err(|e| map(&path, &e))?;
-                let rows = statement
-                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .map_err(|e| map(&path, &e))?;
-                rows.collect::<Result<_, _>>().map_err(|e| map(&path, &e))?
-            };
-            for (provider, sealed) in tokens {
-                let row = SealedRow {
-                    provider: &provider,
-                    purpose: Purpose::AccessToken,
-                    sealed: &sealed,
-                };
-                let resealed = reseal(row).map_err(corrupt)?;
-                tx.execute(
-                    "UPDATE tokens SET sealed = ?2 WHERE provider = ?1",
-                    params![provider, resealed],
-                )
-                .map_err(|e| map(&path, &e))?;
-                count += 1;
+            for (table, purpose) in [
+                ("tokens", Purpose::AccessToken),
+                ("refresh_tokens", Purpose::RefreshToken),
+            ] {
+                count += reseal_table(&tx, table, purpose, &reseal).map_err(|e| match e {
+                    Reseal_::Store(e) => map(&path, &e),
+                    Reseal_::Seal(e) => corrupt(e),
+                })?;
             }
             let check: Option<Vec<u8>> = tx
                 .query_row(

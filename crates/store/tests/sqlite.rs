@@ -46,6 +46,18 @@ async fn rekey_reseals_all_or_nothing() {
 }
 
 #[tokio::test]
+async fn refresh_tokens_rotate_by_compare_and_set() {
+    let (_dir, _, store) = fresh().await;
+    conformance::refresh_tokens_rotate_by_compare_and_set(&store).await;
+}
+
+#[tokio::test]
+async fn ledger_keeps_requests_and_outcomes() {
+    let (_dir, _, store) = fresh().await;
+    conformance::ledger_keeps_requests_and_outcomes(&store).await;
+}
+
+#[tokio::test]
 async fn committed_tokens_survive_reopening() {
     let (_dir, path, store) = fresh().await;
     store

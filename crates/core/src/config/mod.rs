@@ -5,6 +5,7 @@
 //! can print them at once. Nothing outside this module looks at raw TOML; everything else
 //! takes the typed structs below, passed explicitly.
 
+mod oauth2;
 mod provider;
 mod secret_ref;
 mod table;
@@ -14,7 +15,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use provider::{IssuerConfig, JsonLoginConfig, JsonTemplate, ProviderConfig};
+pub use oauth2::{AuthMethod, ClientCredentialsConfig, OAuthClient, RefreshTokenConfig};
+pub use provider::{IssuanceBudget, IssuerConfig, JsonLoginConfig, JsonTemplate, ProviderConfig};
 use table::Table;
 
 /// The whole validated configuration.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::Problem;
+use super::oauth2::{self, ClientCredentialsConfig, RefreshTokenConfig};
 use super::secret_ref;
 use super::table::Table;
 
@@ -35,6 +36,10 @@ pub struct ProviderConfig {
     pub backoff_min: Duration,
     /// The longest retry delay.
     pub backoff_max: Duration,
+    /// Never ask the issuer more often than this, counted across restarts.
+    pub max_issuances: Option<IssuanceBudget>,
+    /// Never hold more unexpired tokens than this (issuers that cap a client's live tokens).
+    pub max_active_tokens: Option<u32>,
 }
 
 /// How a provider's tokens are obtained, per `type`.
@@ -42,6 +47,17 @@ pub struct ProviderConfig {
 pub enum IssuerConfig {
     /// `type = "json_login"`: POST a JSON body, read the token from the JSON answer.
     JsonLogin(JsonLoginConfig),
+    /// `type = "oauth2_client_credentials"`: RFC 6749 §4.4.
+    ClientCredentials(ClientCredentialsConfig),
+    /// `type = "oauth2_refresh_token"`: RFC 6749 §6, with rotating refresh tokens.
+    RefreshToken(RefreshTokenConfig),
+}
+
+/// `max_issuances = "N/period"`: at most `count` issuance requests in any `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuanceBudget {
+    pub count: u32,
+    pub period: Duration,
 }
 
 /// `type = "json_login"` (Automation Anywhere Control Room and its kind).
@@ -99,8 +115,7 @@ impl fmt::Debug for JsonTemplate {
     }
 }
 
-const KNOWN_TYPES: &str = "json_login";
-const LATER_TYPES: [&str; 2] = ["oauth2_client_credentials", "oauth2_refresh_token"];
+const KNOWN_TYPES: &str = "json_login, oauth2_client_credentials, oauth2_refresh_token";
 
 impl ProviderConfig {
     pub(crate) fn from_table(
@@ -113,12 +128,11 @@ impl ProviderConfig {
         let kind = t.require("type", kind, problems);
         let issuer = match kind {
             Some("json_login") => json_login(&mut t, problems).map(IssuerConfig::JsonLogin),
-            Some(later) if LATER_TYPES.contains(&later) => {
-                problems.push(Problem::new(
-                    t.key("type"),
-                    format!("provider type {later:?} is not supported by this version yet"),
-                ));
-                return None;
+            Some("oauth2_client_credentials") => {
+                oauth2::client_credentials(&mut t, problems).map(IssuerConfig::ClientCredentials)
+            }
+            Some("oauth2_refresh_token") => {
+                oauth2::refresh_token(&mut t, problems).map(IssuerConfig::RefreshToken)
             }
             Some(other) => {
                 problems.push(Problem::new(
@@ -169,12 +183,28 @@ impl ProviderConfig {
                 "backoff_min must be above zero and backoff_max at least backoff_min",
             ));
         }
-        if t.value("max_issuances").is_some() {
-            problems.push(Problem::new(
-                t.key("max_issuances"),
-                "issuance budgets are not enforced by this version yet",
-            ));
-        }
+        let max_issuances =
+            t.string("max_issuances", problems)
+                .and_then(|text| match parse_budget(text) {
+                    Some(budget) => Some(budget),
+                    None => {
+                        problems.push(Problem::new(
+                            t.key("max_issuances"),
+                            format!("expected \"N/period\" such as \"10/10m\", found {text:?}"),
+                        ));
+                        None
+                    }
+                });
+        let max_active_tokens = t.integer("max_active_tokens", problems).and_then(|n| {
+            let n = u32::try_from(n).ok().filter(|n| *n >= 1);
+            if n.is_none() {
+                problems.push(Problem::new(
+                    t.key("max_active_tokens"),
+                    "must be at least 1",
+                ));
+            }
+            n
+        });
         t.finish(problems);
         if problems.len() > before {
             return None;
@@ -191,6 +221,8 @@ impl ProviderConfig {
             min_validity,
             backoff_min,
             backoff_max,
+            max_issuances,
+            max_active_tokens,
         })
     }
 
@@ -303,6 +335,16 @@ fn to_json(
                 .collect(),
         ),
     }
+}
+
+/// `"N/period"`, e.g. `"10/10m"`.
+fn parse_budget(text: &str) -> Option<IssuanceBudget> {
+    let (count, period) = text.split_once('/')?;
+    let count = count.trim().parse().ok().filter(|n| *n >= 1)?;
+    let period = humantime::parse_duration(period.trim())
+        .ok()
+        .filter(|p| !p.is_zero())?;
+    Some(IssuanceBudget { count, period })
 }
 
 /// An RFC 9110 token: the characters a header name may hold.

@@ -76,6 +76,10 @@ impl<'a> Table<'a> {
         self.typed(name, "a string", problems, toml::Value::as_str)
     }
 
+    pub(crate) fn integer(&mut self, name: &'a str, problems: &mut Vec<Problem>) -> Option<i64> {
+        self.typed(name, "a whole number", problems, toml::Value::as_integer)
+    }
+
     pub(crate) fn bool(&mut self, name: &'a str, problems: &mut Vec<Problem>) -> Option<bool> {
         self.typed(name, "true or false", problems, toml::Value::as_bool)
     }

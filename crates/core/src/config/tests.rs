@@ -46,7 +46,9 @@ fn defaults_follow_the_spec() {
         cr.refresh_lead(Duration::from_secs(3600)),
         Duration::from_secs(300)
     );
-    let IssuerConfig::JsonLogin(login) = &cr.issuer;
+    let IssuerConfig::JsonLogin(login) = &cr.issuer else {
+        panic!("json_login");
+    };
     assert_eq!(login.token_pointer, "/token");
     assert_eq!(login.lifetime, Duration::from_secs(1200));
 }

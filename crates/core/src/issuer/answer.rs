@@ -1,11 +1,13 @@
 //! Turning an issuer's HTTP answer (or its absence) into a JSON body or a typed error.
 //! Shared by every issuer type, so that a 429 or a timeout means the same everywhere.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::{RequestBuilder, StatusCode, Url};
 
-use super::IssueError;
+use secrecy::SecretString;
+
+use super::{Issuance, IssueError, Issued, OAuthError, jwt};
 
 /// Sends `request` and returns the JSON body of a 2xx answer, or the error it amounts to.
 pub(crate) async fn send_json(
@@ -75,6 +77,25 @@ fn status_error(
 ) -> IssueError {
     let provider = provider.to_owned();
     let code = status.as_u16();
+    if let Some((error, description)) = oauth_error(body) {
+        return match error {
+            OAuthError::SlowDown => IssueError::RateLimited {
+                provider,
+                retry_after,
+            },
+            OAuthError::TemporarilyUnavailable => IssueError::Unavailable {
+                provider,
+                status: code,
+                retry_after,
+            },
+            error => IssueError::OAuth {
+                provider,
+                status: code,
+                error,
+                description,
+            },
+        };
+    }
     match status {
         StatusCode::TOO_MANY_REQUESTS => IssueError::RateLimited {
             provider,
@@ -98,6 +119,92 @@ fn status_error(
     }
 }
 
+/// How to read a successful token answer.
+pub(crate) struct TokenAnswer<'a> {
+    pub(crate) provider: &'a str,
+    /// RFC 6901 pointer to the access token.
+    pub(crate) pointer: &'a str,
+    /// When neither a JWT `exp` nor `expires_in` says.
+    pub(crate) default_lifetime: Duration,
+}
+
+impl TokenAnswer<'_> {
+    /// The token in `answer`, its expiry (the JWT `exp`, else `expires_in` counted from
+    /// `issued_at`, the moment the request was sent, else the default lifetime) and a
+    /// rotated `refresh_token` if the answer carries one.
+    pub(crate) fn issued(
+        &self,
+        answer: &serde_json::Value,
+        issued_at: SystemTime,
+        how: Issuance,
+    ) -> Result<Issued, IssueError> {
+        let malformed = |reason: String| IssueError::Malformed {
+            provider: self.provider.to_owned(),
+            reason,
+        };
+        let token = answer
+            .pointer(self.pointer)
+            .ok_or_else(|| malformed(format!("no value at {:?}", self.pointer)))?
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                malformed(format!(
+                    "the value at {:?} is not a non-empty string",
+                    self.pointer
+                ))
+            })?;
+        if token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(malformed(
+                "the token holds characters a header cannot carry".to_owned(),
+            ));
+        }
+        let expires_at = jwt::expiry(token)
+            .or_else(|| expires_in(answer).and_then(|d| issued_at.checked_add(d)))
+            .unwrap_or(issued_at + self.default_lifetime);
+        let refresh_token = match answer.get("refresh_token") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value) => Some(
+                value
+                    .as_str()
+                    .filter(|t| !t.is_empty())
+                    .map(|t| SecretString::from(t.to_owned()))
+                    .ok_or_else(|| {
+                        malformed("refresh_token is not a non-empty string".to_owned())
+                    })?,
+            ),
+        };
+        Ok(Issued {
+            access_token: SecretString::from(token.to_owned()),
+            issued_at,
+            expires_at,
+            how,
+            refresh_token,
+        })
+    }
+}
+
+/// An `expires_in` (seconds, as a number or a numeric string) at the top of the answer.
+fn expires_in(answer: &serde_json::Value) -> Option<Duration> {
+    let value = answer.get("expires_in")?;
+    let secs = value
+        .as_f64()
+        .or_else(|| value.as_str()?.trim().parse().ok())?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+}
+
+/// An RFC 6749 §5.2 error answer: its registered code and its description.
+fn oauth_error(body: &[u8]) -> Option<(OAuthError, Option<String>)> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = OAuthError::from_code(json.get("error")?.as_str()?)?;
+    let description = json
+        .get("error_description")
+        .and_then(serde_json::Value::as_str)
+        .map(sanitised);
+    Some((error, description))
+}
+
 /// A `Retry-After` given in seconds (the HTTP-date form is rare from token endpoints and
 /// is treated as absent).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -112,12 +219,12 @@ fn detail(body: &[u8]) -> Option<String> {
     let text = ["error_description", "message", "error"]
         .iter()
         .find_map(|field| json.get(field)?.as_str())?;
-    let mut text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-    if text.is_empty() {
-        return None;
-    }
-    text.shrink_to_fit();
-    Some(text)
+    Some(sanitised(text)).filter(|t| !t.is_empty())
+}
+
+/// An issuer's explanation as it may be shown: no control characters, at most 200 of them.
+fn sanitised(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 #[cfg(test)]
@@ -151,6 +258,44 @@ mod tests {
         assert_eq!(
             status_error("cr", StatusCode::BAD_REQUEST, None, b"<html>").reason(),
             "refused"
+        );
+    }
+
+    #[test]
+    fn each_rfc_6749_error_is_distinct_and_readable() {
+        let mut reasons = std::collections::BTreeSet::new();
+        for code in [
+            "invalid_request",
+            "invalid_client",
+            "invalid_grant",
+            "unauthorized_client",
+            "unsupported_grant_type",
+            "invalid_scope",
+        ] {
+            let body = format!(r#"{{"error":"{code}","error_description":"why {code}"}}"#);
+            let e = status_error("crm", StatusCode::BAD_REQUEST, None, body.as_bytes());
+            assert_eq!(e.reason(), code);
+            assert!(e.to_string().contains(&format!("why {code}")), "{e}");
+            assert!(e.to_string().starts_with("crm: "), "{e}");
+            reasons.insert(e.reason());
+        }
+        assert_eq!(reasons.len(), 6);
+        let slow = status_error(
+            "crm",
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"error":"slow_down"}"#,
+        );
+        assert_eq!(slow.reason(), "rate_limited");
+        let busy = status_error(
+            "crm",
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(3)),
+            br#"{"error":"temporarily_unavailable"}"#,
+        );
+        assert_eq!(
+            (busy.reason(), busy.retry_after()),
+            ("unavailable", Some(Duration::from_secs(3)))
         );
     }
 }

@@ -8,12 +8,10 @@
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use secrecy::SecretString;
 
-use super::answer::send_json;
-use super::{Issuance, IssueError, Issued, Issuer, jwt};
+use super::answer::{TokenAnswer, send_json};
+use super::{Issuance, IssueError, IssueInput, Issued, Issuer};
 use crate::config::JsonLoginConfig;
-use crate::token::Token;
 
 /// A `json_login` provider's issuer.
 pub struct JsonLogin {
@@ -30,15 +28,7 @@ impl JsonLogin {
         config: JsonLoginConfig,
         timeout: Duration,
     ) -> Result<Self, IssueError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("tokenbroker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| IssueError::Setup {
-                provider: provider.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let http = super::http_client(provider, timeout)?;
         Ok(Self {
             provider: provider.to_owned(),
             config,
@@ -65,52 +55,19 @@ impl JsonLogin {
         issued_at: SystemTime,
         how: Issuance,
     ) -> Result<Issued, IssueError> {
-        let malformed = |reason: String| IssueError::Malformed {
-            provider: self.provider.clone(),
-            reason,
+        let read = TokenAnswer {
+            provider: &self.provider,
+            pointer: &self.config.token_pointer,
+            default_lifetime: self.config.lifetime,
         };
-        let token = answer
-            .pointer(&self.config.token_pointer)
-            .ok_or_else(|| malformed(format!("no value at {:?}", self.config.token_pointer)))?
-            .as_str()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                malformed(format!(
-                    "the value at {:?} is not a non-empty string",
-                    self.config.token_pointer
-                ))
-            })?;
-        if token.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(malformed(
-                "the token holds characters a header cannot carry".to_owned(),
-            ));
-        }
-        let expires_at = jwt::expiry(token)
-            .or_else(|| expires_in(answer).and_then(|d| issued_at.checked_add(d)))
-            .unwrap_or(issued_at + self.config.lifetime);
-        Ok(Issued {
-            access_token: SecretString::from(token.to_owned()),
-            issued_at,
-            expires_at,
-            how,
-        })
+        read.issued(answer, issued_at, how)
     }
-}
-
-/// An `expires_in` (seconds, as a number or a numeric string) at the top of the answer.
-fn expires_in(answer: &serde_json::Value) -> Option<Duration> {
-    let value = answer.get("expires_in")?;
-    let secs = value
-        .as_f64()
-        .or_else(|| value.as_str()?.trim().parse().ok())?;
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| !d.is_zero())
 }
 
 #[async_trait]
 impl Issuer for JsonLogin {
-    async fn issue(&self, current: Option<&Token>) -> Result<Issued, IssueError> {
+    async fn issue(&self, input: IssueInput<'_>) -> Result<Issued, IssueError> {
+        let current = input.current;
         if let (Some(url), Some(body), Some(current)) =
             (&self.config.refresh_url, &self.config.refresh_body, current)
         {
@@ -146,7 +103,9 @@ mod tests {
         );
         let config = Config::parse(&text).expect("valid test config");
         let provider = &config.providers["cr"];
-        let crate::config::IssuerConfig::JsonLogin(login) = &provider.issuer;
+        let crate::config::IssuerConfig::JsonLogin(login) = &provider.issuer else {
+            panic!("json_login");
+        };
         JsonLogin::new("cr", login.clone(), Duration::from_secs(1)).expect("client builds")
     }
 

@@ -8,6 +8,7 @@
 mod answer;
 mod json_login;
 mod jwt;
+mod oauth2;
 
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +18,7 @@ use secrecy::SecretString;
 use crate::config::{IssuerConfig, ProviderConfig};
 use crate::token::Token;
 pub use json_login::JsonLogin;
+pub use oauth2::OAuth2;
 
 /// A freshly issued token, before the slot numbers it.
 #[derive(Debug)]
@@ -29,6 +31,18 @@ pub struct Issued {
     pub expires_at: SystemTime,
     /// Whether it came from a login or from exchanging the previous token.
     pub how: Issuance,
+    /// A new refresh token, when the issuer rotated it: it must be stored before the access
+    /// token is handed out.
+    pub refresh_token: Option<SecretString>,
+}
+
+/// What an issuance may use besides the issuer's own settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IssueInput<'a> {
+    /// The token being replaced, if it is still valid (for issuers that exchange it).
+    pub current: Option<&'a Token>,
+    /// The current refresh token (for refresh-token grants).
+    pub refresh_token: Option<&'a SecretString>,
 }
 
 /// How a token was obtained.
@@ -51,9 +65,21 @@ impl Issuance {
 /// Obtains tokens for one provider.
 #[async_trait]
 pub trait Issuer: Send + Sync + 'static {
-    /// Obtains a new token. `current` is the token being replaced, if it is still valid, for
-    /// issuers that can exchange it instead of logging in again.
-    async fn issue(&self, current: Option<&Token>) -> Result<Issued, IssueError>;
+    /// Obtains a new token.
+    async fn issue(&self, input: IssueInput<'_>) -> Result<Issued, IssueError>;
+}
+
+/// The HTTP client of one provider's issuer: every call bounded by `timeout`.
+fn http_client(provider: &str, timeout: Duration) -> Result<reqwest::Client, IssueError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("tokenbroker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| IssueError::Setup {
+            provider: provider.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Builds the issuer a provider's config describes.
@@ -62,6 +88,16 @@ pub fn for_provider(config: &ProviderConfig) -> Result<Box<dyn Issuer>, IssueErr
         IssuerConfig::JsonLogin(login) => Ok(Box::new(JsonLogin::new(
             &config.name,
             login.clone(),
+            config.timeout,
+        )?)),
+        IssuerConfig::ClientCredentials(cc) => Ok(Box::new(OAuth2::client_credentials(
+            &config.name,
+            cc.client.clone(),
+            config.timeout,
+        )?)),
+        IssuerConfig::RefreshToken(rt) => Ok(Box::new(OAuth2::refresh_token(
+            &config.name,
+            rt.client.clone(),
             config.timeout,
         )?)),
     }
@@ -110,6 +146,32 @@ pub enum IssueError {
         status: u16,
         detail: Option<String>,
     },
+    /// An RFC 6749 §5.2 error answer.
+    #[error("{provider}: the issuer answered {} (HTTP {status}){}", error.code(), detail_suffix(description))]
+    OAuth {
+        provider: String,
+        status: u16,
+        error: OAuthError,
+        description: Option<String>,
+    },
+    /// `max_issuances` allows no issuance request now.
+    #[error("{provider}: the issuance budget (max_issuances) is used up{}", retry_suffix(Some(*retry_after)))]
+    BudgetExhausted {
+        provider: String,
+        retry_after: Duration,
+    },
+    /// `max_active_tokens` unexpired tokens are out already.
+    #[error("{provider}: max_active_tokens live tokens are out{}", retry_suffix(Some(*retry_after)))]
+    TokenCapReached {
+        provider: String,
+        retry_after: Duration,
+    },
+    /// The refresh token is no longer usable: a person must provide a new one with
+    /// `tokenbroker reseed`.
+    #[error(
+        "{provider}: needs credentials: {reason}; run `tokenbroker reseed {provider}` with a new refresh token"
+    )]
+    NeedsCredentials { provider: String, reason: String },
     #[error("{provider}: cannot set up the issuer client: {reason}")]
     Setup { provider: String, reason: String },
     /// The token was obtained but could not be stored, so it is not handed out: a token is
@@ -144,6 +206,10 @@ impl IssueError {
             Self::Refused { .. } => "refused",
             Self::Setup { .. } => "setup",
             Self::Store { .. } => "store",
+            Self::OAuth { error, .. } => error.code(),
+            Self::BudgetExhausted { .. } => "budget_exhausted",
+            Self::TokenCapReached { .. } => "token_cap_reached",
+            Self::NeedsCredentials { .. } => "needs_credentials",
         }
     }
 
@@ -153,6 +219,8 @@ impl IssueError {
             Self::RateLimited { retry_after, .. } | Self::Unavailable { retry_after, .. } => {
                 *retry_after
             }
+            Self::BudgetExhausted { retry_after, .. }
+            | Self::TokenCapReached { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -160,6 +228,56 @@ impl IssueError {
     /// Whether the issuer said no to this request (as opposed to not answering): a refused
     /// token exchange falls back to a fresh login.
     pub(crate) fn is_refusal(&self) -> bool {
-        matches!(self, Self::BadCredentials { .. } | Self::Refused { .. })
+        matches!(
+            self,
+            Self::BadCredentials { .. } | Self::Refused { .. } | Self::OAuth { .. }
+        )
+    }
+}
+
+/// The error codes of RFC 6749 §5.2 (and RFC 8628's `slow_down`, which token endpoints
+/// use for rate limiting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthError {
+    InvalidRequest,
+    InvalidClient,
+    /// The refresh token (or grant) is invalid, expired, revoked or reused.
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+    SlowDown,
+    TemporarilyUnavailable,
+}
+
+impl OAuthError {
+    const ALL: [Self; 8] = [
+        Self::InvalidRequest,
+        Self::InvalidClient,
+        Self::InvalidGrant,
+        Self::UnauthorizedClient,
+        Self::UnsupportedGrantType,
+        Self::InvalidScope,
+        Self::SlowDown,
+        Self::TemporarilyUnavailable,
+    ];
+
+    /// The code as registered.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::SlowDown => "slow_down",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+
+    /// The error a registered code names.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.code() == code)
     }
 }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{Shared, SlotState, backoff};
+use super::{Shared, SlotState, backoff, ledger, refresh};
 use crate::clock::floor_to_second;
-use crate::issuer::{Issuance, IssueError, Issued, Issuer};
+use crate::issuer::{Issuance, IssueError, IssueInput, Issued, Issuer};
 use crate::metrics::{KindLabels, ProviderLabel, ReasonLabels};
 use crate::seal::Purpose;
 use crate::store::{AuditEvent, AuditKind, Lease, StoreErrorKind, StoredToken};
@@ -25,6 +25,17 @@ use crate::token::Token;
 
 /// The longest token lifetime the broker believes.
 const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// How often a provider that needs credentials looks for a reseed, while consumers ask.
+const RESEED_POLL: Duration = Duration::from_secs(2);
+
+/// How long an issuance lease lasts unless renewed: the longest a dead holder blocks the
+/// next issuance. Well under any sensible `refresh_token_grace`, so that a refresh
+/// interrupted by a crash can still be retried within it.
+const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// How often a running issuance renews its lease.
+const LEASE_RENEW: Duration = Duration::from_secs(1);
 
 /// How soon to look again when another broker holds the issuance lease.
 const LEASE_POLL: Duration = Duration::from_millis(200);
@@ -96,13 +107,23 @@ pub(super) async fn run(
                     }
                     Outcome::Busy => retry_at = Some(shared.clock.now() + LEASE_POLL),
                     Outcome::Failed(error) => {
-                        failures += 1;
-                        let config = &shared.config;
-                        let mut wait =
-                            backoff::delay(failures, config.backoff_min, config.backoff_max);
-                        if let Some(asked) = error.retry_after() {
-                            wait = wait.max(asked);
-                        }
+                        let wait = match &error {
+                            // Limits say exactly when the next request is allowed.
+                            IssueError::BudgetExhausted { retry_after, .. }
+                            | IssueError::TokenCapReached { retry_after, .. } => *retry_after,
+                            // Nothing to retry: look for a reseed now and then.
+                            IssueError::NeedsCredentials { .. } => RESEED_POLL,
+                            _ => {
+                                failures += 1;
+                                let config = &shared.config;
+                                let wait = backoff::delay(
+                                    failures,
+                                    config.backoff_min,
+                                    config.backoff_max,
+                                );
+                                error.retry_after().map_or(wait, |asked| wait.max(asked))
+                            }
+                        };
                         let at = shared.clock.now() + wait;
                         retry_at = Some(at);
                         publish_failure(&shared, error, at);
@@ -159,10 +180,9 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
         .await;
     }
 
-    let ttl = shared.config.timeout + Duration::from_secs(2);
     match persistence
         .store
-        .acquire_lease(provider, &persistence.holder, ttl)
+        .acquire_lease(provider, &persistence.holder, LEASE_TTL)
         .await
     {
         Ok(Lease::Granted { .. }) => {}
@@ -179,36 +199,24 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
         Err(e) => return failed(shared, store_error(provider, &e), Duration::ZERO).await,
     }
 
-    // Only a token the issuer has not rejected and that is still valid can be exchanged.
-    let exchangeable = current.as_ref().filter(|t| {
-        t.generation > shared.rejected.load(Ordering::Acquire)
-            && t.remaining(shared.clock.now()) > shared.config.min_validity
-    });
-    let started = Instant::now();
-    // One bound for the whole issuance, token exchange and fallback login included.
-    let issuance = issuer.issue(exchangeable.map(|t| &**t));
-    let result = tokio::time::timeout(shared.config.timeout, issuance)
-        .await
-        .unwrap_or_else(|_| {
-            Err(IssueError::Timeout {
-                provider: provider.to_owned(),
-                timeout: shared.config.timeout,
-            })
-        });
-    let latency = started.elapsed();
-    shared
-        .metrics
-        .issuer_latency
-        .get_or_create(&ProviderLabel {
-            provider: provider.to_owned(),
-        })
-        .observe(latency.as_secs_f64());
-    let committed = match result.and_then(|issued| {
-        let how = issued.how;
-        numbered(shared, issued, expected + 1).map(|token| (token, how))
-    }) {
-        Ok((token, how)) => commit(shared, expected, token).await.map(|c| (c, how)),
-        Err(error) => Err(error),
+    // The lease is short and renewed while the issuance runs, so that a broker that dies
+    // holding it blocks the next issuance for at most LEASE_TTL.
+    let (committed, latency) = {
+        let work = issue_and_commit(shared, issuer, current.as_deref(), expected);
+        let mut work = std::pin::pin!(work);
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + LEASE_RENEW, LEASE_RENEW);
+        loop {
+            tokio::select! {
+                done = &mut work => break done,
+                _ = renew.tick() => {
+                    let renewed = persistence.store.acquire_lease(provider, &persistence.holder, LEASE_TTL).await;
+                    if !matches!(renewed, Ok(Lease::Granted { .. })) {
+                        tracing::warn!(provider, "cannot renew the issuance lease");
+                    }
+                }
+            }
+        }
     };
     // Released before anyone sees the outcome: a crash after a consumer received a token
     // never leaves the lease behind.
@@ -250,6 +258,77 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
         Ok((Committed::Theirs(token), _)) => publish(shared, token),
         Err(error) => failed(shared, error, latency).await,
     }
+}
+
+/// Everything between taking the lease and releasing it: the budget and cap checks, the
+/// ledger entry, the refresh-token intent, the issuer call, and the commits of the rotated
+/// refresh token and the new access token. Returns the time the issuer took.
+async fn issue_and_commit(
+    shared: &Shared,
+    issuer: &dyn Issuer,
+    current: Option<&Token>,
+    expected: u64,
+) -> (Result<(Committed, Issuance), IssueError>, Duration) {
+    let provider = shared.config.name.as_str();
+    let store = &shared.persistence.store;
+    if let Err(error) = ledger::admit(shared, current).await {
+        return (Err(error), Duration::ZERO);
+    }
+    let ticket = match refresh::prepare(shared).await {
+        Ok(ticket) => ticket,
+        Err(error) => return (Err(error), Duration::ZERO),
+    };
+    let entry = match store.begin_issuance(provider, shared.clock.now()).await {
+        Ok(entry) => entry,
+        Err(e) => return (Err(store_error(provider, &e)), Duration::ZERO),
+    };
+    // Only a token the issuer has not rejected and that is still valid can be exchanged.
+    let exchangeable = current.filter(|t| {
+        t.generation > shared.rejected.load(Ordering::Acquire)
+            && t.remaining(shared.clock.now()) > shared.config.min_validity
+    });
+    let input = IssueInput {
+        current: exchangeable,
+        refresh_token: ticket.as_ref().map(|t| &t.token),
+    };
+    let started = Instant::now();
+    // One bound for the whole issuance, token exchange and fallback login included.
+    let result = tokio::time::timeout(shared.config.timeout, issuer.issue(input))
+        .await
+        .unwrap_or_else(|_| {
+            Err(IssueError::Timeout {
+                provider: provider.to_owned(),
+                timeout: shared.config.timeout,
+            })
+        });
+    let latency = started.elapsed();
+    shared
+        .metrics
+        .issuer_latency
+        .get_or_create(&ProviderLabel {
+            provider: provider.to_owned(),
+        })
+        .observe(latency.as_secs_f64());
+    // The rotated refresh token is stored first, whatever becomes of the access token.
+    let result = match (ticket, result) {
+        (Some(ticket), result) => refresh::settle(shared, ticket, result).await,
+        (None, result) => result,
+    };
+    let committed = match result.and_then(|issued| {
+        let how = issued.how;
+        numbered(shared, issued, expected + 1).map(|token| (token, how))
+    }) {
+        Ok((token, how)) => commit(shared, expected, token).await.map(|c| (c, how)),
+        Err(error) => Err(error),
+    };
+    let expires_at = match &committed {
+        Ok((Committed::Ours(token), _)) => Some(token.expires_at),
+        _ => None,
+    };
+    if let Err(e) = store.finish_issuance(entry, expires_at).await {
+        tracing::warn!(provider, error = %e, "cannot complete the issuance ledger entry");
+    }
+    (committed, latency)
 }
 
 /// The token to publish after a commit.
@@ -332,6 +411,11 @@ fn publish(shared: &Shared, token: Token) -> Outcome {
 /// Logs, counts and audits a failed attempt; the driver publishes it.
 async fn failed(shared: &Shared, error: IssueError, latency: Duration) -> Outcome {
     let provider = shared.config.name.as_str();
+    let still_needs_credentials = matches!(error, IssueError::NeedsCredentials { .. })
+        && shared.view.borrow().state == SlotState::NeedsCredentials;
+    if still_needs_credentials {
+        return Outcome::Failed(error); // said and audited when it happened
+    }
     tracing::warn!(provider, error = %error, latency_ms = latency.as_millis() as u64, "issuance failed");
     shared
         .metrics
@@ -349,8 +433,12 @@ async fn failed(shared: &Shared, error: IssueError, latency: Duration) -> Outcom
 /// no consumer sees one without the other.
 fn publish_failure(shared: &Shared, error: IssueError, retry_at: SystemTime) {
     let at = shared.clock.now();
+    let state = match error {
+        IssueError::NeedsCredentials { .. } => SlotState::NeedsCredentials,
+        _ => SlotState::BackingOff,
+    };
     shared.view.send_modify(|v| {
-        v.state = SlotState::BackingOff;
+        v.state = state;
         v.last_failure = Some((at, error.to_string()));
         v.last_error = Some(error);
         v.retry_at = Some(retry_at);

@@ -14,6 +14,8 @@
 
 mod backoff;
 mod driver;
+mod ledger;
+mod refresh;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +41,8 @@ pub enum SlotState {
     Issuing,
     /// The last issuance failed; the next attempt waits for the backoff.
     BackingOff,
+    /// The refresh token is out of service until `tokenbroker reseed`.
+    NeedsCredentials,
 }
 
 impl SlotState {
@@ -48,6 +52,7 @@ impl SlotState {
             Self::Ready => "ready",
             Self::Issuing => "issuing",
             Self::BackingOff => "backing_off",
+            Self::NeedsCredentials => "needs_credentials",
         }
     }
 }
@@ -220,6 +225,17 @@ impl Slot {
                 // is over, the request waits for a fresh attempt instead.
                 let backing_off =
                     view.state == SlotState::BackingOff && view.retry_at.is_some_and(|at| at > now);
+                if view.state == SlotState::NeedsCredentials
+                    && let Some(error) = &view.last_error
+                {
+                    // Answer at once, and let the driver look for a reseed.
+                    shared.demand.store(true, Ordering::Release);
+                    shared.wake.notify_one();
+                    return Err(SlotError::Issuer {
+                        error: error.clone(),
+                        retry_after: None,
+                    });
+                }
                 if (failed_since_waiting || (waiting_since.is_none() && backing_off))
                     && let Some(error) = &view.last_error
                 {
@@ -339,7 +355,10 @@ impl Shared {
         let expiring = now + self.config.min_validity > token.expires_at;
         let rotating = self.config.single_session
             && now >= token.refresh_at
-            && view.state != SlotState::BackingOff;
+            && !matches!(
+                view.state,
+                SlotState::BackingOff | SlotState::NeedsCredentials
+            );
         (!rejected && !expiring && !rotating).then(|| token.clone())
     }
 }

@@ -13,9 +13,11 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::config::Config;
-use crate::issuer::{Issuance, Issued};
+use crate::issuer::{Issuance, IssueInput, Issued};
 use crate::seal::new_master_key;
-use crate::store::{AuditEvent, Lease, Reseal, StoreError, StoreErrorKind};
+use crate::store::{
+    AuditEvent, IssuanceRecord, Lease, Reseal, StoreError, StoreErrorKind, StoredRefresh,
+};
 
 /// An issuer that mints `tok-N` tokens of a fixed lifetime, after a latency, and can be
 /// told to fail.
@@ -31,7 +33,7 @@ struct FakeIssuer {
 
 #[async_trait]
 impl Issuer for FakeIssuer {
-    async fn issue(&self, _current: Option<&Token>) -> Result<Issued, IssueError> {
+    async fn issue(&self, _input: IssueInput<'_>) -> Result<Issued, IssueError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let now_in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight
@@ -51,6 +53,7 @@ impl Issuer for FakeIssuer {
             issued_at,
             expires_at: issued_at + self.lifetime,
             how: Issuance::Login,
+            refresh_token: None,
         })
     }
 }
@@ -100,6 +103,30 @@ impl Store for MemoryStore {
     }
     async fn set_key_check(&self, _: &[u8]) -> Result<(), StoreError> {
         Ok(())
+    }
+    async fn load_refresh(&self, _: &str) -> Result<Option<StoredRefresh>, StoreError> {
+        Ok(None)
+    }
+    async fn save_refresh(&self, _: &str, expected: u64, _: &[u8]) -> Result<u64, StoreError> {
+        Ok(expected + 1)
+    }
+    async fn begin_refresh(&self, _: &str, _: u64, _: SystemTime) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn clear_refresh_intent(&self, _: &str, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn mark_needs_credentials(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn begin_issuance(&self, _: &str, _: SystemTime) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    async fn finish_issuance(&self, _: u64, _: Option<SystemTime>) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn issuances(&self, _: &str, _: SystemTime) -> Result<Vec<IssuanceRecord>, StoreError> {
+        Ok(Vec::new())
     }
     async fn rekey(&self, _: Reseal) -> Result<usize, StoreError> {
         Ok(0)

@@ -168,3 +168,88 @@ pub(crate) async fn rekey_reseals_all_or_nothing(store: &dyn Store) {
         "nothing changed"
     );
 }
+
+/// Refresh tokens rotate by compare-and-set; intents and `needs_credentials` are cleared by a
+/// rotation or a reseed.
+pub(crate) async fn refresh_tokens_rotate_by_compare_and_set(store: &dyn Store) {
+    let t0 = tokenbroker_core::clock::floor_to_second(SystemTime::now());
+    assert_eq!(store.load_refresh("crm").await.unwrap(), None);
+    assert_eq!(store.save_refresh("crm", 0, b"rt1").await.unwrap(), 1);
+    assert_eq!(
+        store
+            .save_refresh("crm", 0, b"again")
+            .await
+            .unwrap_err()
+            .kind,
+        StoreErrorKind::Conflict
+    );
+    store.begin_refresh("crm", 1, t0).await.unwrap();
+    store
+        .begin_refresh("crm", 1, t0 + Duration::from_secs(5))
+        .await
+        .unwrap();
+    let stored = store.load_refresh("crm").await.unwrap().unwrap();
+    assert_eq!(
+        stored.intent_at,
+        Some(t0),
+        "the grace counts from the first use"
+    );
+    store.clear_refresh_intent("crm", 1).await.unwrap();
+    assert_eq!(
+        store.load_refresh("crm").await.unwrap().unwrap().intent_at,
+        None
+    );
+    store.begin_refresh("crm", 1, t0).await.unwrap();
+    store
+        .mark_needs_credentials("crm", "invalid_grant")
+        .await
+        .unwrap();
+    let stored = store.load_refresh("crm").await.unwrap().unwrap();
+    assert_eq!(stored.needs_credentials.as_deref(), Some("invalid_grant"));
+    assert_eq!(store.save_refresh("crm", 1, b"rt2").await.unwrap(), 2);
+    let stored = store.load_refresh("crm").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.generation, stored.sealed.as_slice()),
+        (2, &b"rt2"[..])
+    );
+    assert_eq!((stored.intent_at, stored.needs_credentials), (None, None));
+    assert_eq!(
+        store.begin_refresh("crm", 1, t0).await.unwrap_err().kind,
+        StoreErrorKind::Conflict
+    );
+    assert_eq!(
+        store
+            .save_refresh("crm", 1, b"stale")
+            .await
+            .unwrap_err()
+            .kind,
+        StoreErrorKind::Conflict
+    );
+}
+
+/// The ledger keeps requests and their outcomes, and answers what matters at a time.
+pub(crate) async fn ledger_keeps_requests_and_outcomes(store: &dyn Store) {
+    let t0 = tokenbroker_core::clock::floor_to_second(SystemTime::now());
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let old = store.begin_issuance("pool", at(0)).await.unwrap();
+    store.finish_issuance(old, Some(at(10))).await.unwrap();
+    let failed = store.begin_issuance("pool", at(20)).await.unwrap();
+    store.finish_issuance(failed, None).await.unwrap();
+    let live = store.begin_issuance("pool", at(30)).await.unwrap();
+    store.finish_issuance(live, Some(at(100))).await.unwrap();
+    let _unknown = store.begin_issuance("pool", at(40)).await.unwrap();
+    store.begin_issuance("other", at(40)).await.unwrap();
+    let records = store.issuances("pool", at(25)).await.unwrap();
+    let requested: Vec<_> = records.iter().map(|r| r.requested_at).collect();
+    assert_eq!(
+        requested,
+        [at(30), at(40)],
+        "old and failed requests no longer matter"
+    );
+    assert_eq!(records[0].expires_at, Some(at(100)));
+    assert_eq!(
+        records[1].expires_at, None,
+        "an unknown outcome stays visible"
+    );
+    assert_eq!(store.issuances("pool", at(0)).await.unwrap().len(), 4);
+}

@@ -105,7 +105,10 @@ pub(crate) async fn spawn_app(options: Options) -> TestApp {
     }
 }
 
-async fn start_broker(config_text: &str, master_key: &str) -> tokenbroker::server::Running {
+pub(crate) async fn start_broker(
+    config_text: &str,
+    master_key: &str,
+) -> tokenbroker::server::Running {
     let config = Config::parse(config_text).expect("the test config is valid");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

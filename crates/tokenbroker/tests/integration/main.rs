@@ -5,6 +5,7 @@
 mod cli;
 mod consumers;
 mod helpers;
+mod oauth2;
 mod process;
 mod store;
 mod token_api;

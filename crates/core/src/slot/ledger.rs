@@ -1,0 +1,85 @@
+//! The issuance ledger's two limits, checked before every issuance request:
+//! `max_issuances` (at most N requests in any sliding window) and `max_active_tokens` (at
+//! most N unexpired tokens out). Both count from the store, so they hold across restarts;
+//! a request whose outcome is unknown (a crash mid-issuance) counts as a live token.
+
+use std::time::{Duration, SystemTime};
+
+use super::Shared;
+use crate::issuer::IssueError;
+use crate::token::Token;
+
+/// How long a token whose issuance outcome is unknown is assumed to live, when there is no
+/// token to take the provider's lifetime from.
+const ASSUMED_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// How much later than recorded here an issuer may see a request arrive.
+const ARRIVAL_MARGIN: Duration = Duration::from_millis(250);
+
+/// Whether one more issuance request is allowed now; if not, the error says until when.
+pub(super) async fn admit(shared: &Shared, current: Option<&Token>) -> Result<(), IssueError> {
+    let config = &shared.config;
+    if config.max_issuances.is_none() && config.max_active_tokens.is_none() {
+        return Ok(());
+    }
+    let provider = config.name.as_str();
+    let now = shared.clock.now();
+    // The issuer counts requests when they arrive, a little after they were recorded here:
+    // the window is held a little longer so that its count never exceeds the budget.
+    let window = config
+        .max_issuances
+        .map_or(Duration::ZERO, |b| b.period + ARRIVAL_MARGIN);
+    let since = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+    let records = shared
+        .persistence
+        .store
+        .issuances(provider, since)
+        .await
+        .map_err(|e| IssueError::Store {
+            provider: provider.to_owned(),
+            reason: e.to_string(),
+        })?;
+
+    if let Some(budget) = config.max_issuances {
+        let in_window: Vec<SystemTime> = records
+            .iter()
+            .map(|r| r.requested_at)
+            .filter(|at| *at > since)
+            .collect();
+        let allowed = budget.count as usize;
+        if in_window.len() >= allowed {
+            // The window frees a place when the request `allowed` places back leaves it.
+            let frees_at = in_window[in_window.len() - allowed] + window;
+            return Err(IssueError::BudgetExhausted {
+                provider: provider.to_owned(),
+                retry_after: wait_until(frees_at, now),
+            });
+        }
+    }
+
+    if let Some(cap) = config.max_active_tokens {
+        let assumed = current
+            .and_then(|t| t.expires_at.duration_since(t.issued_at).ok())
+            .unwrap_or(ASSUMED_LIFETIME);
+        let mut live: Vec<SystemTime> = records
+            .iter()
+            .map(|r| r.expires_at.unwrap_or(r.requested_at + assumed))
+            .filter(|expires| *expires > now)
+            .collect();
+        live.sort();
+        let cap = cap as usize;
+        if live.len() >= cap {
+            return Err(IssueError::TokenCapReached {
+                provider: provider.to_owned(),
+                retry_after: wait_until(live[live.len() - cap], now),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn wait_until(at: SystemTime, now: SystemTime) -> Duration {
+    at.duration_since(now)
+        .unwrap_or_default()
+        .max(Duration::from_millis(1))
+}

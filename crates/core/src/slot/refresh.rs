@@ -1,0 +1,195 @@
+//! Rotating refresh tokens (SPEC guarantee 6): the refresh token is read from the store,
+//! an intent is committed before it is sent, and the rotated token is committed before the
+//! access token it came with is handed to anyone.
+//!
+//! After a crash (an intent with no outcome) the same refresh token is retried only within
+//! the issuer's reuse grace (`refresh_token_grace`); beyond it, replaying the token could make
+//! the issuer revoke the whole token family, so the provider is marked `needs_credentials`
+//! until a person runs `tokenbroker reseed`. An `invalid_grant` does the same.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::Shared;
+use crate::config::IssuerConfig;
+use crate::issuer::{IssueError, Issued, OAuthError};
+use crate::seal::Purpose;
+use crate::store::{StoreError, StoreErrorKind};
+
+/// The refresh token an issuance may use, and which stored generation it is.
+pub(super) struct Ticket {
+    generation: u64,
+    pub(super) token: SecretString,
+}
+
+/// For a refresh-token provider, the token to send, with its intent committed; `None` for
+/// other providers.
+pub(super) async fn prepare(shared: &Shared) -> Result<Option<Ticket>, IssueError> {
+    let IssuerConfig::RefreshToken(config) = &shared.config.issuer else {
+        return Ok(None);
+    };
+    let provider = shared.config.name.as_str();
+    let store = &shared.persistence.store;
+    let sealer = &shared.persistence.sealer;
+    let stored = match store
+        .load_refresh(provider)
+        .await
+        .map_err(|e| failure(shared, &e))?
+    {
+        Some(stored) => stored,
+        None => {
+            // First start: the configured refresh token becomes generation 1.
+            let sealed = sealer.seal(
+                provider,
+                Purpose::RefreshToken,
+                config.refresh_token.expose_secret().as_bytes(),
+            );
+            match store.save_refresh(provider, 0, &sealed).await {
+                Ok(_) => {}
+                Err(e) if e.kind == StoreErrorKind::Conflict => {}
+                Err(e) => return Err(failure(shared, &e)),
+            }
+            store
+                .load_refresh(provider)
+                .await
+                .map_err(|e| failure(shared, &e))?
+                .ok_or_else(|| needs(shared, "the refresh token could not be stored".to_owned()))?
+        }
+    };
+    if let Some(reason) = stored.needs_credentials {
+        return Err(needs(shared, reason));
+    }
+    let now = shared.clock.now();
+    if let Some(intent_at) = stored.intent_at {
+        let since = now.duration_since(intent_at).unwrap_or_default();
+        if since > config.refresh_token_grace {
+            let reason = format!(
+                "a refresh started {} ago did not finish (a crash or a lost answer); the issuer may \
+                 have rotated the refresh token, and replaying it beyond refresh_token_grace ({}) \
+                 would revoke the whole token family",
+                humantime::format_duration(std::time::Duration::from_secs(since.as_secs())),
+                humantime::format_duration(config.refresh_token_grace)
+            );
+            mark(shared, &reason).await;
+            return Err(needs(shared, reason));
+        }
+        tracing::warn!(
+            provider,
+            since_ms = since.as_millis() as u64,
+            "retrying an interrupted refresh within refresh_token_grace"
+        );
+    }
+    let token = sealer
+        .open_string(provider, Purpose::RefreshToken, &stored.sealed)
+        .map_err(|e| {
+            needs(
+                shared,
+                format!("the stored refresh token does not open: {e}"),
+            )
+        })?;
+    store
+        .begin_refresh(provider, stored.generation, now)
+        .await
+        .map_err(|e| failure(shared, &e))?;
+    Ok(Some(Ticket {
+        generation: stored.generation,
+        token,
+    }))
+}
+
+/// Stores what a refresh's outcome says about the refresh token, before anything else is
+/// done with the outcome.
+pub(super) async fn settle(
+    shared: &Shared,
+    ticket: Ticket,
+    result: Result<Issued, IssueError>,
+) -> Result<Issued, IssueError> {
+    let provider = shared.config.name.as_str();
+    let store = &shared.persistence.store;
+    match &result {
+        Ok(issued) => match &issued.refresh_token {
+            Some(rotated) => {
+                let sealed = shared.persistence.sealer.seal(
+                    provider,
+                    Purpose::RefreshToken,
+                    rotated.expose_secret().as_bytes(),
+                );
+                if let Err(e) = store
+                    .save_refresh(provider, ticket.generation, &sealed)
+                    .await
+                {
+                    // The intent stays: within the grace the next attempt may retry.
+                    return Err(IssueError::Store {
+                        provider: provider.to_owned(),
+                        reason: format!(
+                            "the rotated refresh token could not be stored, so its access token is not handed out: {e}"
+                        ),
+                    });
+                }
+            }
+            None => clear(shared, ticket.generation).await,
+        },
+        Err(IssueError::OAuth {
+            error: OAuthError::InvalidGrant,
+            description,
+            ..
+        }) => {
+            let reason = format!(
+                "the issuer refused the refresh token (invalid_grant{})",
+                description
+                    .as_ref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+            mark(shared, &reason).await;
+            return Err(needs(shared, reason));
+        }
+        // No answer, or an unreadable one: the issuer may have rotated. The intent stays.
+        Err(IssueError::Timeout { .. } | IssueError::Malformed { .. }) => {}
+        // Any other answer, or no connection at all: nothing was rotated.
+        Err(_) => clear(shared, ticket.generation).await,
+    }
+    result
+}
+
+async fn clear(shared: &Shared, generation: u64) {
+    let provider = shared.config.name.as_str();
+    if let Err(e) = shared
+        .persistence
+        .store
+        .clear_refresh_intent(provider, generation)
+        .await
+    {
+        tracing::warn!(provider, error = %e, "cannot clear the refresh intent");
+    }
+}
+
+async fn mark(shared: &Shared, reason: &str) {
+    let provider = shared.config.name.as_str();
+    tracing::error!(
+        provider,
+        reason,
+        "refresh token out of service until `tokenbroker reseed`"
+    );
+    if let Err(e) = shared
+        .persistence
+        .store
+        .mark_needs_credentials(provider, reason)
+        .await
+    {
+        tracing::error!(provider, error = %e, "cannot record needs_credentials in the store");
+    }
+}
+
+fn needs(shared: &Shared, reason: String) -> IssueError {
+    IssueError::NeedsCredentials {
+        provider: shared.config.name.clone(),
+        reason,
+    }
+}
+
+fn failure(shared: &Shared, e: &StoreError) -> IssueError {
+    IssueError::Store {
+        provider: shared.config.name.clone(),
+        reason: e.to_string(),
+    }
+}
