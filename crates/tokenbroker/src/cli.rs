@@ -74,6 +74,13 @@ pub enum Command {
         #[arg(long, default_value = "tokenbroker.toml")]
         config: PathBuf,
     },
+    /// Put an oauth2_refresh_token provider that needs credentials back in service with a
+    /// new refresh token read from standard input.
+    Reseed {
+        provider: String,
+        #[arg(long, default_value = "tokenbroker.toml")]
+        config: PathBuf,
+    },
     /// Maintain the store.
     Store {
         #[command(subcommand)]
@@ -89,8 +96,9 @@ pub enum Command {
         /// How many jobs share the one API user.
         #[arg(long, default_value_t = 6)]
         jobs: usize,
-        /// How long each half of the demonstration runs (e.g. 20s, 1m).
-        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        /// How long each half of the Control Room act runs (e.g. 20s, 1m); the capped-pool
+        /// act takes half as long.
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
         duration: Duration,
         /// Keep the broker and the emulator up afterwards and print curl lines to try.
         #[arg(long)]
@@ -169,6 +177,7 @@ async fn run(command: Command) -> Result<u8, Exit> {
             since,
             config,
         } => commands::audit::run(&config, provider.as_deref(), since).await,
+        Command::Reseed { provider, config } => commands::reseed::run(&config, &provider).await,
         Command::Store {
             action: StoreAction::Rekey { config },
         } => commands::rekey::run(&config).await,

@@ -49,6 +49,15 @@ impl ApiError {
             Self::Slot(SlotError::Issuer { error, .. }) => match error {
                 IssueError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "issuer_timeout"),
                 IssueError::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+                IssueError::NeedsCredentials { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "needs_credentials")
+                }
+                IssueError::BudgetExhausted { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "issuance_budget_exhausted")
+                }
+                IssueError::TokenCapReached { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "token_cap_reached")
+                }
                 IssueError::Unreachable { .. }
                 | IssueError::Unavailable { .. }
                 | IssueError::RateLimited { .. } => {
@@ -57,6 +66,7 @@ impl ApiError {
                 IssueError::BadCredentials { .. }
                 | IssueError::Refused { .. }
                 | IssueError::Malformed { .. }
+                | IssueError::OAuth { .. }
                 | IssueError::Setup { .. } => (StatusCode::BAD_GATEWAY, "issuer_error"),
             },
         }

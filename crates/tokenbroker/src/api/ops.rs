@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{Request, StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::json;
+use tokenbroker_core::slot::SlotState;
 
 use super::{ApiError, AppState};
 
@@ -17,10 +18,22 @@ pub(super) async fn healthz() -> impl IntoResponse {
 /// answers.
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let providers: Vec<_> = state.broker.slots().map(|s| s.name().to_owned()).collect();
+    // A provider that needs credentials is reported, but does not take the broker out of
+    // service: the other providers still work.
+    let needs_credentials: Vec<_> = state
+        .broker
+        .slots()
+        .filter(|s| s.view().state == SlotState::NeedsCredentials)
+        .map(|s| s.name().to_owned())
+        .collect();
     match state.broker.store_reachable().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "providers": providers })),
+            Json(json!({
+                "status": "ready",
+                "providers": providers,
+                "needs_credentials": needs_credentials,
+            })),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

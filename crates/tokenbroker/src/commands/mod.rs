@@ -5,6 +5,7 @@ pub mod check;
 pub mod exec;
 pub mod keys;
 pub mod rekey;
+pub mod reseed;
 pub mod serve;
 pub mod status;
 mod table;

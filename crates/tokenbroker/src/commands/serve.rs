@@ -21,6 +21,7 @@ pub async fn run(path: &Path) -> Result<u8, Exit> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let listen = listener.local_addr().context("no local address")?;
     let providers = config.providers.len();
     let store = config.store.path.clone();
     let state = AppState::start(config, sealer).await.map_err(|e| {

@@ -1,12 +1,14 @@
 //! `tokenbroker demo`: the scenario that started it all, on loopback, in one process.
 //!
-//! It starts an emulated Control Room whose API user has a single live session, then runs
-//! the same jobs twice: each job logging in for itself ([`jobs::self_login`]), then every job
-//! getting the token from a broker ([`jobs::brokered`]). Each half gets a fresh emulator so
-//! the counts are its own. Progress shows live; a table compares the halves at the end.
+//! Act one starts an emulated Control Room whose API user has a single live session, then
+//! runs the same jobs twice: each job logging in for itself ([`jobs::self_login`]), then
+//! every job getting the token from a broker ([`jobs::brokered`]). Act two does the same with
+//! workers of an OAuth2 client whose server caps its live tokens ([`pool`]). Each half gets a
+//! fresh emulator so the counts are its own. Progress shows live; one table compares all.
 //! With `--serve` the broker stays up afterwards for the reader to try with `curl`.
 
 pub mod jobs;
+mod pool;
 mod report;
 
 use std::path::Path;
@@ -19,7 +21,7 @@ use secrecy::SecretString;
 use tokenbroker_core::Config;
 use tokenbroker_core::access::{hex, key_sha256, new_client_key};
 use tokenbroker_core::seal::{Sealer, new_master_key};
-use tokenbroker_emulator::{ControlRoom, RunningControlRoom};
+use tokenbroker_emulator::{CappedPool, ControlRoom, RunningCappedPool, RunningControlRoom};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -28,6 +30,7 @@ use crate::client::BrokerClient;
 use crate::exit::{self, Exit};
 use crate::server;
 use jobs::{AskAgain, Tally, WorkItems};
+use pool::PoolTally;
 use report::Row;
 
 const USER: &str = "api-bot";
@@ -37,6 +40,10 @@ const PROVIDER: &str = "controlroom";
 const LIFETIME: Duration = Duration::from_secs(10);
 const LOGIN_LATENCY: Duration = Duration::from_millis(150);
 const POLL_EVERY: Duration = Duration::from_millis(150);
+const POOL_PROVIDER: &str = "reltio";
+/// The emulated OAuth2 server's cap on a client's live tokens.
+const POOL_CAP: u32 = 3;
+const POOL_LIFETIME: Duration = Duration::from_secs(30);
 
 pub async fn run(jobs: usize, duration: Duration, keep_serving: bool) -> Result<u8, Exit> {
     if jobs == 0 || duration.is_zero() {
@@ -67,14 +74,25 @@ pub async fn run(jobs: usize, duration: Duration, keep_serving: bool) -> Result<
             &tally,
         )
     });
-    watch(&bar, &alone, &tally, deadline, join_all(work)).await;
-    let first = Row::new("each job logs in", &alone.counters(), &tally);
+    watch(&bar, deadline, join_all(work), || {
+        control_room_progress(&alone, &tally)
+    })
+    .await;
+    let first = Row::control_room("Control Room: each job logs in", &alone.counters(), &tally);
     alone.shutdown();
 
     let shared = emulator().await?;
     let key = new_client_key();
     let store = tempfile::tempdir().context("cannot make a directory for the demo's store")?;
-    let broker = start_broker(&shared, &key, keep_serving, &store.path().join("demo.db")).await?;
+    let pooled = pool_emulator().await?;
+    let broker = start_broker(
+        &shared,
+        &pooled,
+        &key,
+        keep_serving,
+        &store.path().join("demo.db"),
+    )
+    .await?;
     let client = BrokerClient::new(&broker.url, SecretString::from(key.clone()))
         .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
     let tally = Tally::default();
@@ -91,17 +109,73 @@ pub async fn run(jobs: usize, duration: Duration, keep_serving: bool) -> Result<
             &tally,
         )
     });
-    watch(&bar, &shared, &tally, deadline, join_all(work)).await;
-    let second = Row::new("through tokenbroker", &shared.counters(), &tally);
+    watch(&bar, deadline, join_all(work), || {
+        control_room_progress(&shared, &tally)
+    })
+    .await;
+    let second = Row::control_room(
+        "Control Room: through tokenbroker",
+        &shared.counters(),
+        &tally,
+    );
 
-    println!("\n{}", report::table(&[first, second]));
+    // Act two: a capped token pool, with half the time per half.
+    let act = duration / 2;
+    let alone_pool = pool_emulator().await?;
+    let tally = PoolTally::default();
+    let bar = progress(&bars, "workers fetching their own tokens", act);
+    let deadline = Instant::now() + act;
+    let work = (0..jobs).map(|_| pool::self_fetch(alone_pool.url(), deadline, &tally));
+    watch(&bar, deadline, join_all(work), || {
+        pool_progress(&alone_pool, &tally)
+    })
+    .await;
+    let third = Row::pool(
+        "Capped pool: each worker fetches",
+        &alone_pool.counters(),
+        &tally,
+    );
+    alone_pool.shutdown();
+
+    let tally = PoolTally::default();
+    let bar = progress(&bars, "workers using the broker", act);
+    let deadline = Instant::now() + act;
+    let work =
+        (0..jobs).map(|_| pool::brokered(pooled.url(), &client, POOL_PROVIDER, deadline, &tally));
+    watch(&bar, deadline, join_all(work), || {
+        pool_progress(&pooled, &tally)
+    })
+    .await;
+    let fourth = Row::pool(
+        "Capped pool: through tokenbroker",
+        &pooled.counters(),
+        &tally,
+    );
+
+    println!("\n{}", report::table(&[first, second, third, fourth]));
     if keep_serving {
         report::try_it(&broker.url, &key, PROVIDER);
         server::signal().await;
     }
     broker.stop().await.context("the broker failed")?;
     shared.shutdown();
+    pooled.shutdown();
     Ok(exit::OK)
+}
+
+async fn pool_emulator() -> Result<RunningCappedPool, Exit> {
+    CappedPool::builder()
+        .client(pool::CLIENT_ID, pool::CLIENT_SECRET)
+        .max_active(POOL_CAP as usize)
+        .token_lifetime(POOL_LIFETIME)
+        .spawn()
+        .await
+        .map_err(|e| {
+            Exit::new(
+                exit::FAILURE,
+                format!("cannot start the emulated token pool: {e}"),
+            )
+        })
 }
 
 async fn emulator() -> Result<RunningControlRoom, Exit> {
@@ -122,6 +196,7 @@ async fn emulator() -> Result<RunningControlRoom, Exit> {
 /// Starts a broker for the emulated Control Room; with `--serve` on the usual port when free.
 async fn start_broker(
     cr: &RunningControlRoom,
+    pool: &RunningCappedPool,
     key: &str,
     keep_serving: bool,
     store: &Path,
@@ -137,17 +212,28 @@ prefix = ""
 refresh_before = "3s"
 upstream = "{cr}"
 
+[providers.{POOL_PROVIDER}]
+type = "oauth2_client_credentials"
+token_url = "{pool}/oauth/token"
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+max_active_tokens = {POOL_CAP}
+upstream = "{pool}"
+
 [store]
 path = {store:?}
 
 [clients.demo]
 key_sha256 = "{hash}"
-providers = ["{PROVIDER}"]
+providers = ["{PROVIDER}", "{POOL_PROVIDER}"]
 admin = true
 "#,
         cr = cr.url(),
         hash = hex(&key_sha256(key)),
         store = store.display().to_string(),
+        pool = pool.url(),
+        client_id = pool::CLIENT_ID,
+        client_secret = pool::CLIENT_SECRET,
     );
     let config = Config::parse(&text).map_err(|problems| {
         Exit::new(exit::FAILURE, format!("demo config invalid: {problems:?}"))
@@ -185,24 +271,16 @@ fn progress(bars: &MultiProgress, label: &str, duration: Duration) -> ProgressBa
 /// Runs `work` while updating `bar` from the emulator's and the jobs' counters.
 async fn watch(
     bar: &ProgressBar,
-    cr: &RunningControlRoom,
-    tally: &Tally,
     deadline: Instant,
     work: impl std::future::Future<Output = Vec<()>>,
+    message: impl Fn() -> String,
 ) {
     let start = Instant::now();
     let mut work = std::pin::pin!(work);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let show = |bar: &ProgressBar| {
-        let c = cr.counters();
         bar.set_position(start.elapsed().min(deadline - start).as_millis() as u64);
-        bar.set_message(format!(
-            "logins {:>3}  401s {:>3}  runs done {:>4}  failed {:>3}",
-            c.logins + c.refreshes,
-            Tally::get(&tally.unauthorized),
-            Tally::get(&tally.completed),
-            Tally::get(&tally.failed),
-        ));
+        bar.set_message(message());
     };
     loop {
         tokio::select! {
@@ -215,4 +293,28 @@ async fn watch(
     if bar.is_hidden() {
         println!("{}: {}", bar.prefix(), bar.message());
     }
+}
+
+/// The live line of the Control Room act.
+fn control_room_progress(cr: &RunningControlRoom, tally: &Tally) -> String {
+    let c = cr.counters();
+    format!(
+        "logins {:>3}  401s {:>3}  runs done {:>4}  failed {:>3}",
+        c.logins + c.refreshes,
+        c.unauthorized,
+        Tally::get(&tally.completed),
+        Tally::get(&tally.failed),
+    )
+}
+
+/// The live line of the capped-pool act.
+fn pool_progress(pool: &RunningCappedPool, tally: &PoolTally) -> String {
+    let c = pool.counters();
+    format!(
+        "tokens {:>3}  429s {:>3}  calls ok {:>4}  failed {:>3}",
+        c.issued,
+        c.rejected_429,
+        PoolTally::get(&tally.calls_ok),
+        PoolTally::get(&tally.failed),
+    )
 }

@@ -1,44 +1,73 @@
 //! The demo's final table and its "try it yourself" lines.
 
-use tokenbroker_emulator::Counters;
+use tokenbroker_emulator::{Counters, PoolCounters};
 
 use super::jobs::Tally;
+use super::pool::PoolTally;
 
 /// One approach's line of the final table.
 pub(super) struct Row {
     approach: &'static str,
-    /// Tokens the emulated Control Room issued (logins and refreshes).
-    logins: u64,
-    /// 401s the emulator served to the work-item API.
-    unauthorized: u64,
-    completed: u64,
+    /// Tokens the issuer handed out (logins, refreshes, client-credentials tokens).
+    issued: u64,
+    /// Refusals the other side served: 401s from the API, 429s from the token endpoint.
+    refused: u64,
+    /// Work completed: runs for the Control Room jobs, API calls for the pool workers.
+    done: u64,
     failed: u64,
 }
 
 impl Row {
-    pub(super) fn new(approach: &'static str, counters: &Counters, tally: &Tally) -> Self {
+    /// A line of the Control Room act.
+    pub(super) fn control_room(approach: &'static str, counters: &Counters, tally: &Tally) -> Self {
         Self {
             approach,
-            logins: counters.logins + counters.refreshes,
-            unauthorized: counters.unauthorized,
-            completed: Tally::get(&tally.completed),
+            issued: counters.logins + counters.refreshes,
+            refused: counters.unauthorized,
+            done: Tally::get(&tally.completed),
             failed: Tally::get(&tally.failed),
+        }
+    }
+
+    /// A line of the capped-pool act.
+    pub(super) fn pool(approach: &'static str, counters: &PoolCounters, tally: &PoolTally) -> Self {
+        Self {
+            approach,
+            issued: counters.issued,
+            refused: counters.rejected_429 + counters.unauthorized,
+            done: PoolTally::get(&tally.calls_ok),
+            failed: PoolTally::get(&tally.failed),
         }
     }
 }
 
 pub(super) fn table(rows: &[Row]) -> String {
-    let mut out = format!(
-        "{:<22} {:>14} {:>10} {:>14} {:>12}\n",
-        "approach", "logins issued", "401s seen", "runs complete", "runs failed"
-    );
-    out.push_str(&format!("{}\n", "-".repeat(76)));
+    let line = |cells: [&str; 5]| {
+        format!(
+            "{:<36} {:>14} {:>12} {:>10} {:>8}\n",
+            cells[0], cells[1], cells[2], cells[3], cells[4]
+        )
+    };
+    let mut out = line([
+        "approach",
+        "tokens issued",
+        "401s / 429s",
+        "work done",
+        "failed",
+    ]);
+    out.push_str(&format!("{}\n", "-".repeat(84)));
     for row in rows {
-        out.push_str(&format!(
-            "{:<22} {:>14} {:>10} {:>14} {:>12}\n",
-            row.approach, row.logins, row.unauthorized, row.completed, row.failed
-        ));
+        out.push_str(&line([
+            row.approach,
+            &row.issued.to_string(),
+            &row.refused.to_string(),
+            &row.done.to_string(),
+            &row.failed.to_string(),
+        ]));
     }
+    out.push_str(
+        "\nwork done: work items completed (Control Room), API calls answered (capped pool)\n",
+    );
     out
 }
 
