@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# Benchmark of the broker's cached-token path: GET /v1/tokens/{provider}.
+#
+# Run from the repository root:   bash bench/token_api.sh
+#
+# What it does:
+#   1. installs wrk (and curl) with apt-get if they are missing (needs root; Debian/Ubuntu);
+#   2. builds the release binaries (tokenbroker, tokenbroker-emulator);
+#   3. starts the Control Room emulator and the broker on free 127.0.0.1 ports, in a temp dir;
+#   4. waits for /readyz, warms up with one token request (the only issuance of the run);
+#   5. runs wrk against GET /v1/tokens/controlroom, first with the default (JSON) answer,
+#      then with `Accept: text/plain` (the bare token);
+#   6. after each run reads the broker's peak RSS (VmHWM) from /proc, and at the end checks
+#      through /metrics that the broker issued exactly one token during the whole benchmark.
+#
+# Knobs (environment variables):
+#   DURATION     seconds per wrk run                     (default 20)
+#   CONNECTIONS  wrk connections                         (default 64)
+#   THREADS      wrk threads                             (default 2)
+#   SKIP_BUILD   1 = use the existing target/release binaries as they are (default 0)
+#   CARGO_TARGET_DIR  honoured as by cargo (binaries are taken from $CARGO_TARGET_DIR/release)
+#
+# Exit status: 0 when every run had only 2xx answers, no socket errors and exactly one
+# issuance; 1 otherwise. All benchmark traffic stays on 127.0.0.1 (curl ignores proxies).
+set -euo pipefail
+
+DURATION="${DURATION:-20}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-2}"
+SKIP_BUILD="${SKIP_BUILD:-0}"
+PROVIDER=controlroom
+
+die() { echo "token_api.sh: $*" >&2; exit 1; }
+
+[[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 && "$DURATION" -le 600 ]] \
+    || die "DURATION must be whole seconds between 1 and 600 (got '$DURATION')"
+[[ "$CONNECTIONS" =~ ^[0-9]+$ && "$CONNECTIONS" -ge 1 ]] || die "CONNECTIONS must be a positive integer"
+[[ "$THREADS" =~ ^[0-9]+$ && "$THREADS" -ge 1 ]] || die "THREADS must be a positive integer"
+[[ "$THREADS" -le "$CONNECTIONS" ]] || die "THREADS ($THREADS) must not exceed CONNECTIONS ($CONNECTIONS)"
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+[[ -f Cargo.toml && -d crates/tokenbroker ]] || die "run this from the tokenbroker repository"
+
+# --- 1. tools -------------------------------------------------------------------------
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if ((${#missing[@]})); then
+    command -v apt-get >/dev/null 2>&1 || die "need ${missing[*]} and there is no apt-get: install them by hand"
+    [[ "$(id -u)" == 0 ]] || die "need ${missing[*]}: run as root, or install them by hand"
+    echo "==> installing ${missing[*]}"
+    timeout 600 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || [[ "$SKIP_BUILD" == 1 ]] \
+    || die "cargo not found: install Rust (https://rustup.rs) first"
+
+# --- 2. build -------------------------------------------------------------------------
+if [[ "$SKIP_BUILD" != 1 ]]; then
+    echo "==> cargo build --release -p tokenbroker -p tokenbroker-emulator"
+    timeout 3600 cargo build --release -p tokenbroker -p tokenbroker-emulator
+fi
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+TB="$BIN/tokenbroker"
+EMU="$BIN/tokenbroker-emulator"
+[[ -x "$TB" && -x "$EMU" ]] || die "missing $TB or $EMU"
+
+# --- 3. processes, cleaned up on any exit ---------------------------------------------
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tokenbroker-bench.XXXXXX")"
+EMU_PID=""
+TB_PID=""
+cleanup() {
+    local status=$?
+    for pid in "$TB_PID" "$EMU_PID"; do
+        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
+    if ((status != 0)); then
+        for log in broker.log emulator.log; do
+            [[ -s "$WORK/$log" ]] && { echo "--- last lines of $log ---" >&2; tail -n 20 "$WORK/$log" >&2; }
+        done
+    fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# curl that only ever talks to loopback, never through a proxy, and never hangs.
+lcurl() { curl --noproxy '*' --silent --show-error --max-time 5 "$@"; }
+
+# A TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+    local p
+    for _ in $(seq 100); do
+        p=$((20000 + RANDOM % 40000))
+        if command -v ss >/dev/null 2>&1; then
+            [[ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]] && { echo "$p"; return; }
+        elif ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"; return
+        fi
+    done
+    die "no free port found"
+}
+
+# The emulator binds port 0 itself and prints its URL as the first line of stdout.
+# Token lifetime 1h: no refresh can fall inside the benchmark (at most 2 x 600 s).
+echo "==> starting the emulator"
+"$EMU" --listen 127.0.0.1:0 --lifetime 1h --login-latency 0ms --user api-bot:demo-key \
+    >"$WORK/emulator.out" 2>"$WORK/emulator.log" &
+EMU_PID=$!
+EMU_URL=""
+for _ in $(seq 100); do
+    EMU_URL="$(head -n 1 "$WORK/emulator.out" 2>/dev/null || true)"
+    [[ "$EMU_URL" == http://127.0.0.1:* ]] && break
+    kill -0 "$EMU_PID" 2>/dev/null || die "the emulator exited"
+    EMU_URL=""
+    sleep 0.1
+done
+[[ -n "$EMU_URL" ]] || die "the emulator did not report its address within 10 s"
+
+# A throwaway client key for this run only.
+"$TB" keys new bench >"$WORK/keys.txt"
+KEY="$(grep -m1 '^tbk_' "$WORK/keys.txt")"
+KEY_HASH="$(sed -n 's/^key_sha256 = "\([0-9a-f]*\)"$/\1/p' "$WORK/keys.txt")"
+[[ -n "$KEY" && ${#KEY_HASH} == 64 ]] || die "could not read the key from 'tokenbroker keys new'"
+# A throwaway master key for the store's encryption at rest, given to the broker only.
+MASTER_KEY="$("$TB" keys master | grep -v '^#' | grep -m1 .)"
+[[ -n "$MASTER_KEY" ]] || die "could not read the key from 'tokenbroker keys master'"
+
+# The broker does not report a port-0 address, so pick a free port (retry if it is taken
+# between the check and the bind).
+echo "==> starting the broker"
+BROKER=""
+for attempt in 1 2 3 4 5; do
+    PORT="$(free_port)"
+    cat >"$WORK/tokenbroker.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PORT"
+
+[store]
+path = "$WORK/tokenbroker.db"
+
+[providers.$PROVIDER]
+type = "json_login"
+login_url = "$EMU_URL/v1/authentication"
+login_body = { username = "api-bot", apiKey = "demo-key" }
+header = "X-Authorization"
+prefix = ""
+
+[clients.bench]
+key_sha256 = "$KEY_HASH"
+providers = ["$PROVIDER"]
+EOF
+    TOKENBROKER_MASTER_KEY="$MASTER_KEY" "$TB" serve --config "$WORK/tokenbroker.toml" \
+        >"$WORK/broker.log" 2>&1 &
+    TB_PID=$!
+    for _ in $(seq 100); do   # up to 10 s
+        if lcurl -o /dev/null --fail "http://127.0.0.1:$PORT/readyz" 2>/dev/null; then
+            BROKER="http://127.0.0.1:$PORT"
+            break 2
+        fi
+        kill -0 "$TB_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$TB_PID" 2>/dev/null || true
+    wait "$TB_PID" 2>/dev/null || true
+    TB_PID=""
+    echo "    broker not ready on port $PORT (attempt $attempt), retrying" >&2
+done
+[[ -n "$BROKER" ]] || die "the broker did not become ready"
+# /readyz must be ours, not another process that grabbed the port.
+ready_body="$(lcurl "$BROKER/readyz")"
+[[ "$ready_body" == *"\"$PROVIDER\""* ]] || die "/readyz on $BROKER does not list $PROVIDER: $ready_body"
+
+URL="$BROKER/v1/tokens/$PROVIDER"
+
+# --- 4. warm-up: the one issuance ------------------------------------------------------
+echo "==> warm-up"
+code="$(lcurl -o "$WORK/warm.json" -w '%{http_code}' -H "Authorization: Bearer $KEY" "$URL")"
+[[ "$code" == 200 ]] || die "warm-up answered $code: $(cat "$WORK/warm.json")"
+grep -q '"access_token"' "$WORK/warm.json" || die "warm-up answer has no access_token"
+code="$(lcurl -o "$WORK/warm.txt" -w '%{http_code}' -H "Authorization: Bearer $KEY" \
+    -H 'Accept: text/plain' "$URL")"
+[[ "$code" == 200 ]] || die "text/plain warm-up answered $code"
+grep -qF "\"access_token\":\"$(cat "$WORK/warm.txt")\"" "$WORK/warm.json" \
+    || die "the text/plain answer is not the cached token of the JSON answer"
+echo "    JSON answer: $(wc -c <"$WORK/warm.json") bytes; text/plain answer: $(wc -c <"$WORK/warm.txt") bytes"
+
+# CPU accounting, to tell whether something else competed for the CPUs during a run:
+# seconds of user+system time of the whole machine, of the broker, and of this shell's
+# finished children (wrk, through `timeout`). Interrupt time (loopback networking mostly
+# runs in softirq, charged to no process) and steal time (the hypervisor) are shown apart.
+TICKS="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+machine_busy() { awk -v hz="$TICKS" '$1 == "cpu" { print ($2 + $3 + $4) / hz; exit }' /proc/stat; }
+machine_irq() { awk -v hz="$TICKS" '$1 == "cpu" { print ($7 + $8) / hz; exit }' /proc/stat; }
+machine_steal() { awk -v hz="$TICKS" '$1 == "cpu" { print $9 / hz; exit }' /proc/stat; }
+broker_cpu() { sed 's/^.*) //' "/proc/$TB_PID/stat" | awk -v hz="$TICKS" '{ print ($12 + $13) / hz }'; }
+children_cpu() {   # the builtin `times` in this shell (not a subshell), second line
+    times >"$WORK/times.txt"
+    sed -n 2p "$WORK/times.txt" | awk '{
+        n = 0
+        for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] }
+        print n }'
+}
+
+kib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+proc_kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$TB_PID/status"; }
+
+# --- 5. load ---------------------------------------------------------------------------
+FAILED=0
+SUMMARY=()
+WRK_BOUND=$((DURATION + 60))
+run_wrk() {   # name, extra wrk args...
+    local name="$1"; shift
+    local out="$WORK/wrk-$name.txt"
+    local -a cmd=(wrk "-t$THREADS" "-c$CONNECTIONS" "-d${DURATION}s" --latency --timeout 5s
+        -H "Authorization: Bearer $KEY" "$@" "$URL")
+    # The command as one would type it, the throwaway key shown as $TOKENBROKER_KEY.
+    local shown="" arg
+    for arg in "${cmd[@]}"; do
+        arg="${arg//$KEY/\$TOKENBROKER_KEY}"
+        [[ "$arg" =~ ^[A-Za-z0-9_./:%=-]+$ ]] || arg="\"$arg\""
+        shown+="${shown:+ }$arg"
+    done
+
+    kill -0 "$TB_PID" 2>/dev/null || die "the broker is gone"
+    local rss_before; rss_before="$(proc_kb VmRSS)"
+    echo 5 >"/proc/$TB_PID/clear_refs" 2>/dev/null \
+        || echo "    (cannot reset VmHWM; peak RSS below is since broker start)" >&2
+    echo "==> [$name] $shown"
+    local m0 i0 s0 b0 c0 m1 i1 s1 b1 c1
+    m0="$(machine_busy)"; i0="$(machine_irq)"; s0="$(machine_steal)"; b0="$(broker_cpu)"
+    children_cpu >"$WORK/c0"; c0="$(cat "$WORK/c0")"
+    timeout "$WRK_BOUND" "${cmd[@]}" | tee "$out"
+    m1="$(machine_busy)"; i1="$(machine_irq)"; s1="$(machine_steal)"; b1="$(broker_cpu)"
+    children_cpu >"$WORK/c1"; c1="$(cat "$WORK/c1")"
+    local cpu_line
+    cpu_line="$(awk -v m0="$m0" -v m1="$m1" -v i0="$i0" -v i1="$i1" -v s0="$s0" -v s1="$s1" \
+        -v b0="$b0" -v b1="$b1" -v c0="$c0" -v c1="$c1" -v d="$DURATION" -v n="$(nproc)" \
+        'BEGIN { br = b1 - b0; w = c1 - c0; o = (m1 - m0) - br - w; if (o < 0) o = 0
+                 printf "CPU s: broker %.1f, wrk %.1f, irq %.1f, steal %.1f, other processes %.1f (%.0f%% of %d CPUs x %d s)",
+                        br, w, i1 - i0, s1 - s0, o, 100 * o / (d * n), n, d }')"
+    local hwm rss_after; hwm="$(proc_kb VmHWM)"; rss_after="$(proc_kb VmRSS)"
+
+    local rps p50 p99 total non2xx sockerr
+    rps="$(awk '/^Requests\/sec:/ { print $2 }' "$out")"
+    p50="$(awk '$1 == "50%" { print $2 }' "$out")"
+    p99="$(awk '$1 == "99%" { print $2 }' "$out")"
+    total="$(awk '/requests in/ { print $1 }' "$out")"
+    non2xx="$(awk -F': *' '/Non-2xx or 3xx responses/ { print $2 }' "$out")"; non2xx="${non2xx:-0}"
+    sockerr="$(sed -n 's/^ *Socket errors: *//p' "$out")"
+    [[ -n "$rps" && -n "$p50" && -n "$p99" ]] || { echo "    could not parse wrk's output" >&2; FAILED=1; }
+    if [[ "$non2xx" != 0 ]]; then echo "    FAIL: $non2xx non-2xx answers" >&2; FAILED=1; fi
+    if [[ -n "$sockerr" ]]; then echo "    FAIL: socket errors: $sockerr" >&2; FAILED=1; fi
+
+    SUMMARY+=("$(printf '%-11s %12s %10s %10s %12s %14s %16s %9s  %s' "$name" "$rps" "$p50" "$p99" \
+        "$(kib "$hwm")" "$(kib "$rss_before")" "$(kib "$rss_after")" "$non2xx" "${sockerr:-none}")")
+    SUMMARY_TOTAL+=("$name: $total requests; $cpu_line")
+    COMMANDS+=("$shown")
+}
+SUMMARY_TOTAL=()
+COMMANDS=()
+run_wrk json
+run_wrk text_plain -H 'Accept: text/plain'
+
+# --- 6. exactly one issuance -------------------------------------------------------------
+echo "==> issuances during the benchmark (GET $BROKER/metrics)"
+lcurl "$BROKER/metrics" >"$WORK/metrics.txt"
+grep '^tokenbroker_issuances_total' "$WORK/metrics.txt" || true
+ISSUANCES="$(awk '/^tokenbroker_issuances_total/ { n += $NF; seen = 1 } END { if (seen) print n; else print "missing" }' \
+    "$WORK/metrics.txt")"
+if [[ "$ISSUANCES" != 1 ]]; then
+    echo "    FAIL: tokenbroker_issuances_total = $ISSUANCES, expected exactly 1" >&2
+    FAILED=1
+fi
+kill -0 "$TB_PID" 2>/dev/null || { echo "    FAIL: the broker died" >&2; FAILED=1; }
+
+# --- summary -----------------------------------------------------------------------------
+echo
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ "$COMMIT" != unknown ]] \
+    && ! git --no-optional-locks diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null; then
+    COMMIT+=" + uncommitted changes"
+fi
+echo "==> summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, commit $COMMIT)"
+printf '%-11s %12s %10s %10s %12s %14s %16s %9s  %s\n' variant "requests/s" p50 p99 \
+    "peak RSS MiB" "RSS before MiB" "RSS after MiB" "non-2xx" "socket errors"
+printf '%s\n' "${SUMMARY[@]}"
+printf '%s\n' "${SUMMARY_TOTAL[@]}"
+echo "issuances (tokenbroker_issuances_total, summed): $ISSUANCES"
+echo "commands (key generated per run):"
+printf '  %s\n' "${COMMANDS[@]}"
+echo "note: wrk and the broker share this machine's CPUs; the figures are a lower bound."
+echo "      If 'other processes' or 'steal' is more than a few percent, something else competed"
+echo "      for the CPUs: rerun on a quiet machine (tail latency suffers first)."
+if ((FAILED)); then
+    echo "RESULT: FAIL" >&2
+    exit 1
+fi
+echo "RESULT: OK"
