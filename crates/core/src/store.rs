@@ -169,6 +169,10 @@ pub trait Store: Send + Sync + 'static {
         token: &StoredToken,
     ) -> Result<(), StoreError>;
 
+    /// Marks the stored token of `generation` expired (its session was ended), keeping its
+    /// generation so that numbering continues.
+    async fn retire_token(&self, provider: &str, generation: u64) -> Result<(), StoreError>;
+
     /// Grants the provider's issuance lease to `holder` for `ttl` unless another holder's
     /// lease is still running.
     async fn acquire_lease(

@@ -370,6 +370,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn retire_token(&self, provider: &str, generation_: u64) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE tokens SET expires_at_ms = 0, refresh_at_ms = 0
+             WHERE provider = ?1 AND generation = CAST(?2 AS INTEGER)",
+            provider,
+            &generation_.to_string(),
+        )
+        .await
+    }
+
     async fn release_lease(&self, provider: &str, holder: &str) -> Result<(), StoreError> {
         self.execute(
             "UPDATE leases SET expires_at_ms = 0 WHERE provider = ?1 AND holder = ?2",

@@ -75,6 +75,12 @@ pub struct JsonLoginConfig {
     pub refresh_url: Option<Url>,
     /// The refresh body; `${token}` in a string stands for the current token.
     pub refresh_body: Option<JsonTemplate>,
+    /// Where to end a token's session (POST with the token in the provider's header).
+    pub logout_url: Option<Url>,
+    /// Log the current token out when the broker stops, so that a single-session user is
+    /// not left logged in. Off by default: a restart then logs in again instead of reusing
+    /// the stored token.
+    pub logout_on_shutdown: bool,
 }
 
 /// A JSON body that may hold secrets: it never prints its content.
@@ -263,10 +269,12 @@ fn json_login(t: &mut Table<'_>, problems: &mut Vec<Problem>) -> Option<JsonLogi
             "refresh_url and refresh_body go together",
         ));
     }
-    if t.value("logout_url").is_some() {
+    let logout_url = t.url("logout_url", problems);
+    let logout_on_shutdown = t.bool("logout_on_shutdown", problems).unwrap_or(false);
+    if logout_on_shutdown && logout_url.is_none() {
         problems.push(Problem::new(
-            t.key("logout_url"),
-            "logout is not supported by this version yet",
+            t.key("logout_on_shutdown"),
+            "needs logout_url",
         ));
     }
     Some(JsonLoginConfig {
@@ -276,6 +284,8 @@ fn json_login(t: &mut Table<'_>, problems: &mut Vec<Problem>) -> Option<JsonLogi
         lifetime,
         refresh_url,
         refresh_body,
+        logout_url,
+        logout_on_shutdown,
     })
 }
 

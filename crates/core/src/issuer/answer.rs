@@ -35,6 +35,26 @@ pub(crate) async fn send_json(
     })
 }
 
+/// Sends `request` and succeeds on any 2xx answer, whatever its body.
+pub(crate) async fn send_status(
+    provider: &str,
+    endpoint: &Url,
+    timeout: Duration,
+    request: RequestBuilder,
+) -> Result<(), IssueError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| transport(provider, endpoint, timeout, &e))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let retry_after = retry_after(response.headers());
+    let body = response.bytes().await.unwrap_or_default();
+    Err(status_error(provider, status, retry_after, &body))
+}
+
 fn transport(provider: &str, endpoint: &Url, timeout: Duration, e: &reqwest::Error) -> IssueError {
     if e.is_timeout() {
         return IssueError::Timeout {

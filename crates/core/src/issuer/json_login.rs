@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use super::answer::{TokenAnswer, send_json};
+use super::answer::{TokenAnswer, send_json, send_status};
 use super::{Issuance, IssueError, IssueInput, Issued, Issuer};
-use crate::config::JsonLoginConfig;
+use crate::config::{JsonLoginConfig, ProviderConfig};
+use crate::token::Token;
 
 /// A `json_login` provider's issuer.
 pub struct JsonLogin {
@@ -19,21 +20,22 @@ pub struct JsonLogin {
     config: JsonLoginConfig,
     http: reqwest::Client,
     timeout: Duration,
+    /// How the API wants the token, for the logout call.
+    header: String,
+    prefix: String,
 }
 
 impl JsonLogin {
     /// An issuer whose every call is bounded by `timeout`.
-    pub fn new(
-        provider: &str,
-        config: JsonLoginConfig,
-        timeout: Duration,
-    ) -> Result<Self, IssueError> {
-        let http = super::http_client(provider, timeout)?;
+    pub fn new(provider: &ProviderConfig, config: JsonLoginConfig) -> Result<Self, IssueError> {
+        let http = super::http_client(&provider.name, provider.timeout)?;
         Ok(Self {
-            provider: provider.to_owned(),
+            provider: provider.name.clone(),
             config,
             http,
-            timeout,
+            timeout: provider.timeout,
+            header: provider.header.clone(),
+            prefix: provider.prefix.clone(),
         })
     }
 
@@ -89,6 +91,23 @@ impl Issuer for JsonLogin {
         )
         .await
     }
+
+    async fn log_out_on_shutdown(&self, token: &Token) -> Result<bool, IssueError> {
+        let Some(url) = self
+            .config
+            .logout_url
+            .as_ref()
+            .filter(|_| self.config.logout_on_shutdown)
+        else {
+            return Ok(false);
+        };
+        let request = self.http.post(url.clone()).header(
+            self.header.as_str(),
+            format!("{}{}", self.prefix, token.expose()),
+        );
+        send_status(&self.provider, url, self.timeout, request).await?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +125,7 @@ mod tests {
         let crate::config::IssuerConfig::JsonLogin(login) = &provider.issuer else {
             panic!("json_login");
         };
-        JsonLogin::new("cr", login.clone(), Duration::from_secs(1)).expect("client builds")
+        JsonLogin::new(provider, login.clone()).expect("client builds")
     }
 
     #[test]

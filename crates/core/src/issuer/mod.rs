@@ -67,6 +67,12 @@ impl Issuance {
 pub trait Issuer: Send + Sync + 'static {
     /// Obtains a new token.
     async fn issue(&self, input: IssueInput<'_>) -> Result<Issued, IssueError>;
+
+    /// Ends the session of a token the broker is about to discard when the broker stops;
+    /// returns whether it did (issuers without a logout do nothing).
+    async fn log_out_on_shutdown(&self, _token: &Token) -> Result<bool, IssueError> {
+        Ok(false)
+    }
 }
 
 /// The HTTP client of one provider's issuer: every call bounded by `timeout`.
@@ -85,11 +91,7 @@ fn http_client(provider: &str, timeout: Duration) -> Result<reqwest::Client, Iss
 /// Builds the issuer a provider's config describes.
 pub fn for_provider(config: &ProviderConfig) -> Result<Box<dyn Issuer>, IssueError> {
     match &config.issuer {
-        IssuerConfig::JsonLogin(login) => Ok(Box::new(JsonLogin::new(
-            &config.name,
-            login.clone(),
-            config.timeout,
-        )?)),
+        IssuerConfig::JsonLogin(login) => Ok(Box::new(JsonLogin::new(config, login.clone())?)),
         IssuerConfig::ClientCredentials(cc) => Ok(Box::new(OAuth2::client_credentials(
             &config.name,
             cc.client.clone(),

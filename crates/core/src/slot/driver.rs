@@ -94,6 +94,7 @@ pub(super) async fn run(
     let mut retry_at: Option<SystemTime> = None;
     loop {
         if *stop.borrow() {
+            log_out(&shared, &*issuer).await;
             return;
         }
         let now = shared.clock.now();
@@ -149,6 +150,39 @@ pub(super) async fn run(
                 }
             }
         }
+    }
+}
+
+/// When the broker stops: ends the current token's session if the provider asks for it,
+/// and retires the stored token so that the next start does not reuse a dead one.
+async fn log_out(shared: &Shared, issuer: &dyn Issuer) {
+    let provider = shared.config.name.as_str();
+    let Some(token) = shared.view.borrow().token.clone() else {
+        return;
+    };
+    if token.remaining(shared.clock.now()).is_zero() {
+        return;
+    }
+    let logout = tokio::time::timeout(shared.config.timeout, issuer.log_out_on_shutdown(&token));
+    match logout.await {
+        Ok(Ok(true)) => {
+            tracing::info!(
+                provider,
+                generation = token.generation,
+                "logged out on shutdown"
+            );
+            if let Err(e) = shared
+                .persistence
+                .store
+                .retire_token(provider, token.generation)
+                .await
+            {
+                tracing::warn!(provider, error = %e, "cannot retire the stored token");
+            }
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!(provider, error = %e, "logout on shutdown failed"),
+        Err(_) => tracing::warn!(provider, "logout on shutdown timed out"),
     }
 }
 

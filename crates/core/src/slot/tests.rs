@@ -86,6 +86,9 @@ impl Store for MemoryStore {
         *stored = Some(token.clone());
         Ok(())
     }
+    async fn retire_token(&self, _: &str, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn acquire_lease(&self, _: &str, _: &str, _: Duration) -> Result<Lease, StoreError> {
         Ok(Lease::Granted { fence: 1 })
     }

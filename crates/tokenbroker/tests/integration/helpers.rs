@@ -23,6 +23,8 @@ pub(crate) struct Options {
     pub(crate) login_latency: Duration,
     /// Extra lines for `[providers.controlroom]`.
     pub(crate) provider_extra: &'static str,
+    /// Log the Control Room token out when the broker stops.
+    pub(crate) logout_on_shutdown: bool,
     /// The API key the broker logs in to `other` with (the emulator knows `other-k3y`).
     pub(crate) other_api_key: &'static str,
 }
@@ -33,6 +35,7 @@ impl Default for Options {
             lifetime: Duration::from_secs(600),
             login_latency: Duration::ZERO,
             provider_extra: "",
+            logout_on_shutdown: false,
             other_api_key: "other-k3y",
         }
     }
@@ -140,6 +143,8 @@ prefix = ""
 backoff_min = "500ms"
 backoff_max = "2s"
 timeout = "5s"
+logout_url = "{emulator}/v1/authentication/logout"
+logout_on_shutdown = {logout}
 {extra}
 
 [providers.{OTHER}]
@@ -159,6 +164,7 @@ providers = ["{PROVIDER}"]
         all = hex(&key_sha256(all_key)),
         scoped = hex(&key_sha256(scoped_key)),
         extra = options.provider_extra,
+        logout = options.logout_on_shutdown,
         other_key = options.other_api_key,
         store = store.display(),
     )

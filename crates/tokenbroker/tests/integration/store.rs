@@ -42,6 +42,26 @@ async fn a_graceful_restart_reuses_the_stored_token() {
     );
 }
 
+#[tokio::test]
+async fn logout_on_shutdown_ends_the_session_and_the_next_start_logs_in_again() {
+    let mut app = spawn_app(Options {
+        logout_on_shutdown: true,
+        ..Options::default()
+    })
+    .await;
+    let before = current(&app.http, &app.url, &app.all_key).await;
+    app.restart().await;
+    assert_eq!(
+        app.emulator.counters().logouts,
+        1,
+        "the user is not left logged in"
+    );
+    let after = current(&app.http, &app.url, &app.all_key).await;
+    assert_eq!(after.0, before.0 + 1, "a new login, numbered on");
+    assert_ne!(after.1, before.1);
+    assert_eq!(app.emulator.counters().logins, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_sigkills_under_load_lose_no_token_a_consumer_saw() {
     let app = spawn_app(Options {
