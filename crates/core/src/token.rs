@@ -1,6 +1,7 @@
 //! An issued access token and what the broker knows about it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -24,6 +25,11 @@ pub struct Token {
     /// Whether any consumer has received this token: an unused token is not refreshed
     /// ahead of time, so an idle identity costs the issuer nothing.
     handed_out: AtomicBool,
+    /// Proxied requests under way with this token: a single-session rotation waits for
+    /// them to finish before it logs in again.
+    in_flight: AtomicU64,
+    /// Woken when `in_flight` drops to zero.
+    idle: tokio::sync::Notify,
 }
 
 impl Token {
@@ -42,6 +48,25 @@ impl Token {
             expires_at,
             refresh_at,
             handed_out: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+            idle: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Counts a request that uses this token until the returned guard is dropped.
+    pub fn use_for_request(self: &Arc<Self>) -> InUse {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InUse(self.clone())
+    }
+
+    /// Waits until no request uses this token.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
         }
     }
 
@@ -65,5 +90,24 @@ impl Token {
     /// Whether a consumer has received the token.
     pub(crate) fn was_handed_out(&self) -> bool {
         self.handed_out.load(Ordering::Relaxed)
+    }
+}
+
+/// A request under way with a token (see [`Token::use_for_request`]).
+#[derive(Debug)]
+pub struct InUse(Arc<Token>);
+
+impl InUse {
+    /// The token the request uses.
+    pub fn token(&self) -> &Arc<Token> {
+        &self.0
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! tokenbroker's transports and commands over the core: the HTTP API ([`api`], run by
-//! [`server`]), the command line ([`cli`], [`commands`]), the client the CLI uses to reach
+//! [`server`]) and its reverse [`proxy`], the command line ([`cli`], [`commands`]), the client the CLI uses to reach
 //! a running broker ([`client`]) and the self-contained [`demo`].
 //!
 //! Everything here depends on `tokenbroker-core`; nothing in the core depends on this
@@ -11,4 +11,5 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod exit;
+pub mod proxy;
 pub mod server;

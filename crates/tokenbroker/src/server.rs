@@ -6,6 +6,7 @@
 //! socket it bound and SIGINT/SIGTERM, and tests pass port 0 and a channel of their own.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +14,13 @@ use tokenbroker_core::access::Access;
 use tokenbroker_core::broker::StartError;
 use tokenbroker_core::seal::Sealer;
 use tokenbroker_core::slot::Persistence;
+use tokenbroker_core::store::{StoreError, StoreErrorKind};
 use tokenbroker_core::{Broker, Config};
 use tokenbroker_store::SqliteStore;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::proxy::Upstreams;
 
 /// How long in-flight requests get to finish after the shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -33,8 +36,16 @@ impl AppState {
             holder: holder_id(),
         };
         let access = Arc::new(Access::from_config(&config));
+        let upstreams = Arc::new(Upstreams::new(config.providers.values()).map_err(|e| {
+            StartError::Store(StoreError::new(StoreErrorKind::Unavailable, e.to_string()))
+        })?);
         let broker = Arc::new(Broker::start(config.providers, persistence).await?);
-        Ok(Self { broker, access })
+        Ok(Self {
+            broker,
+            access,
+            upstreams,
+            scheme: "http",
+        })
     }
 }
 
@@ -57,7 +68,8 @@ pub async fn run(
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stopping_tx.send(());
     };
-    let serve = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown);
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     let result = tokio::select! {
         result = serve.into_future() => result,
         // Requests that outlive the drain window are cut.

@@ -16,7 +16,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use oauth2::{AuthMethod, ClientCredentialsConfig, OAuthClient, RefreshTokenConfig};
-pub use provider::{IssuanceBudget, IssuerConfig, JsonLoginConfig, JsonTemplate, ProviderConfig};
+pub use provider::{
+    IssuanceBudget, IssuerConfig, JsonLoginConfig, JsonTemplate, ProviderConfig, ProxyConfig,
+};
 use table::Table;
 
 /// The whole validated configuration.

@@ -40,6 +40,23 @@ pub struct ProviderConfig {
     pub max_issuances: Option<IssuanceBudget>,
     /// Never hold more unexpired tokens than this (issuers that cap a client's live tokens).
     pub max_active_tokens: Option<u32>,
+    /// How the proxy reaches the upstream API.
+    pub proxy: ProxyConfig,
+}
+
+/// The reverse proxy's settings for one provider.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// How long a single-session rotation waits for proxied requests on the old token.
+    pub drain_timeout: Duration,
+    /// How long the upstream may take to start answering (and between body chunks).
+    pub upstream_timeout: Duration,
+    /// Upstream statuses that mean "token rejected": invalidate and retry once.
+    pub retry_statuses: Vec<u16>,
+    /// Request bodies up to this size are buffered so a rejected request can be replayed.
+    pub retry_body_limit: u64,
+    /// Request bodies larger than this are refused (413).
+    pub max_request_body: u64,
 }
 
 /// How a provider's tokens are obtained, per `type`.
@@ -201,6 +218,7 @@ impl ProviderConfig {
                         None
                     }
                 });
+        let proxy = proxy_config(&mut t, problems);
         let max_active_tokens = t.integer("max_active_tokens", problems).and_then(|n| {
             let n = u32::try_from(n).ok().filter(|n| *n >= 1);
             if n.is_none() {
@@ -229,6 +247,7 @@ impl ProviderConfig {
             backoff_max,
             max_issuances,
             max_active_tokens,
+            proxy,
         })
     }
 
@@ -344,6 +363,46 @@ fn to_json(
                 })
                 .collect(),
         ),
+    }
+}
+
+fn proxy_config(t: &mut Table<'_>, problems: &mut Vec<Problem>) -> ProxyConfig {
+    let drain_timeout = t
+        .duration("drain_timeout", problems)
+        .unwrap_or(Duration::from_secs(10));
+    let upstream_timeout = t
+        .duration("upstream_timeout", problems)
+        .unwrap_or(Duration::from_secs(30));
+    let retry_statuses = match t.value("retry_statuses") {
+        None => vec![401],
+        Some(value) => {
+            let statuses: Option<Vec<u16>> = value.as_array().and_then(|items| {
+                items
+                    .iter()
+                    .map(|v| {
+                        v.as_integer()
+                            .and_then(|n| u16::try_from(n).ok())
+                            .filter(|n| (400..600).contains(n))
+                    })
+                    .collect()
+            });
+            statuses.unwrap_or_else(|| {
+                problems.push(Problem::new(
+                    t.key("retry_statuses"),
+                    "expected a list of HTTP error statuses, e.g. [401]",
+                ));
+                Vec::new()
+            })
+        }
+    };
+    let retry_body_limit = t.size("retry_body_limit", problems).unwrap_or(1 << 20);
+    let max_request_body = t.size("max_request_body", problems).unwrap_or(100 << 20);
+    ProxyConfig {
+        drain_timeout,
+        upstream_timeout,
+        retry_statuses,
+        retry_body_limit,
+        max_request_body,
     }
 }
 

@@ -130,6 +130,23 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// A size in bytes: a whole number, or text such as `"512KiB"`, `"1MiB"`, `"2GiB"`.
+    pub(crate) fn size(&mut self, name: &'a str, problems: &mut Vec<Problem>) -> Option<u64> {
+        let value = self.value(name)?;
+        let parsed = match value {
+            toml::Value::Integer(n) => u64::try_from(*n).ok(),
+            toml::Value::String(text) => parse_size(text),
+            _ => None,
+        };
+        if parsed.is_none() {
+            problems.push(Problem::new(
+                self.key(name),
+                "expected a size such as 1048576, \"512KiB\" or \"1MiB\"",
+            ));
+        }
+        parsed
+    }
+
     /// An absolute `http` or `https` URL.
     pub(crate) fn url(&mut self, name: &'a str, problems: &mut Vec<Problem>) -> Option<Url> {
         let text = self.string(name, problems)?;
@@ -178,4 +195,20 @@ impl<'a> Table<'a> {
             }
         }
     }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
 }

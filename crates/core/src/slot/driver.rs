@@ -312,6 +312,7 @@ async fn issue_and_commit(
         Ok(ticket) => ticket,
         Err(error) => return (Err(error), Duration::ZERO),
     };
+    drain(shared, current).await;
     let entry = match store.begin_issuance(provider, shared.clock.now()).await {
         Ok(entry) => entry,
         Err(e) => return (Err(store_error(provider, &e)), Duration::ZERO),
@@ -363,6 +364,30 @@ async fn issue_and_commit(
         tracing::warn!(provider, error = %e, "cannot complete the issuance ledger entry");
     }
     (committed, latency)
+}
+
+/// Before a single-session provider logs in again, lets the requests under way on the
+/// current token finish (bounded by `drain_timeout`): the new login kills that token.
+/// New requests already wait, since the token is past its `refresh_at`.
+async fn drain(shared: &Shared, current: Option<&Token>) {
+    let Some(token) = current.filter(|t| {
+        shared.config.single_session
+            && t.generation > shared.rejected.load(Ordering::Acquire)
+            && !t.remaining(shared.clock.now()).is_zero()
+    }) else {
+        return;
+    };
+    let timeout = shared.config.proxy.drain_timeout;
+    if tokio::time::timeout(timeout, token.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            provider = %shared.config.name,
+            drain_timeout_ms = timeout.as_millis() as u64,
+            "requests still use the old token after drain_timeout; rotating anyway"
+        );
+    }
 }
 
 /// The token to publish after a commit.

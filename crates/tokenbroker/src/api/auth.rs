@@ -10,7 +10,7 @@ use tokenbroker_core::slot::Slot;
 use super::{ApiError, AppState};
 
 /// An authenticated client.
-pub(super) struct Caller(pub(super) Client);
+pub(crate) struct Caller(pub(crate) Client);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -38,7 +38,7 @@ impl Caller {
     /// The slot of `provider` if this caller may use it. A provider that does not exist
     /// answers like one the caller may not use, so a key learns nothing about providers
     /// outside its scope; only an all-providers client is told it does not exist.
-    pub(super) fn slot<'a>(
+    pub(crate) fn slot<'a>(
         &self,
         state: &'a AppState,
         provider: &str,

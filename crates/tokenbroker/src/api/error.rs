@@ -10,6 +10,12 @@ use axum::response::{IntoResponse, Response};
 use tokenbroker_core::issuer::IssueError;
 use tokenbroker_core::slot::SlotError;
 
+use crate::proxy::UnsafePath;
+
+/// The header on every error the broker itself answers (its value is the error code), so
+/// that a proxied client can tell it from the upstream's own answers.
+pub const BROKER_ERROR: &str = "x-tokenbroker-error";
+
 /// A failed API request.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -31,6 +37,16 @@ pub enum ApiError {
     BadRequest(String),
     #[error(transparent)]
     Slot(#[from] SlotError),
+    #[error("provider {0:?} has no upstream to proxy to")]
+    NoUpstream(String),
+    #[error(transparent)]
+    UnsafePath(#[from] UnsafePath),
+    #[error("the request body is over max_request_body ({0} bytes)")]
+    BodyTooLarge(u64),
+    #[error("{0}: the upstream API did not answer in time")]
+    UpstreamTimeout(String),
+    #[error("{0}: the upstream API cannot be reached")]
+    UpstreamUnreachable(String),
 }
 
 impl ApiError {
@@ -43,6 +59,11 @@ impl ApiError {
             Self::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::UnsafePath(_) => (StatusCode::BAD_REQUEST, "unsafe_path"),
+            Self::NoUpstream(_) => (StatusCode::NOT_FOUND, "no_upstream"),
+            Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Self::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             Self::Slot(SlotError::WaitTimeout { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, "issuer_timeout")
             }
@@ -94,6 +115,10 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
         let mut response = (status, Json(body)).into_response();
+        // Tells a broker's own error from an answer the proxy passed through.
+        response
+            .headers_mut()
+            .insert(BROKER_ERROR, HeaderValue::from_static(code));
         if let Some(wait) = self.retry_after() {
             // Whole seconds, rounded up, at least one: never "come back now".
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

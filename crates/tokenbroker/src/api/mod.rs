@@ -14,12 +14,15 @@ mod tokens;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tokenbroker_core::Broker;
 use tokenbroker_core::access::Access;
 use tower_http::trace::TraceLayer;
 
-pub use error::ApiError;
+use crate::proxy::Upstreams;
+
+pub(crate) use auth::Caller;
+pub use error::{ApiError, BROKER_ERROR};
 pub use providers::{LastError, ProviderStatus};
 pub use tokens::TokenBody;
 
@@ -30,6 +33,10 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// The configured clients, to authenticate keys.
     pub access: Arc<Access>,
+    /// The proxy's pooled clients, one per provider with an upstream.
+    pub upstreams: Arc<Upstreams>,
+    /// `http` or `https`: what this listener speaks, for `X-Forwarded-Proto`.
+    pub scheme: &'static str,
 }
 
 /// The API's routes over `state`.
@@ -38,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens/{provider}", get(tokens::get_token))
         .route("/v1/tokens/{provider}/invalidate", post(tokens::invalidate))
         .route("/v1/providers", get(providers::list))
+        .route("/v1/proxy/{provider}", any(crate::proxy::forward))
+        .route("/v1/proxy/{provider}/{*path}", any(crate::proxy::forward))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

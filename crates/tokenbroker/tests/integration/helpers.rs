@@ -22,7 +22,9 @@ pub(crate) struct Options {
     pub(crate) lifetime: Duration,
     pub(crate) login_latency: Duration,
     /// Extra lines for `[providers.controlroom]`.
-    pub(crate) provider_extra: &'static str,
+    pub(crate) provider_extra: String,
+    /// The upstream API of `controlroom`, for the proxy; the emulator itself by default.
+    pub(crate) upstream: Option<String>,
     /// Log the Control Room token out when the broker stops.
     pub(crate) logout_on_shutdown: bool,
     /// The API key the broker logs in to `other` with (the emulator knows `other-k3y`).
@@ -34,7 +36,8 @@ impl Default for Options {
         Self {
             lifetime: Duration::from_secs(600),
             login_latency: Duration::ZERO,
-            provider_extra: "",
+            provider_extra: String::new(),
+            upstream: None,
             logout_on_shutdown: false,
             other_api_key: "other-k3y",
         }
@@ -145,6 +148,7 @@ backoff_max = "2s"
 timeout = "5s"
 logout_url = "{emulator}/v1/authentication/logout"
 logout_on_shutdown = {logout}
+upstream = "{upstream}"
 {extra}
 
 [providers.{OTHER}]
@@ -164,6 +168,7 @@ providers = ["{PROVIDER}"]
         all = hex(&key_sha256(all_key)),
         scoped = hex(&key_sha256(scoped_key)),
         extra = options.provider_extra,
+        upstream = options.upstream.as_deref().unwrap_or(emulator),
         logout = options.logout_on_shutdown,
         other_key = options.other_api_key,
         store = store.display(),

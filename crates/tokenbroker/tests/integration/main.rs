@@ -7,5 +7,6 @@ mod consumers;
 mod helpers;
 mod oauth2;
 mod process;
+mod proxy;
 mod store;
 mod token_api;

@@ -157,7 +157,7 @@ async fn bad_invalidation_bodies_get_the_json_error_shape() {
 async fn issuer_down_serves_the_cached_token_until_expiry_then_503_with_backoff() {
     let app = spawn_app(Options {
         lifetime: Duration::from_secs(4),
-        provider_extra: "single_session = false\nrefresh_before = \"2s\"",
+        provider_extra: "single_session = false\nrefresh_before = \"2s\"".into(),
         ..Options::default()
     })
     .await;

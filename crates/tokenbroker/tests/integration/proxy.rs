@@ -1,0 +1,263 @@
+//! The reverse proxy end to end: consumers with a static key never see a 401, attacks on
+//! the path are refused, bodies stream, upstream failures answer in the API's error shape.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{Options, PROVIDER, TestApp, spawn_app};
+use crate::process::ServeProcess;
+
+/// `POST /v1/proxy/controlroom/v3/wlm/queues/1/workitems` with the scoped key.
+async fn create_work_item(app: &TestApp) -> reqwest::Response {
+    app.http
+        .post(format!(
+            "{}/v1/proxy/{PROVIDER}/v3/wlm/queues/1/workitems",
+            app.url
+        ))
+        .bearer_auth(&app.scoped_key)
+        .json(&serde_json::json!({ "workItems": [{ "json": { "n": 1 } }] }))
+        .send()
+        .await
+        .expect("the broker answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_key_client_sees_no_401_while_the_token_is_kicked_every_2s() {
+    let app = spawn_app(Options::default()).await;
+    let kicker = tokio::spawn({
+        let emulator = app.emulator.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                emulator.kick();
+            }
+        }
+    });
+    let statuses = join_all((0..4).map(|_| async {
+        let mut seen = Vec::new();
+        for _ in 0..250 {
+            seen.push(create_work_item(&app).await.status());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen
+    }))
+    .await;
+    kicker.abort();
+    let all: Vec<StatusCode> = statuses.into_iter().flatten().collect();
+    assert_eq!(all.len(), 1000);
+    assert!(
+        all.iter().all(|s| *s == StatusCode::OK),
+        "{:?}",
+        all.iter()
+            .filter(|s| **s != StatusCode::OK)
+            .collect::<Vec<_>>()
+    );
+    let seen = app.emulator.counters();
+    assert!(
+        seen.unauthorized >= 1,
+        "the kicks made the upstream reject tokens: {seen:?}"
+    );
+    assert!(
+        seen.logins >= 2,
+        "the proxy logged in again after a kick: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_rotations_under_continuous_proxied_load_cause_no_401_at_all() {
+    let app = spawn_app(Options {
+        lifetime: Duration::from_secs(4),
+        login_latency: Duration::from_millis(200),
+        ..Options::default()
+    })
+    .await;
+    let until = Instant::now() + Duration::from_secs(12);
+    let statuses = join_all((0..20).map(|_| async {
+        let mut seen = Vec::new();
+        while Instant::now() < until {
+            seen.push(create_work_item(&app).await.status());
+        }
+        seen
+    }))
+    .await;
+    let all: Vec<StatusCode> = statuses.into_iter().flatten().collect();
+    assert!(all.len() > 1000, "continuous load: {}", all.len());
+    assert!(all.iter().all(|s| *s == StatusCode::OK));
+    let seen = app.emulator.counters();
+    assert!(seen.logins >= 3, "tokens were rotated: {seen:?}");
+    assert_eq!(
+        seen.unauthorized, 0,
+        "no request ever carried a superseded token: {seen:?}"
+    );
+    assert_eq!(seen.max_issuances_in_flight, 1);
+}
+
+/// Sends a raw request line, as an attacker would (HTTP clients normalise paths).
+async fn raw(app: &TestApp, target: &str, extra_headers: &str) -> (u16, String) {
+    let address = app.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n{extra_headers}Connection: close\r\n\r\n",
+        app.scoped_key
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer).await;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+#[tokio::test]
+async fn every_path_escape_is_refused_before_it_reaches_the_upstream() {
+    let app = spawn_app(Options::default()).await;
+    let prefix = format!("/v1/proxy/{PROVIDER}");
+    for attack in [
+        "/../../v1/authentication",
+        "/v3/%2e%2e/%2e%2e/secret",
+        "/v3/..%2f..%2fsecret",
+        "/v3/%2F/x",
+        "/v3/a%5c..%5cb",
+        "/v3/a\\..\\b",
+        "//evil.example/x",
+        "/http://evil.example/x",
+        "/user@evil.example/x",
+        "/v3/a%0d%0aX-Injected:%201",
+        "/v3/items?q=%0d%0aX-Injected:%201",
+    ] {
+        let (status, answer) = raw(&app, &format!("{prefix}{attack}"), "").await;
+        assert_eq!(status, 400, "{attack}: {answer}");
+        assert!(
+            answer.contains("unsafe_path") || answer.contains("bad_request"),
+            "{attack}: {answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("x-tokenbroker-error"),
+            "{attack}: {answer}"
+        );
+    }
+    let absolute = raw(&app, "http://evil.example/v1/proxy/controlroom/x", "").await;
+    assert_eq!(absolute.0, 400, "{}", absolute.1);
+    let seen = app.emulator.counters();
+    assert_eq!(
+        (seen.api_calls_ok, seen.unauthorized, seen.login_attempts),
+        (0, 0, 0),
+        "nothing reached the upstream: {seen:?}"
+    );
+
+    // A client cannot choose the token the upstream sees: its own value is replaced.
+    let response = app
+        .http
+        .post(format!(
+            "{}/v1/proxy/{PROVIDER}/v3/wlm/queues/1/workitems",
+            app.url
+        ))
+        .bearer_auth(&app.scoped_key)
+        .header("X-Authorization", "spoofed-token")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("x-tokenbroker-error").is_none());
+    assert_eq!(app.emulator.counters().unauthorized, 0);
+}
+
+/// Serves `router` on a loopback port for the test's lifetime.
+async fn upstream(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_response_streams_through_in_bounded_memory() {
+    const SIZE: usize = 100 << 20;
+    let big = upstream(axum::Router::new().route(
+        "/big",
+        axum::routing::get(|| async {
+            let chunk = axum::body::Bytes::from(vec![7u8; 64 << 10]);
+            let stream = futures_util::stream::iter(
+                (0..SIZE / chunk.len()).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+            );
+            axum::body::Body::from_stream(stream)
+        }),
+    ))
+    .await;
+    let app = spawn_app(Options {
+        upstream: Some(big),
+        ..Options::default()
+    })
+    .await;
+    let mut serve = ServeProcess::start(&app.config_text, &app.master_key);
+    serve.ready(&app.http).await;
+    let _ = app.plain_token(&serve.url).await;
+    let before = serve.memory_kib("VmRSS");
+    let response = app
+        .http
+        .get(format!("{}/v1/proxy/{PROVIDER}/big", serve.url))
+        .bearer_auth(&app.scoped_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut received = 0;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        received += chunk.unwrap().len();
+    }
+    assert_eq!(received, SIZE);
+    let peak = serve.memory_kib("VmHWM");
+    assert!(
+        peak < before + 20 * 1024,
+        "RSS grew from {before} KiB to a peak of {peak} KiB"
+    );
+    let _ = serve.terminate().await;
+}
+
+#[tokio::test]
+async fn upstream_failures_answer_in_the_error_shape() {
+    let down = spawn_app(Options {
+        upstream: Some("http://127.0.0.1:9".into()),
+        ..Options::default()
+    })
+    .await;
+    let response = create_work_item(&down).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        response.headers()["x-tokenbroker-error"],
+        "upstream_unreachable"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unreachable");
+
+    let slow = upstream(axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        "late"
+    }))
+    .await;
+    let app = spawn_app(Options {
+        upstream: Some(slow),
+        provider_extra: "upstream_timeout = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let started = Instant::now();
+    let response = create_work_item(&app).await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_timeout");
+}
