@@ -13,3 +13,4 @@ pub mod demo;
 pub mod exit;
 pub mod proxy;
 pub mod server;
+pub mod tls;

@@ -114,6 +114,31 @@ pub fn spawn(listener: TcpListener, state: AppState) -> std::io::Result<Running>
     Ok(Running { url, stop, task })
 }
 
+/// Serves the API over HTTPS on `listener` until `shutdown` resolves, then drains
+/// (bounded) and stops the slots' drivers, as [`run`] does for plain HTTP.
+pub async fn run_tls(
+    listener: TcpListener,
+    mut state: AppState,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    state.scheme = "https";
+    let broker = state.broker.clone();
+    let handle = axum_server::Handle::new();
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    let server = axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?
+        .handle(handle.clone());
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing requests in flight");
+        handle.graceful_shutdown(Some(DRAIN));
+    });
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = server.serve(app).await;
+    broker.shutdown().await;
+    result
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn signal() {
     let ctrl_c = async {

@@ -39,6 +39,15 @@ pub struct Config {
 pub struct ServerConfig {
     /// The address the API binds.
     pub listen: SocketAddr,
+    /// Serve HTTPS with these, when set: client keys cross networks.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its PEM private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[store]`: where tokens survive restarts.
@@ -152,6 +161,7 @@ impl Config {
             Some(t) => server(t, &mut problems),
             None => Some(ServerConfig {
                 listen: default_listen(),
+                tls: None,
             }),
         };
         let store = match top.table("store", &mut problems) {
@@ -235,16 +245,24 @@ fn server(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<ServerConfig>
         None if !t.has("listen") => Some(default_listen()),
         None => None,
     };
-    for later in ["tls_cert", "tls_key"] {
-        if t.value(later).is_some() {
+    let cert = t.string("tls_cert", problems).map(PathBuf::from);
+    let key = t.string("tls_key", problems).map(PathBuf::from);
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => {
             problems.push(Problem::new(
-                t.key(later),
-                "TLS on the broker's listener is not supported by this version yet",
+                t.key("tls_cert"),
+                "tls_cert and tls_key go together",
             ));
+            None
         }
-    }
+    };
     t.finish(problems);
-    Some(ServerConfig { listen: listen? })
+    Some(ServerConfig {
+        listen: listen?,
+        tls,
+    })
 }
 
 fn store(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<StoreConfig> {

@@ -16,6 +16,12 @@ pub async fn run(path: &Path) -> Result<u8, Exit> {
     let config = load(path)?;
     let sealer = Sealer::from_env_or_file(config.store.key_file.as_deref())
         .map_err(|e| Exit::new(exit::CONFIG, e.to_string()))?;
+    let tls = match &config.server.tls {
+        Some(files) => Some(
+            crate::tls::server_config(files).map_err(|e| Exit::new(exit::CONFIG, e.to_string()))?,
+        ),
+        None => None,
+    };
     crate::cli::init_logging("tokenbroker=info,tokenbroker_core=info");
     let listen = config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -30,10 +36,13 @@ pub async fn run(path: &Path) -> Result<u8, Exit> {
             format!("cannot start with the store {}: {e}", store.display()),
         )
     })?;
-    tracing::info!(%listen, providers, "tokenbroker serving");
-    server::run(listener, state, server::signal())
-        .await
-        .context("server failed")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%listen, scheme, providers, "tokenbroker serving");
+    match tls {
+        Some(tls) => server::run_tls(listener, state, tls, server::signal()).await,
+        None => server::run(listener, state, server::signal()).await,
+    }
+    .context("server failed")?;
     tracing::info!("stopped");
     Ok(exit::OK)
 }

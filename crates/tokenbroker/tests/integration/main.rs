@@ -9,4 +9,5 @@ mod oauth2;
 mod process;
 mod proxy;
 mod store;
+mod tls;
 mod token_api;
