@@ -14,31 +14,39 @@ use tokenbroker_core::access::Access;
 use tokenbroker_core::broker::StartError;
 use tokenbroker_core::seal::Sealer;
 use tokenbroker_core::slot::Persistence;
-use tokenbroker_core::store::{StoreError, StoreErrorKind};
 use tokenbroker_core::{Broker, Config};
 use tokenbroker_store::SqliteStore;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
-use crate::proxy::Upstreams;
+use crate::proxy::{UpstreamError, Upstreams};
 
 /// How long in-flight requests get to finish after the shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Broker(#[from] StartError),
+    #[error(transparent)]
+    Proxy(#[from] UpstreamError),
+}
+
 impl AppState {
     /// Opens the store `config` names with `sealer` and starts the core: stored tokens are
     /// reused, nobody logs in until a consumer asks.
-    pub async fn start(config: Config, sealer: Sealer) -> Result<Self, StartError> {
-        let store = SqliteStore::open(&config.store.path).await?;
+    pub async fn start(config: Config, sealer: Sealer) -> Result<Self, StartupError> {
+        let store = SqliteStore::open(&config.store.path)
+            .await
+            .map_err(StartError::from)?;
         let persistence = Persistence {
             store: Arc::new(store),
             sealer: Arc::new(sealer),
             holder: holder_id(),
         };
         let access = Arc::new(Access::from_config(&config));
-        let upstreams = Arc::new(Upstreams::new(config.providers.values()).map_err(|e| {
-            StartError::Store(StoreError::new(StoreErrorKind::Unavailable, e.to_string()))
-        })?);
+        let upstreams = Arc::new(Upstreams::new(config.providers.values())?);
         let broker = Arc::new(Broker::start(config.providers, persistence).await?);
         Ok(Self {
             broker,

@@ -57,6 +57,8 @@ pub struct ProxyConfig {
     pub retry_body_limit: u64,
     /// Request bodies larger than this are refused (413).
     pub max_request_body: u64,
+    /// Extra trusted roots (PEM) for the upstream's TLS, beside the system's.
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
 /// How a provider's tokens are obtained, per `type`.
@@ -397,7 +399,11 @@ fn proxy_config(t: &mut Table<'_>, problems: &mut Vec<Problem>) -> ProxyConfig {
     };
     let retry_body_limit = t.size("retry_body_limit", problems).unwrap_or(1 << 20);
     let max_request_body = t.size("max_request_body", problems).unwrap_or(100 << 20);
+    let upstream_ca = t
+        .string("upstream_ca", problems)
+        .map(std::path::PathBuf::from);
     ProxyConfig {
+        upstream_ca,
         drain_timeout,
         upstream_timeout,
         retry_statuses,

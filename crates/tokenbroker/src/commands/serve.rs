@@ -29,13 +29,9 @@ pub async fn run(path: &Path) -> Result<u8, Exit> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let listen = listener.local_addr().context("no local address")?;
     let providers = config.providers.len();
-    let store = config.store.path.clone();
-    let state = AppState::start(config, sealer).await.map_err(|e| {
-        Exit::new(
-            exit::FAILURE,
-            format!("cannot start with the store {}: {e}", store.display()),
-        )
-    })?;
+    let state = AppState::start(config, sealer)
+        .await
+        .map_err(|e| Exit::new(exit::FAILURE, format!("cannot start: {e}")))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%listen, scheme, providers, "tokenbroker serving");
     match tls {

@@ -38,22 +38,52 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Clients for every provider of `providers` that has an `upstream`.
+    /// Clients for every provider of `providers` that has an `upstream`: the system's
+    /// trusted roots and the bundled Mozilla ones, plus the provider's `upstream_ca`.
     pub fn new<'a>(
         providers: impl Iterator<Item = &'a ProviderConfig>,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, UpstreamError> {
         let mut clients = BTreeMap::new();
         for provider in providers.filter(|p| p.upstream.is_some()) {
-            let client = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .connect_timeout(provider.proxy.upstream_timeout)
                 .read_timeout(provider.proxy.upstream_timeout)
                 .redirect(reqwest::redirect::Policy::none())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .build()?;
+                .pool_idle_timeout(Duration::from_secs(90));
+            if let Some(path) = &provider.proxy.upstream_ca {
+                let ca_error = |reason: String| UpstreamError::Ca {
+                    provider: provider.name.clone(),
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let pem = std::fs::read(path).map_err(|e| ca_error(e.kind().to_string()))?;
+                let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| ca_error(e.to_string()))?;
+                for certificate in certificates {
+                    builder = builder.add_root_certificate(certificate);
+                }
+            }
+            let client = builder.build().map_err(|e| UpstreamError::Client {
+                provider: provider.name.clone(),
+                reason: e.to_string(),
+            })?;
             clients.insert(provider.name.clone(), client);
         }
         Ok(Self { clients })
     }
+}
+
+/// Why the proxy's client of an upstream could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{provider}: cannot read upstream_ca {path}: {reason}")]
+    Ca {
+        provider: String,
+        path: String,
+        reason: String,
+    },
+    #[error("{provider}: cannot set up the upstream client: {reason}")]
+    Client { provider: String, reason: String },
 }
 
 /// The proxy handler.
