@@ -11,14 +11,19 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tokenbroker_core::seal::Purpose;
 use tokenbroker_core::store::{
-    AuditEvent, AuditKind, IssuanceRecord, Lease, Reseal, SealedRow, Store, StoreError,
-    StoreErrorKind, StoredRefresh, StoredToken,
+    AuditEvent, IssuanceRecord, Lease, Reseal, SealedRow, Store, StoreError, StoreErrorKind,
+    StoredRefresh, StoredToken,
+};
+
+use crate::convert::{
+    KEY_CHECK, SEALED_TABLES, audit_kind, generation, lease_expiry, millis, refresh_conflict,
+    refresh_moved, reseal_failed, signed, time, token_conflict, too_new,
 };
 
 /// The schema migrations, in order; the schema version is how many have been applied.
@@ -26,9 +31,6 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_refresh_tokens_and_ledger.sql"),
 ];
-
-/// The `meta` key of the master-key check.
-const KEY_CHECK: &str = "key_check";
 
 /// The SQLite store at one path.
 #[derive(Clone)]
@@ -91,10 +93,7 @@ impl SqliteStore {
             if changed == 1 {
                 Ok(())
             } else {
-                Err(StoreError::new(
-                    StoreErrorKind::Conflict,
-                    format!("the refresh token is no longer generation {generation_}"),
-                ))
+                Err(refresh_moved(generation_))
             }
         })
         .await
@@ -154,14 +153,11 @@ fn open_and_migrate(path: &Path, create: bool) -> Result<Connection, StoreError>
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(|e| map(path, &e))?;
     if version > MIGRATIONS.len() {
-        return Err(StoreError::new(
-            StoreErrorKind::TooNew,
-            format!(
-                "the store {} has schema version {version}, newer than this tokenbroker knows ({}); \
-                 refusing to use it (upgrade tokenbroker, or point store.path elsewhere)",
-                path.display(),
-                MIGRATIONS.len()
-            ),
+        return Err(too_new(
+            path.display(),
+            version,
+            MIGRATIONS.len(),
+            "store.path",
         ));
     }
     let mut connection = connection;
@@ -234,23 +230,6 @@ fn map(path: &Path, e: &rusqlite::Error) -> StoreError {
     StoreError::new(kind, format!("store {}: {e}", path.display()))
 }
 
-fn millis(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn time(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
-fn generation(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn signed(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_token(&self, provider: &str) -> Result<Option<StoredToken>, StoreError> {
@@ -315,10 +294,7 @@ impl Store for SqliteStore {
             if changed == 1 {
                 Ok(())
             } else {
-                Err(StoreError::new(
-                    StoreErrorKind::Conflict,
-                    format!("a token newer than generation {expected} is already stored"),
-                ))
+                Err(token_conflict(expected))
             }
         })
         .await
@@ -344,7 +320,7 @@ impl Store for SqliteStore {
                          expires_at_ms = excluded.expires_at_ms, fence = leases.fence + 1
                      WHERE leases.expires_at_ms <= ?4 OR leases.holder = excluded.holder
                      RETURNING fence",
-                    params![provider, holder, millis(now + ttl), millis(now)],
+                    params![provider, holder, lease_expiry(now, ttl), millis(now)],
                     |row| row.get(0),
                 )
                 .optional()
@@ -434,16 +410,10 @@ impl Store for SqliteStore {
             for row in rows {
                 let (at, provider, kind, gen_, detail): (i64, String, String, Option<i64>, String) =
                     row.map_err(|e| map(&path, &e))?;
-                let kind = AuditKind::parse(&kind).ok_or_else(|| {
-                    StoreError::new(
-                        StoreErrorKind::Corrupt,
-                        format!("unknown audit event {kind:?}"),
-                    )
-                })?;
                 events.push(AuditEvent {
                     at: time(at),
                     provider,
-                    kind,
+                    kind: audit_kind(&kind)?,
                     generation: gen_.map(generation),
                     detail,
                 });
@@ -534,10 +504,7 @@ impl Store for SqliteStore {
             if changed == 1 {
                 Ok(next)
             } else {
-                Err(StoreError::new(
-                    StoreErrorKind::Conflict,
-                    format!("a refresh token newer than generation {expected} is already stored"),
-                ))
+                Err(refresh_conflict(expected))
             }
         })
         .await
@@ -649,17 +616,11 @@ impl Store for SqliteStore {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| map(&path, &e))?;
-            let corrupt = |e: tokenbroker_core::seal::SealError| {
-                StoreError::new(StoreErrorKind::Corrupt, e.to_string())
-            };
             let mut count = 0;
-            for (table, purpose) in [
-                ("tokens", Purpose::AccessToken),
-                ("refresh_tokens", Purpose::RefreshToken),
-            ] {
+            for (table, purpose) in SEALED_TABLES {
                 count += reseal_table(&tx, table, purpose, &reseal).map_err(|e| match e {
                     Reseal_::Store(e) => map(&path, &e),
-                    Reseal_::Seal(e) => corrupt(e),
+                    Reseal_::Seal(e) => reseal_failed(e),
                 })?;
             }
             let check: Option<Vec<u8>> = tx
@@ -676,7 +637,7 @@ impl Store for SqliteStore {
                     purpose: Purpose::KeyCheck,
                     sealed: &sealed,
                 };
-                let resealed = reseal(row).map_err(corrupt)?;
+                let resealed = reseal(row).map_err(reseal_failed)?;
                 tx.execute(
                     "UPDATE meta SET value = ?2 WHERE key = ?1",
                     params![KEY_CHECK, resealed],

@@ -1,0 +1,204 @@
+//! The cluster store: PostgreSQL shared by every broker of a cluster, with the same tables,
+//! compare-and-sets and lease as the embedded SQLite store, so the core cannot tell them
+//! apart, and several brokers behave as one.
+//!
+//! tokio-postgres with a deadpool pool rather than sqlx: leaner (no macros, no query
+//! checking at build time, no second runtime abstraction), and the same choice as rusqlite on
+//! the SQLite side, a thin driver under hand-written SQL. Times come from the callers and the
+//! brokers' clocks (`SystemTime::now()`), never the database's `now()`, so both backends
+//! decide leases and ledgers alike. Every write is one autocommitted statement or one
+//! transaction; PostgreSQL's default `synchronous_commit = on` makes it durable before the
+//! call returns.
+//!
+//! This file owns the pool and the way calls use it; the `Store` statements are in
+//! `contract`, the connection string and TLS in `endpoint`, the schema in `migrate`, the
+//! error mapping in `error`. An optional PostgreSQL schema isolates one broker cluster (or
+//! one test) inside a shared database: every pooled connection starts with
+//! `SET search_path` to it.
+
+mod contract;
+mod endpoint;
+mod error;
+mod migrate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
+use secrecy::{ExposeSecret, SecretString};
+use tokenbroker_core::store::{StoreError, StoreErrorKind};
+use tokio_postgres::Row;
+use tokio_postgres::types::{FromSql, ToSql};
+
+use crate::convert::{refresh_moved, signed};
+use endpoint::Endpoint;
+
+/// Connections per broker: the store is on the issuance path only, so a few suffice even
+/// with many providers issuing at once.
+const POOL_SIZE: usize = 8;
+
+/// How long a call waits for a pooled connection, or for a new one to open, before the
+/// store counts as unavailable.
+const POOL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A statement's parameters.
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// The PostgreSQL store: a pool of connections to one database (and schema).
+#[derive(Clone)]
+pub struct PostgresStore {
+    /// Connections, each with the schema's `search_path` set.
+    pool: Pool,
+    /// The database (and schema) for messages: never its user or password.
+    name: Arc<str>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("database", &self.name)
+            .finish()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (a `postgres://` URL or libpq `key=value` pairs; TLS
+    /// when its `sslmode` is `require`, `verify-ca` or `verify-full`) and brings its schema
+    /// up to date. With `schema`, the store lives in that PostgreSQL schema, created if
+    /// missing: one per cluster of brokers, or per test. Fails with `TooNew` for a database
+    /// migrated by a newer tokenbroker, `Unavailable` when it cannot be reached.
+    pub async fn connect(url: &SecretString, schema: Option<&str>) -> Result<Self, StoreError> {
+        let endpoint = Endpoint::parse(url.expose_secret())?;
+        let quoted = schema.map(quote).transpose()?;
+        let name: Arc<str> = match schema {
+            Some(schema) => format!("{} (schema {schema})", endpoint.name).into(),
+            None => endpoint.name.into(),
+        };
+        let manager_config = ManagerConfig {
+            // One empty round trip before each use: a connection that died (a restarted
+            // database, a dropped link) is replaced before a call fails on it.
+            recycling_method: RecyclingMethod::Verified,
+        };
+        let manager = match endpoint.tls {
+            Some(tls) => Manager::from_config(endpoint.config, tls, manager_config),
+            None => Manager::from_config(endpoint.config, tokio_postgres::NoTls, manager_config),
+        };
+        let mut builder = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT));
+        if let Some(quoted) = &quoted {
+            let set = format!("SET search_path TO {quoted}");
+            builder = builder.post_create(Hook::async_fn(move |client, _| {
+                let set = set.clone();
+                Box::pin(
+                    async move { client.batch_execute(&set).await.map_err(HookError::Backend) },
+                )
+            }));
+        }
+        let pool = builder.build().map_err(|e| {
+            StoreError::new(StoreErrorKind::Unavailable, format!("store {name}: {e}"))
+        })?;
+        let store = Self { pool, name };
+        let mut client = store.client().await?;
+        let schema = schema.zip(quoted.as_deref());
+        migrate::migrate(&mut client, schema, &store.name).await?;
+        drop(client);
+        Ok(store)
+    }
+
+    /// A pooled connection.
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| error::pool(&self.name, &e))
+    }
+
+    /// Maps a database error.
+    fn db(&self, e: &tokio_postgres::Error) -> StoreError {
+        error::map(&self.name, e)
+    }
+
+    /// Column `index` of `row`; `Corrupt` if it is missing or of another type.
+    fn get<'a, T: FromSql<'a>>(&self, row: &'a Row, index: usize) -> Result<T, StoreError> {
+        row.try_get(index)
+            .map_err(|e| error::corrupt(&self.name, &e))
+    }
+
+    /// Runs one statement (prepared once per connection); returns how many rows it changed.
+    async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.db(&e))?;
+        client
+            .execute(&statement, params)
+            .await
+            .map_err(|e| self.db(&e))
+    }
+
+    /// Runs one query (prepared once per connection); returns its rows.
+    async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.db(&e))?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(|e| self.db(&e))
+    }
+
+    /// Runs one query that finds at most one row.
+    async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    /// Runs a compare-and-set update of refresh token `generation_`; `Conflict` if the
+    /// generation moved on. `$1` is the provider, `$2` the generation, `$3` the time if any.
+    async fn refresh_update(
+        &self,
+        sql: &str,
+        provider: &str,
+        generation_: u64,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let generation_signed = signed(generation_);
+        let changed = match &at {
+            Some(at) => {
+                self.execute(sql, &[&provider, &generation_signed, at])
+                    .await
+            }
+            None => self.execute(sql, &[&provider, &generation_signed]).await,
+        }?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(refresh_moved(generation_))
+        }
+    }
+}
+
+/// `schema` quoted as an identifier. Only plain names are taken (letters, digits,
+/// underscores, at most 63 bytes), so the quoting needs no escapes and a name never smuggles
+/// SQL into `SET search_path`.
+fn quote(schema: &str) -> Result<String, StoreError> {
+    let plain = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        Ok(format!("\"{schema}\""))
+    } else {
+        Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!(
+                "invalid PostgreSQL schema name {schema:?}: use letters, digits and underscores \
+                 (at most 63, not starting with a digit)"
+            ),
+        ))
+    }
+}

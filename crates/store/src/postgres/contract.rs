@@ -1,0 +1,401 @@
+//! The [`Store`] contract as PostgreSQL statements, one per call except the lease and rekey
+//! transactions. Each mirrors its SQLite twin in `sqlite.rs` (same tables, same
+//! compare-and-sets, `ON CONFLICT` upserts, the same ledger query) with `$n` placeholders, so
+//! the conformance suite holds for both alike.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokenbroker_core::seal::Purpose;
+use tokenbroker_core::store::{
+    AuditEvent, IssuanceRecord, Lease, Reseal, SealedRow, Store, StoreError, StoreErrorKind,
+    StoredRefresh, StoredToken,
+};
+use tokio_postgres::types::ToSql;
+
+use super::PostgresStore;
+use crate::convert::{
+    KEY_CHECK, SEALED_TABLES, audit_kind, generation, lease_expiry, millis, refresh_conflict,
+    reseal_failed, signed, time, token_conflict,
+};
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn load_token(&self, provider: &str) -> Result<Option<StoredToken>, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT generation, issued_at_ms, expires_at_ms, refresh_at_ms, sealed
+                 FROM tokens WHERE provider = $1",
+                &[&provider],
+            )
+            .await?;
+        row.map(|row| {
+            Ok(StoredToken {
+                generation: generation(self.get(&row, 0)?),
+                issued_at: time(self.get(&row, 1)?),
+                expires_at: time(self.get(&row, 2)?),
+                refresh_at: time(self.get(&row, 3)?),
+                sealed: self.get(&row, 4)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn save_token(
+        &self,
+        provider: &str,
+        expected: u64,
+        token: &StoredToken,
+    ) -> Result<(), StoreError> {
+        let values: [&(dyn ToSql + Sync); 7] = [
+            &provider,
+            &signed(token.generation),
+            &millis(token.issued_at),
+            &millis(token.expires_at),
+            &millis(token.refresh_at),
+            &token.sealed,
+            &signed(expected),
+        ];
+        let changed = if expected == 0 {
+            self.execute(
+                "INSERT INTO tokens (provider, generation, issued_at_ms, expires_at_ms,
+                                     refresh_at_ms, sealed)
+                 SELECT $1, $2, $3, $4, $5, $6 WHERE $7::BIGINT = 0
+                 ON CONFLICT (provider) DO NOTHING",
+                &values,
+            )
+            .await?
+        } else {
+            self.execute(
+                "UPDATE tokens SET generation = $2, issued_at_ms = $3, expires_at_ms = $4,
+                        refresh_at_ms = $5, sealed = $6
+                 WHERE provider = $1 AND generation = $7",
+                &values,
+            )
+            .await?
+        };
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(token_conflict(expected))
+        }
+    }
+
+    async fn retire_token(&self, provider: &str, generation_: u64) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE tokens SET expires_at_ms = 0, refresh_at_ms = 0
+             WHERE provider = $1 AND generation = $2",
+            &[&provider, &signed(generation_)],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn acquire_lease(
+        &self,
+        provider: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let now = SystemTime::now();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.db(&e))?;
+        // The conflicting row is locked either way, so the second query reads the lease
+        // that won, and two brokers asking at once cannot both be granted.
+        let granted = tx
+            .query_opt(
+                "INSERT INTO leases (provider, holder, expires_at_ms, fence) VALUES ($1, $2, $3, 1)
+                 ON CONFLICT (provider) DO UPDATE SET holder = excluded.holder,
+                     expires_at_ms = excluded.expires_at_ms, fence = leases.fence + 1
+                 WHERE leases.expires_at_ms <= $4 OR leases.holder = excluded.holder
+                 RETURNING fence",
+                &[&provider, &holder, &lease_expiry(now, ttl), &millis(now)],
+            )
+            .await
+            .map_err(|e| self.db(&e))?;
+        let lease = if let Some(row) = granted {
+            Lease::Granted {
+                fence: generation(self.get(&row, 0)?),
+            }
+        } else {
+            let row = tx
+                .query_one(
+                    "SELECT expires_at_ms FROM leases WHERE provider = $1",
+                    &[&provider],
+                )
+                .await
+                .map_err(|e| self.db(&e))?;
+            Lease::HeldElsewhere {
+                until: time(self.get(&row, 0)?),
+            }
+        };
+        tx.commit().await.map_err(|e| self.db(&e))?;
+        Ok(lease)
+    }
+
+    async fn release_lease(&self, provider: &str, holder: &str) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE leases SET expires_at_ms = 0 WHERE provider = $1 AND holder = $2",
+            &[&provider, &holder],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO audit (at_ms, provider, event, generation, detail)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &millis(event.at),
+                &event.provider,
+                &event.kind.as_str(),
+                &event.generation.map(signed),
+                &event.detail,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn audit(
+        &self,
+        provider: Option<&str>,
+        since: SystemTime,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT at_ms, provider, event, generation, detail FROM audit
+                 WHERE at_ms >= $1 AND ($2::TEXT IS NULL OR provider = $2) ORDER BY id",
+                &[&millis(since), &provider],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEvent {
+                    at: time(self.get(row, 0)?),
+                    provider: self.get(row, 1)?,
+                    kind: audit_kind(self.get(row, 2)?)?,
+                    generation: self.get::<Option<i64>>(row, 3)?.map(generation),
+                    detail: self.get(row, 4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = self
+            .query_opt("SELECT value FROM meta WHERE key = $1", &[&KEY_CHECK])
+            .await?;
+        row.map(|row| self.get(&row, 0)).transpose()
+    }
+
+    async fn set_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&KEY_CHECK, &sealed],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn load_refresh(&self, provider: &str) -> Result<Option<StoredRefresh>, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT generation, sealed, intent_at_ms, needs_credentials
+                 FROM refresh_tokens WHERE provider = $1",
+                &[&provider],
+            )
+            .await?;
+        row.map(|row| {
+            Ok(StoredRefresh {
+                generation: generation(self.get(&row, 0)?),
+                sealed: self.get(&row, 1)?,
+                intent_at: self.get::<Option<i64>>(&row, 2)?.map(time),
+                needs_credentials: self.get(&row, 3)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn save_refresh(
+        &self,
+        provider: &str,
+        expected: u64,
+        sealed: &[u8],
+    ) -> Result<u64, StoreError> {
+        let next = expected + 1;
+        let changed = if expected == 0 {
+            self.execute(
+                "INSERT INTO refresh_tokens (provider, generation, sealed) VALUES ($1, 1, $2)
+                 ON CONFLICT (provider) DO NOTHING",
+                &[&provider, &sealed],
+            )
+            .await?
+        } else {
+            self.execute(
+                "UPDATE refresh_tokens SET generation = $3, sealed = $2, intent_at_ms = NULL,
+                        needs_credentials = NULL
+                 WHERE provider = $1 AND generation = $4",
+                &[&provider, &sealed, &signed(next), &signed(expected)],
+            )
+            .await?
+        };
+        if changed == 1 {
+            Ok(next)
+        } else {
+            Err(refresh_conflict(expected))
+        }
+    }
+
+    async fn begin_refresh(
+        &self,
+        provider: &str,
+        generation: u64,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.refresh_update(
+            "UPDATE refresh_tokens SET intent_at_ms = COALESCE(intent_at_ms, $3)
+             WHERE provider = $1 AND generation = $2",
+            provider,
+            generation,
+            Some(millis(at)),
+        )
+        .await
+    }
+
+    async fn clear_refresh_intent(
+        &self,
+        provider: &str,
+        generation: u64,
+    ) -> Result<(), StoreError> {
+        self.refresh_update(
+            "UPDATE refresh_tokens SET intent_at_ms = NULL WHERE provider = $1 AND generation = $2",
+            provider,
+            generation,
+            None,
+        )
+        .await
+    }
+
+    async fn mark_needs_credentials(&self, provider: &str, reason: &str) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE refresh_tokens SET needs_credentials = $2 WHERE provider = $1",
+            &[&provider, &reason],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn begin_issuance(&self, provider: &str, at: SystemTime) -> Result<u64, StoreError> {
+        let row = self
+            .query_opt(
+                "INSERT INTO issuances (provider, requested_at_ms) VALUES ($1, $2) RETURNING id",
+                &[&provider, &millis(at)],
+            )
+            .await?
+            .ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    format!(
+                        "store {}: an insert into the ledger returned no id",
+                        self.name
+                    ),
+                )
+            })?;
+        Ok(generation(self.get(&row, 0)?))
+    }
+
+    async fn finish_issuance(
+        &self,
+        id: u64,
+        expires_at: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE issuances SET expires_at_ms = COALESCE($2, requested_at_ms) WHERE id = $1",
+            &[&signed(id), &expires_at.map(millis)],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn issuances(
+        &self,
+        provider: &str,
+        since: SystemTime,
+    ) -> Result<Vec<IssuanceRecord>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT requested_at_ms, expires_at_ms FROM issuances
+                 WHERE provider = $1 AND (requested_at_ms >= $2 OR expires_at_ms IS NULL
+                                          OR expires_at_ms >= $2)
+                 ORDER BY requested_at_ms",
+                &[&provider, &millis(since)],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(IssuanceRecord {
+                    requested_at: time(self.get(row, 0)?),
+                    expires_at: self.get::<Option<i64>>(row, 1)?.map(time),
+                })
+            })
+            .collect()
+    }
+
+    async fn rekey(&self, reseal: Reseal) -> Result<usize, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.db(&e))?;
+        let db = |e: tokio_postgres::Error| self.db(&e);
+        // Writers wait (readers do not) until the new seals are committed, so no value can be
+        // written under the old key after its table was walked: as SQLite's IMMEDIATE
+        // transaction.
+        tx.batch_execute("LOCK TABLE tokens, refresh_tokens, meta IN EXCLUSIVE MODE")
+            .await
+            .map_err(db)?;
+        let mut count = 0;
+        for (table, purpose) in SEALED_TABLES {
+            let rows = tx
+                .query(&format!("SELECT provider, sealed FROM {table}"), &[])
+                .await
+                .map_err(db)?;
+            let update = format!("UPDATE {table} SET sealed = $2 WHERE provider = $1");
+            for row in &rows {
+                let provider: &str = self.get(row, 0)?;
+                let sealed: &[u8] = self.get(row, 1)?;
+                let resealed = reseal(SealedRow {
+                    provider,
+                    purpose,
+                    sealed,
+                })
+                .map_err(reseal_failed)?;
+                tx.execute(&update, &[&provider, &resealed])
+                    .await
+                    .map_err(db)?;
+            }
+            count += rows.len();
+        }
+        let check = tx
+            .query_opt("SELECT value FROM meta WHERE key = $1", &[&KEY_CHECK])
+            .await
+            .map_err(db)?;
+        if let Some(row) = check {
+            let sealed: &[u8] = self.get(&row, 0)?;
+            let resealed = reseal(SealedRow {
+                provider: "",
+                purpose: Purpose::KeyCheck,
+                sealed,
+            })
+            .map_err(reseal_failed)?;
+            tx.execute(
+                "UPDATE meta SET value = $2 WHERE key = $1",
+                &[&KEY_CHECK, &resealed],
+            )
+            .await
+            .map_err(db)?;
+            count += 1;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(count)
+    }
+}

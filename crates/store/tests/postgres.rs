@@ -1,0 +1,420 @@
+//! The store contract on PostgreSQL, plus what is PostgreSQL's own: committed tokens survive
+//! reconnecting, a newer schema is refused, brokers starting at once migrate once, the lease
+//! holds across brokers, TLS when the URL asks for it, no password in any error.
+//!
+//! Runs against `TOKENBROKER_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`),
+//! each test in a fresh schema of its own, dropped at the end, so tests run in parallel. Where
+//! no PostgreSQL answers, each test says `SKIPPED: ...` on stderr and returns.
+
+mod conformance;
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokenbroker_core::store::{Lease, Store, StoreErrorKind};
+use tokenbroker_store::PostgresStore;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The test database's URL.
+fn url() -> String {
+    std::env::var("TOKENBROKER_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// `url` with any password masked, for printing.
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "the configured connection string".to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A raw connection to the test database, or `None` (after saying so) if none answers.
+async fn raw() -> Option<tokio_postgres::Client> {
+    let url = url();
+    let connecting = tokio_postgres::connect(&url, tokio_postgres::NoTls);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), connecting).await;
+    let why = match outcome {
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(connection);
+            return Some(client);
+        }
+        // The server answered and refused (a wrong user, no such database): a broken setup,
+        // not a missing database.
+        Ok(Err(e)) if e.as_db_error().is_some() => panic!("PostgreSQL at {}: {e:?}", shown(&url)),
+        Ok(Err(e)) => std::error::Error::source(&e).map_or(e.to_string(), ToString::to_string),
+        Err(_) => "no answer within 10 s".to_owned(),
+    };
+    eprintln!(
+        "SKIPPED: PostgreSQL not reachable at {} ({why}); set TOKENBROKER_TEST_PG_URL",
+        shown(&url)
+    );
+    None
+}
+
+/// A fresh schema of the test database, dropped (best effort) when the test ends, even by a
+/// panic.
+struct Schema {
+    name: String,
+}
+
+impl Schema {
+    /// A new schema name; the schema itself is created by the store's `connect`.
+    fn new() -> Self {
+        Self {
+            name: format!("tb_test_{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    async fn connect(&self) -> Result<PostgresStore, tokenbroker_core::store::StoreError> {
+        PostgresStore::connect(&SecretString::from(url()), Some(&self.name)).await
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let drop_schema = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its
+        // own with a runtime of its own does the cleanup.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client.batch_execute(&drop_schema).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A store in a fresh schema, or `None` (after saying so) without PostgreSQL.
+async fn fresh() -> Option<(Schema, PostgresStore)> {
+    raw().await?;
+    let schema = Schema::new();
+    let store = schema.connect().await.unwrap();
+    Some((schema, store))
+}
+
+#[tokio::test]
+async fn token_writes_are_compare_and_set() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::token_writes_are_compare_and_set(&store).await;
+}
+
+#[tokio::test]
+async fn leases_exclude_other_holders_until_they_expire() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::leases_exclude_other_holders_until_they_expire(&store).await;
+}
+
+#[tokio::test]
+async fn audit_appends_and_filters() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::audit_appends_and_filters(&store).await;
+}
+
+#[tokio::test]
+async fn key_check_is_written_once() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::key_check_is_written_once(&store).await;
+}
+
+#[tokio::test]
+async fn rekey_reseals_all_or_nothing() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::rekey_reseals_all_or_nothing(&store).await;
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_by_compare_and_set() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::refresh_tokens_rotate_by_compare_and_set(&store).await;
+}
+
+#[tokio::test]
+async fn ledger_keeps_requests_and_outcomes() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::ledger_keeps_requests_and_outcomes(&store).await;
+}
+
+#[tokio::test]
+async fn committed_tokens_survive_reconnecting() {
+    let Some((schema, store)) = fresh().await else {
+        return;
+    };
+    store
+        .save_token("cr", 0, &conformance::token(1, b"sealed"))
+        .await
+        .unwrap();
+    drop(store);
+    let reconnected = schema.connect().await.unwrap();
+    assert_eq!(
+        reconnected.load_token("cr").await.unwrap(),
+        Some(conformance::token(1, b"sealed"))
+    );
+}
+
+#[tokio::test]
+async fn a_store_from_a_newer_version_is_refused() {
+    let Some((schema, store)) = fresh().await else {
+        return;
+    };
+    drop(store);
+    let client = raw().await.unwrap();
+    let table = format!("\"{}\".schema_migrations", schema.name);
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {table} (version, applied_at_ms) VALUES (99, 0)"
+        ))
+        .await
+        .unwrap();
+    let error = schema.connect().await.unwrap_err();
+    assert_eq!(error.kind, StoreErrorKind::TooNew);
+    assert!(
+        error.message.contains("schema version 99"),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("refusing"), "{}", error.message);
+    let row = client
+        .query_one(&format!("SELECT MAX(version) FROM {table}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<i32>>(0), Some(99), "not migrated down");
+}
+
+#[tokio::test]
+async fn brokers_connecting_at_once_to_a_fresh_schema_migrate_once() {
+    let Some(client) = raw().await else {
+        return;
+    };
+    let schema = Schema::new();
+    let (a, b, c, d) = tokio::join!(
+        schema.connect(),
+        schema.connect(),
+        schema.connect(),
+        schema.connect()
+    );
+    let stores = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .count();
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT COUNT(*), MAX(version) FROM \"{}\".schema_migrations",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (count, version): (i64, i32) = (row.get(0), row.get(1));
+    assert_eq!(
+        count,
+        i64::try_from(migrations).unwrap(),
+        "each applied once"
+    );
+    assert_eq!(version, i32::try_from(migrations).unwrap());
+    // All four see one store.
+    stores[0]
+        .save_token("cr", 0, &conformance::token(1, b"one"))
+        .await
+        .unwrap();
+    for store in &stores {
+        assert_eq!(store.load_token("cr").await.unwrap().unwrap().generation, 1);
+    }
+}
+
+#[tokio::test]
+async fn the_lease_excludes_a_second_broker_on_the_same_schema() {
+    let Some((schema, first)) = fresh().await else {
+        return;
+    };
+    let second = schema.connect().await.unwrap();
+    let ttl = Duration::from_secs(60);
+    let Lease::Granted { fence } = first.acquire_lease("cr", "broker-a", ttl).await.unwrap() else {
+        panic!("a free lease is granted");
+    };
+    assert!(matches!(
+        second.acquire_lease("cr", "broker-b", ttl).await.unwrap(),
+        Lease::HeldElsewhere { .. }
+    ));
+    first.release_lease("cr", "broker-a").await.unwrap();
+    let Lease::Granted { fence: next } = second.acquire_lease("cr", "broker-b", ttl).await.unwrap()
+    else {
+        panic!("a released lease is granted to the other broker");
+    };
+    assert!(next > fence, "the fence grows across brokers");
+
+    // Many holders on both brokers asking at the same moment: exactly one wins.
+    let mut asks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let store = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        asks.spawn(async move {
+            store
+                .acquire_lease("race", &format!("holder-{i}"), ttl)
+                .await
+        });
+    }
+    let outcomes: Vec<Lease> = asks
+        .join_all()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let granted = outcomes
+        .iter()
+        .filter(|o| matches!(o, Lease::Granted { .. }))
+        .count();
+    assert_eq!(granted, 1, "{outcomes:?}");
+}
+
+#[tokio::test]
+async fn tls_is_used_and_verified_when_the_url_asks_for_it() {
+    let Some(client) = raw().await else {
+        return;
+    };
+    let url = url();
+    let joiner = if url.contains('?') { '&' } else { '?' };
+    // Without a trusted root for the server's certificate, nothing connects: no silent
+    // fallback to a plain or an unverified connection.
+    let require = SecretString::from(format!("{url}{joiner}sslmode=require"));
+    let schema = Schema::new();
+    match PostgresStore::connect(&require, Some(&schema.name)).await {
+        Ok(_) => eprintln!("note: the system roots trust the server's certificate"),
+        Err(e) => {
+            eprintln!("sslmode=require without a trusted root: {}", e.message);
+            assert_eq!(e.kind, StoreErrorKind::Unavailable, "{}", e.message);
+            assert!(
+                e.message.contains("TLS") || e.message.contains("certificate"),
+                "{}",
+                e.message
+            );
+        }
+    }
+    // With the server's own certificate as the root, and its name as the host, TLS works.
+    let ssl = client.query_one("SHOW ssl", &[]).await.unwrap();
+    let cert = client.query_one("SHOW ssl_cert_file", &[]).await.unwrap();
+    let cert: String = cert.get(0);
+    let local = url.contains("@127.0.0.1:") || url.contains("@localhost:");
+    if ssl.get::<_, String>(0) != "on" || !local || std::fs::metadata(&cert).is_err() {
+        eprintln!(
+            "SKIPPED (part): the server has no TLS certificate this test can read, or is not local"
+        );
+        return;
+    }
+    let verified = url.replacen("@127.0.0.1:", "@localhost:", 1);
+    let verified = SecretString::from(format!(
+        "{verified}{joiner}sslmode=verify-full&sslrootcert={cert}"
+    ));
+    match PostgresStore::connect(&verified, Some(&schema.name)).await {
+        Ok(store) => {
+            eprintln!("sslmode=verify-full with sslrootcert={cert}: connected");
+            store.set_key_check(b"over tls").await.unwrap();
+            assert_eq!(store.key_check().await.unwrap().unwrap(), b"over tls");
+        }
+        // A certificate for another name than localhost: verification must be what failed.
+        Err(e) => assert!(e.message.contains("certificate"), "{}", e.message),
+    }
+}
+
+#[tokio::test]
+async fn a_table_missing_after_migration_is_reported_corrupt() {
+    let Some((schema, store)) = fresh().await else {
+        return;
+    };
+    let client = raw().await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE \"{}\".tokens", schema.name))
+        .await
+        .unwrap();
+    let error = store.load_token("cr").await.unwrap_err();
+    assert_eq!(error.kind, StoreErrorKind::Corrupt, "{}", error.message);
+    assert!(error.message.contains("42P01"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn connections_the_server_dropped_are_replaced_without_an_error() {
+    let Some(client) = raw().await else {
+        return;
+    };
+    let schema = Schema::new();
+    let url = url();
+    let joiner = if url.contains('?') { '&' } else { '?' };
+    let tagged = SecretString::from(format!("{url}{joiner}application_name={}", schema.name));
+    let store = PostgresStore::connect(&tagged, Some(&schema.name))
+        .await
+        .unwrap();
+    store.set_key_check(b"before").await.unwrap();
+    let terminated = client
+        .query_one(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                                   WHERE application_name = $1) AS t",
+            &[&schema.name],
+        )
+        .await
+        .unwrap();
+    assert!(
+        terminated.get::<_, i64>(0) >= 1,
+        "the store's connection was found"
+    );
+    assert_eq!(store.key_check().await.unwrap().unwrap(), b"before");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable_and_keeps_the_password_secret() {
+    // Port 1 on the loopback: nothing listens, the connection is refused at once.
+    let url = SecretString::from("postgres://alice:hunter2@127.0.0.1:1/prod".to_owned());
+    let error = PostgresStore::connect(&url, None).await.unwrap_err();
+    assert_eq!(error.kind, StoreErrorKind::Unavailable);
+    assert!(
+        error.message.contains("postgres://127.0.0.1:1/prod"),
+        "{}",
+        error.message
+    );
+    assert!(!error.message.contains("hunter2"), "{}", error.message);
+    assert!(!error.message.contains("alice"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn a_schema_name_that_is_not_plain_is_refused() {
+    let url = SecretString::from(url());
+    for name in ["", "a;DROP TABLE x", "with space", "\"quoted\"", "9lives"] {
+        let error = PostgresStore::connect(&url, Some(name)).await.unwrap_err();
+        assert!(error.message.contains("schema name"), "{}", error.message);
+    }
+}
