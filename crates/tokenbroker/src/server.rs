@@ -44,6 +44,7 @@ impl AppState {
             store: Arc::new(store),
             sealer: Arc::new(sealer),
             holder: holder_id(),
+            sync_every: None,
         };
         let access = Arc::new(Access::from_config(&config));
         let upstreams = Arc::new(Upstreams::new(config.providers.values())?);

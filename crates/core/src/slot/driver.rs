@@ -141,15 +141,43 @@ pub(super) async fn run(
                 None => std::future::pending().await,
             }
         };
+        let sync = async {
+            match shared.persistence.sync_every {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shared.wake.notified() => {}
             () = sleep => {}
+            () = sync => adopt_newer(&shared).await,
             changed = stop.changed() => {
                 if changed.is_err() {
                     return; // the broker is gone
                 }
             }
         }
+    }
+}
+
+/// With a store shared by several brokers: takes a token another broker stored, so that
+/// this one stops serving the token it superseded.
+async fn adopt_newer(shared: &Shared) {
+    let current = shared
+        .view
+        .borrow()
+        .token
+        .as_ref()
+        .map_or(0, |t| t.generation);
+    if let Some(token) = adopt_stored(shared, current).await {
+        tracing::info!(provider = %shared.config.name, generation = token.generation, "using the token another broker stored");
+        let token = Arc::new(token);
+        shared.view.send_modify(|v| {
+            v.token = Some(token);
+            v.state = SlotState::Ready;
+            v.last_error = None;
+            v.retry_at = None;
+        });
     }
 }
 
@@ -219,7 +247,14 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
         .acquire_lease(provider, &persistence.holder, LEASE_TTL)
         .await
     {
-        Ok(Lease::Granted { .. }) => {}
+        Ok(Lease::Granted { .. }) => {
+            // Another broker may have issued while this one waited for the lease: its token
+            // is the one to use, and issuing again would supersede it.
+            if let Some(token) = adopt_stored(shared, expected).await {
+                release(shared).await;
+                return publish(shared, token);
+            }
+        }
         Ok(Lease::HeldElsewhere { .. }) => {
             return match adopt_stored(shared, expected).await {
                 Some(token) => publish(shared, token),
@@ -254,13 +289,7 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
     };
     // Released before anyone sees the outcome: a crash after a consumer received a token
     // never leaves the lease behind.
-    if let Err(e) = persistence
-        .store
-        .release_lease(provider, &persistence.holder)
-        .await
-    {
-        tracing::warn!(provider, error = %e, "cannot release the issuance lease; it will expire");
-    }
+    release(shared).await;
     match committed {
         Ok((Committed::Ours(token), how)) => {
             tracing::info!(
@@ -291,6 +320,19 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
         }
         Ok((Committed::Theirs(token), _)) => publish(shared, token),
         Err(error) => failed(shared, error, latency).await,
+    }
+}
+
+/// Gives the issuance lease back early; if that fails it expires by itself.
+async fn release(shared: &Shared) {
+    let persistence = &shared.persistence;
+    let provider = shared.config.name.as_str();
+    if let Err(e) = persistence
+        .store
+        .release_lease(provider, &persistence.holder)
+        .await
+    {
+        tracing::warn!(provider, error = %e, "cannot release the issuance lease; it will expire");
     }
 }
 

@@ -115,6 +115,9 @@ pub struct Persistence {
     /// Unique per broker process, so that a lease outlives a crashed holder only until it
     /// expires.
     pub holder: String,
+    /// How often to look for tokens other brokers stored, when the store is shared by
+    /// several brokers; `None` for a store this broker has to itself.
+    pub sync_every: Option<std::time::Duration>,
 }
 
 /// What every slot of one broker shares.

@@ -172,6 +172,7 @@ fn harness(extra: &str, lifetime: Duration) -> Harness {
             Sealer::from_base64(&SecretString::from(new_master_key()), "test").unwrap(),
         ),
         holder: "test".to_owned(),
+        sync_every: None,
     };
     let context = Context {
         persistence: Arc::new(persistence),

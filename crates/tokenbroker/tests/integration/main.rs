@@ -3,6 +3,7 @@
 //! emulator, and asserts on what the emulator saw.
 
 mod cli;
+mod cluster;
 mod consumers;
 mod helpers;
 mod oauth2;

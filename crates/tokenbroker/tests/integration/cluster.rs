@@ -1,0 +1,82 @@
+//! Several brokers sharing one store behave as one (SPEC guarantees 1, 2, 3): the issuer
+//! never sees two logins in flight, consumers spread over the brokers see no unrecovered
+//! 401, and logins stay within one per token life.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use secrecy::SecretString;
+use tokenbroker::client::BrokerClient;
+use tokenbroker::demo::jobs::{self, AskAgain, Tally, WorkItems};
+use tokio::time::Instant;
+
+use crate::helpers::{Options, PROVIDER, spawn_app, start_broker};
+
+const LIFETIME: Duration = Duration::from_secs(4);
+
+/// Runs 60 consumers spread over `brokers` brokers on the app's store for `duration`.
+async fn spread_load(
+    extra_config: &str,
+    brokers: usize,
+    duration: Duration,
+) -> (Tally, tokenbroker_emulator::Counters) {
+    let app = spawn_app(Options {
+        lifetime: LIFETIME,
+        login_latency: Duration::from_millis(200),
+        ..Options::default()
+    })
+    .await;
+    let config = format!("{extra_config}{}", app.config_text);
+    let mut running = Vec::new();
+    for _ in 0..brokers {
+        running.push(start_broker(&config, &app.master_key).await);
+    }
+    let clients: Vec<BrokerClient> = running
+        .iter()
+        .map(|b| BrokerClient::new(&b.url, SecretString::from(app.all_key.clone())).unwrap())
+        .collect();
+    let api = WorkItems::new(&app.emulator.url(), Duration::from_millis(50));
+    let tally = Tally::default();
+    let deadline = Instant::now() + duration;
+    join_all((0..60).map(|i| {
+        jobs::brokered(
+            api.clone(),
+            &clients[i % brokers],
+            PROVIDER,
+            AskAgain::OnRejection,
+            deadline,
+            &tally,
+        )
+    }))
+    .await;
+    for broker in running {
+        broker.stop().await.unwrap();
+    }
+    (tally, app.emulator.counters())
+}
+
+fn login_bound(duration: Duration) -> u64 {
+    let lead = LIFETIME / 5;
+    (duration.as_secs_f64() / (LIFETIME - lead).as_secs_f64()).floor() as u64 + 2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_brokers_on_one_sqlite_file_log_in_as_one() {
+    let duration = Duration::from_secs(20);
+    let (tally, seen) = spread_load("", 3, duration).await;
+    assert_eq!(
+        seen.max_issuances_in_flight, 1,
+        "never two logins in flight: {seen:?}"
+    );
+    assert_eq!(Tally::get(&tally.unrecovered), 0);
+    assert!(
+        Tally::get(&tally.completed) > 500,
+        "{}",
+        Tally::get(&tally.completed)
+    );
+    let logins = seen.logins + seen.refreshes;
+    assert!(
+        logins <= login_bound(duration),
+        "{logins} logins in {duration:?}: {seen:?}"
+    );
+}
