@@ -6,6 +6,7 @@
 //! crate.
 
 pub mod api;
+pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -15,10 +15,11 @@ use tokenbroker_core::broker::StartError;
 use tokenbroker_core::seal::Sealer;
 use tokenbroker_core::slot::Persistence;
 use tokenbroker_core::{Broker, Config};
-use tokenbroker_store::SqliteStore;
+
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::backend::{self, Missing};
 use crate::proxy::{UpstreamError, Upstreams};
 
 /// How long in-flight requests get to finish after the shutdown signal.
@@ -37,14 +38,14 @@ impl AppState {
     /// Opens the store `config` names with `sealer` and starts the core: stored tokens are
     /// reused, nobody logs in until a consumer asks.
     pub async fn start(config: Config, sealer: Sealer) -> Result<Self, StartupError> {
-        let store = SqliteStore::open(&config.store.path)
+        let backend = backend::open(&config.store, Missing::Create)
             .await
             .map_err(StartError::from)?;
         let persistence = Persistence {
-            store: Arc::new(store),
+            store: backend.store,
             sealer: Arc::new(sealer),
             holder: holder_id(),
-            sync_every: None,
+            sync_every: backend.sync_every,
         };
         let access = Arc::new(Access::from_config(&config));
         let upstreams = Arc::new(Upstreams::new(config.providers.values())?);

@@ -19,6 +19,7 @@ pub use oauth2::{AuthMethod, ClientCredentialsConfig, OAuthClient, RefreshTokenC
 pub use provider::{
     IssuanceBudget, IssuerConfig, JsonLoginConfig, JsonTemplate, ProviderConfig, ProxyConfig,
 };
+use secrecy::SecretString;
 use table::Table;
 
 /// The whole validated configuration.
@@ -53,10 +54,14 @@ pub struct TlsFiles {
 /// `[store]`: where tokens survive restarts.
 #[derive(Debug)]
 pub struct StoreConfig {
-    /// The embedded store's file.
+    /// The embedded store's file (when no `url` is set).
     pub path: PathBuf,
     /// Where the master key is, when `TOKENBROKER_MASTER_KEY` is not set.
     pub key_file: Option<PathBuf>,
+    /// A PostgreSQL store shared by a cluster of brokers; it may hold a password.
+    pub url: Option<SecretString>,
+    /// The PostgreSQL schema of this cluster's tables (default: the connection's).
+    pub schema: Option<String>,
 }
 
 /// `[clients.NAME]`: one consumer and what it may reach.
@@ -169,6 +174,8 @@ impl Config {
             None => Some(StoreConfig {
                 path: PathBuf::from("tokenbroker.db"),
                 key_file: None,
+                url: None,
+                schema: None,
             }),
         };
 
@@ -268,16 +275,31 @@ fn server(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<ServerConfig>
 fn store(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<StoreConfig> {
     let path = t.string("path", problems).unwrap_or("tokenbroker.db");
     let key_file = t.string("key_file", problems).map(PathBuf::from);
-    if t.value("url").is_some() {
-        problems.push(Problem::new(
-            t.key("url"),
-            "a shared PostgreSQL store is not supported by this version yet; use path",
-        ));
+    let url = t
+        .string("url", problems)
+        .and_then(|text| match secret_ref::resolve(text, false) {
+            Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(SecretString::from(url))
+            }
+            Ok(_) => {
+                problems.push(Problem::new(t.key("url"), "expected a postgres:// URL"));
+                None
+            }
+            Err(e) => {
+                problems.push(Problem::new(t.key("url"), e.to_string()));
+                None
+            }
+        });
+    let schema = t.string("schema", problems).map(str::to_owned);
+    if schema.is_some() && url.is_none() {
+        problems.push(Problem::new(t.key("schema"), "goes with url"));
     }
     t.finish(problems);
     Some(StoreConfig {
         path: PathBuf::from(path),
         key_file,
+        url,
+        schema,
     })
 }
 

@@ -5,9 +5,6 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use tokenbroker_core::store::Store;
-use tokenbroker_store::SqliteStore;
-
 use super::check::load;
 use crate::commands::table::Table;
 use crate::exit::{self, Exit};
@@ -15,8 +12,9 @@ use crate::exit::{self, Exit};
 /// Runs `tokenbroker audit`; returns the exit code.
 pub async fn run(config: &Path, provider: Option<&str>, since: Duration) -> Result<u8, Exit> {
     let config = load(config)?;
-    let store = SqliteStore::open_existing(&config.store.path)
+    let store = crate::backend::open(&config.store, crate::backend::Missing::Refuse)
         .await
+        .map(|b| b.store)
         .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
     let from = SystemTime::now()
         .checked_sub(since)

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 use tokenbroker_core::seal::{MASTER_KEY_ENV, Sealer};
-use tokenbroker_core::store::{Reseal, Store};
-use tokenbroker_store::SqliteStore;
+use tokenbroker_core::store::Reseal;
 
 use super::check::load;
 use crate::exit::{self, Exit};
@@ -32,8 +31,9 @@ pub async fn run(config: &Path) -> Result<u8, Exit> {
         })?;
     let new = Sealer::from_base64(&SecretString::from(new_text), NEW_MASTER_KEY_ENV)
         .map_err(|e| usage(e.to_string()))?;
-    let store = SqliteStore::open_existing(&config.store.path)
+    let store = crate::backend::open(&config.store, crate::backend::Missing::Refuse)
         .await
+        .map(|b| b.store)
         .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
     let (old, new) = (Arc::new(old), Arc::new(new));
     let reseal: Reseal = Arc::new(move |row| {

@@ -10,8 +10,7 @@ use std::time::SystemTime;
 use secrecy::{ExposeSecret, SecretString};
 use tokenbroker_core::config::IssuerConfig;
 use tokenbroker_core::seal::{Purpose, Sealer};
-use tokenbroker_core::store::{AuditEvent, AuditKind, Store};
-use tokenbroker_store::SqliteStore;
+use tokenbroker_core::store::{AuditEvent, AuditKind};
 
 use super::check::load;
 use crate::exit::{self, Exit};
@@ -48,8 +47,9 @@ pub async fn run(config: &Path, provider: &str) -> Result<u8, Exit> {
         ));
     }
     let failure = |e: tokenbroker_core::store::StoreError| Exit::new(exit::FAILURE, e.to_string());
-    let store = SqliteStore::open(&config.store.path)
+    let store = crate::backend::open(&config.store, crate::backend::Missing::Refuse)
         .await
+        .map(|b| b.store)
         .map_err(failure)?;
     let current = store.load_refresh(provider).await.map_err(failure)?;
     let expected = current.map_or(0, |c| c.generation);

@@ -14,9 +14,17 @@ use crate::helpers::{Options, PROVIDER, spawn_app, start_broker};
 
 const LIFETIME: Duration = Duration::from_secs(4);
 
-/// Runs 60 consumers spread over `brokers` brokers on the app's store for `duration`.
+/// Where the store of a test lives.
+enum SharedStore {
+    /// The app's own SQLite file.
+    SqliteFile,
+    /// A fresh schema of this PostgreSQL database.
+    Postgres { url: String, schema: String },
+}
+
+/// Runs 60 consumers spread over `brokers` brokers sharing `store` for `duration`.
 async fn spread_load(
-    extra_config: &str,
+    store: &SharedStore,
     brokers: usize,
     duration: Duration,
 ) -> (Tally, tokenbroker_emulator::Counters) {
@@ -26,7 +34,14 @@ async fn spread_load(
         ..Options::default()
     })
     .await;
-    let config = format!("{extra_config}{}", app.config_text);
+    let config = match store {
+        SharedStore::SqliteFile => app.config_text.clone(),
+        SharedStore::Postgres { url, schema } => app.config_text.replacen(
+            &format!("path = \"{}/tokenbroker.db\"", app.store.path().display()),
+            &format!("url = \"{url}\"\nschema = \"{schema}\""),
+            1,
+        ),
+    };
     let mut running = Vec::new();
     for _ in 0..brokers {
         running.push(start_broker(&config, &app.master_key).await);
@@ -63,7 +78,67 @@ fn login_bound(duration: Duration) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_brokers_on_one_sqlite_file_log_in_as_one() {
     let duration = Duration::from_secs(20);
-    let (tally, seen) = spread_load("", 3, duration).await;
+    let (tally, seen) = spread_load(&SharedStore::SqliteFile, 3, duration).await;
+    assert_eq!(
+        seen.max_issuances_in_flight, 1,
+        "never two logins in flight: {seen:?}"
+    );
+    assert_eq!(Tally::get(&tally.unrecovered), 0);
+    assert!(
+        Tally::get(&tally.completed) > 500,
+        "{}",
+        Tally::get(&tally.completed)
+    );
+    let logins = seen.logins + seen.refreshes;
+    assert!(
+        logins <= login_bound(duration),
+        "{logins} logins in {duration:?}: {seen:?}"
+    );
+}
+
+/// The test database, or `None` (and a line saying the test is skipped) when it is down.
+async fn postgres() -> Option<String> {
+    let url = std::env::var("TOKENBROKER_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let host = url
+        .rsplit_once('@')
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:5432")
+        .to_owned();
+    match tokio::net::TcpStream::connect(&host).await {
+        Ok(_) => Some(url),
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: PostgreSQL not reachable at {host} ({e}); set TOKENBROKER_TEST_PG_URL"
+            );
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_brokers_on_postgresql_log_in_as_one() {
+    let Some(url) = postgres().await else {
+        return;
+    };
+    let schema = format!("tb_cluster_{:016x}", rand::random::<u64>());
+    let duration = Duration::from_secs(20);
+    let store = SharedStore::Postgres {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let (tally, seen) = spread_load(&store, 3, duration).await;
+    // Best effort: the schema is unique, so a leftover harms nothing.
+    let _ = std::process::Command::new("psql")
+        .args([
+            url.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        ])
+        .output();
     assert_eq!(
         seen.max_issuances_in_flight, 1,
         "never two logins in flight: {seen:?}"
