@@ -384,14 +384,14 @@ fn proxy_config(t: &mut Table<'_>, problems: &mut Vec<Problem>) -> ProxyConfig {
                     .map(|v| {
                         v.as_integer()
                             .and_then(|n| u16::try_from(n).ok())
-                            .filter(|n| (400..600).contains(n))
+                            .filter(|n| matches!(n, 401 | 403))
                     })
                     .collect()
             });
             statuses.unwrap_or_else(|| {
                 problems.push(Problem::new(
                     t.key("retry_statuses"),
-                    "expected a list of HTTP error statuses, e.g. [401]",
+                    "expected a list of 401 and/or 403 (the statuses that mean a rejected token)",
                 ));
                 Vec::new()
             })

@@ -86,6 +86,7 @@ fn transport(provider: &str, endpoint: &Url, timeout: Duration, e: &reqwest::Err
         provider: provider.to_owned(),
         endpoint: shown.to_string(),
         reason,
+        connect: e.is_connect(),
     }
 }
 

@@ -81,6 +81,9 @@ fn http_client(provider: &str, timeout: Duration) -> Result<reqwest::Client, Iss
         .timeout(timeout)
         .connect_timeout(timeout)
         .user_agent(concat!("tokenbroker/", env!("CARGO_PKG_VERSION")))
+        // A redirect would re-send credentials (a refresh token, a client secret) to
+        // wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| IssueError::Setup {
             provider: provider.to_owned(),
@@ -128,6 +131,8 @@ pub enum IssueError {
         provider: String,
         endpoint: String,
         reason: String,
+        /// The connection itself failed, so the issuer cannot have seen the request.
+        connect: bool,
     },
     #[error("{provider}: the issuer is unavailable (HTTP {status}){}", retry_suffix(*retry_after))]
     Unavailable {
@@ -229,6 +234,28 @@ impl IssueError {
 
     /// Whether the issuer said no to this request (as opposed to not answering): a refused
     /// token exchange falls back to a fresh login.
+    /// Whether the issuer certainly did not act on the request: it was never delivered, or
+    /// the issuer answered with a client error or a rate limit. Anything else (a timeout,
+    /// a connection lost after sending, a 5xx from a gateway, an unreadable answer) may
+    /// have rotated a refresh token or issued a token.
+    pub fn certainly_not_acted_on(&self) -> bool {
+        match self {
+            Self::Unreachable { connect, .. } => *connect,
+            Self::BadCredentials { .. }
+            | Self::Refused { .. }
+            | Self::OAuth { .. }
+            | Self::RateLimited { .. }
+            | Self::Setup { .. }
+            | Self::BudgetExhausted { .. }
+            | Self::TokenCapReached { .. }
+            | Self::NeedsCredentials { .. } => true,
+            Self::Unavailable { .. }
+            | Self::Timeout { .. }
+            | Self::Malformed { .. }
+            | Self::Store { .. } => false,
+        }
+    }
+
     pub(crate) fn is_refusal(&self) -> bool {
         matches!(
             self,

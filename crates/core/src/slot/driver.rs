@@ -232,7 +232,12 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
     let current = shared.view.borrow().token.clone();
     let expected = current.as_ref().map_or(0, |t| t.generation);
     shared.view.send_modify(|v| v.state = SlotState::Issuing);
-    if reason == "rejected" {
+    if reason == "rejected"
+        && shared
+            .rejection_audited
+            .fetch_max(expected, Ordering::AcqRel)
+            < expected
+    {
         audit(
             shared,
             AuditKind::Invalidated,
@@ -350,14 +355,19 @@ async fn issue_and_commit(
     if let Err(error) = ledger::admit(shared, current).await {
         return (Err(error), Duration::ZERO);
     }
-    let ticket = match refresh::prepare(shared).await {
-        Ok(ticket) => ticket,
-        Err(error) => return (Err(error), Duration::ZERO),
-    };
     drain(shared, current).await;
     let entry = match store.begin_issuance(provider, shared.clock.now()).await {
         Ok(entry) => entry,
         Err(e) => return (Err(store_error(provider, &e)), Duration::ZERO),
+    };
+    // The refresh intent is the last step before sending, so that the grace it is checked
+    // against is not spent on the drain or the ledger.
+    let ticket = match refresh::prepare(shared).await {
+        Ok(ticket) => ticket,
+        Err(error) => {
+            finish_ledger(shared, entry, Some(None)).await;
+            return (Err(error), Duration::ZERO);
+        }
     };
     // Only a token the issuer has not rejected and that is still valid can be exchanged.
     let exchangeable = current.filter(|t| {
@@ -391,6 +401,13 @@ async fn issue_and_commit(
         (Some(ticket), result) => refresh::settle(shared, ticket, result).await,
         (None, result) => result,
     };
+    // For the ledger, a token the issuer handed out counts until it expires, whatever
+    // becomes of it here; so does an unknown outcome; only a certain refusal frees its place.
+    let outcome = match &result {
+        Ok(issued) => Some(Some(issued.expires_at)),
+        Err(e) if e.certainly_not_acted_on() => Some(None),
+        Err(_) => None,
+    };
     let committed = match result.and_then(|issued| {
         let how = issued.how;
         numbered(shared, issued, expected + 1).map(|token| (token, how))
@@ -398,14 +415,23 @@ async fn issue_and_commit(
         Ok((token, how)) => commit(shared, expected, token).await.map(|c| (c, how)),
         Err(error) => Err(error),
     };
-    let expires_at = match &committed {
-        Ok((Committed::Ours(token), _)) => Some(token.expires_at),
-        _ => None,
-    };
-    if let Err(e) = store.finish_issuance(entry, expires_at).await {
-        tracing::warn!(provider, error = %e, "cannot complete the issuance ledger entry");
-    }
+    finish_ledger(shared, entry, outcome).await;
     (committed, latency)
+}
+
+/// Records an issuance's outcome in the ledger; `None` leaves it unknown (counted live).
+async fn finish_ledger(shared: &Shared, entry: u64, outcome: Option<Option<SystemTime>>) {
+    let Some(expires_at) = outcome else {
+        return;
+    };
+    if let Err(e) = shared
+        .persistence
+        .store
+        .finish_issuance(entry, expires_at)
+        .await
+    {
+        tracing::warn!(provider = %shared.config.name, error = %e, "cannot complete the issuance ledger entry");
+    }
 }
 
 /// Before a single-session provider logs in again, lets the requests under way on the
@@ -512,8 +538,12 @@ fn publish(shared: &Shared, token: Token) -> Outcome {
 /// Logs, counts and audits a failed attempt; the driver publishes it.
 async fn failed(shared: &Shared, error: IssueError, latency: Duration) -> Outcome {
     let provider = shared.config.name.as_str();
+    // The state reads `Issuing` during the attempt; the last error says what it was before.
     let still_needs_credentials = matches!(error, IssueError::NeedsCredentials { .. })
-        && shared.view.borrow().state == SlotState::NeedsCredentials;
+        && matches!(
+            shared.view.borrow().last_error,
+            Some(IssueError::NeedsCredentials { .. })
+        );
     if still_needs_credentials {
         return Outcome::Failed(error); // said and audited when it happened
     }

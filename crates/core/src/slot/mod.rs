@@ -154,6 +154,8 @@ struct Shared {
     rejected: AtomicU64,
     /// A consumer found no token to serve since the driver last started an attempt.
     demand: AtomicBool,
+    /// The highest rejected generation already written to the audit trail.
+    rejection_audited: AtomicU64,
 }
 
 impl Slot {
@@ -183,6 +185,7 @@ impl Slot {
             wake: Notify::new(),
             rejected: AtomicU64::new(0),
             demand: AtomicBool::new(false),
+            rejection_audited: AtomicU64::new(0),
         });
         let driver = tokio::spawn(driver::run(shared.clone(), issuer, context.stop));
         (Self { shared }, driver)
@@ -208,7 +211,13 @@ impl Slot {
     pub async fn get(&self) -> Result<Arc<Token>, SlotError> {
         let shared = &*self.shared;
         let mut rx = shared.view.subscribe();
-        let deadline = tokio::time::Instant::now() + shared.config.timeout + STORE_MARGIN;
+        // A single-session rotation may first drain the old token's requests.
+        let drain = if shared.config.single_session {
+            shared.config.proxy.drain_timeout
+        } else {
+            Duration::ZERO
+        };
+        let deadline = tokio::time::Instant::now() + shared.config.timeout + drain + STORE_MARGIN;
         // The attempt count when this request started waiting: any later outcome is its.
         let mut waiting_since: Option<u64> = None;
         loop {

@@ -15,6 +15,9 @@ use crate::issuer::{IssueError, Issued, OAuthError};
 use crate::seal::Purpose;
 use crate::store::{StoreError, StoreErrorKind};
 
+/// How long a retried refresh may take to reach the issuer.
+const DELIVERY_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The refresh token an issuance may use, and which stored generation it is.
 pub(super) struct Ticket {
     generation: u64,
@@ -61,7 +64,8 @@ pub(super) async fn prepare(shared: &Shared) -> Result<Option<Ticket>, IssueErro
     let now = shared.clock.now();
     if let Some(intent_at) = stored.intent_at {
         let since = now.duration_since(intent_at).unwrap_or_default();
-        if since > config.refresh_token_grace {
+        // The retry must reach the issuer within its grace, not merely leave before it ends.
+        if since + DELIVERY_MARGIN > config.refresh_token_grace {
             let reason = format!(
                 "a refresh started {} ago did not finish (a crash or a lost answer); the issuer may \
                  have rotated the refresh token, and replaying it beyond refresh_token_grace ({}) \
@@ -143,10 +147,10 @@ pub(super) async fn settle(
             mark(shared, &reason).await;
             return Err(needs(shared, reason));
         }
-        // No answer, or an unreadable one: the issuer may have rotated. The intent stays.
-        Err(IssueError::Timeout { .. } | IssueError::Malformed { .. }) => {}
-        // Any other answer, or no connection at all: nothing was rotated.
-        Err(_) => clear(shared, ticket.generation).await,
+        // Never delivered, or refused outright: nothing was rotated.
+        Err(e) if e.certainly_not_acted_on() => clear(shared, ticket.generation).await,
+        // Anything else may have rotated the token: the intent stays, and the grace decides.
+        Err(_) => {}
     }
     result
 }

@@ -69,9 +69,18 @@ pub(super) fn upstream_request(
     out
 }
 
-/// The headers to send back: the upstream's end-to-end headers and our `Via`.
+/// The headers to send back: the upstream's end-to-end headers, without any that would
+/// pass for the broker's own (`x-tokenbroker-*`), and our `Via`.
 pub(super) fn downstream_response(upstream: &HeaderMap) -> HeaderMap {
     let mut out = end_to_end(upstream);
+    let ours: Vec<HeaderName> = out
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-tokenbroker-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        out.remove(name);
+    }
     append(&mut out, "via", VIA);
     out
 }

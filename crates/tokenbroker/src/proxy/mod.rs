@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::body::HttpBody;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Version, header};
 use axum::response::Response;
 use futures_util::{StreamExt, TryStreamExt};
 use tokenbroker_core::config::ProviderConfig;
@@ -96,7 +97,9 @@ pub(crate) async fn forward(
     let (parts, body) = request.into_parts();
     // An absolute-form request target ("GET http://host/...") is a forward-proxy request;
     // this is a reverse proxy.
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+    // (HTTP/2 requests always carry a scheme and an authority: that is not the same.)
+    let http1 = matches!(parts.version, Version::HTTP_10 | Version::HTTP_11);
+    if http1 && (parts.uri.scheme().is_some() || parts.uri.authority().is_some()) {
         return Err(ApiError::UnsafePath(UnsafePath::Absolute));
     }
     let (provider, rest) = target::split(parts.uri.path()).ok_or(ApiError::NoRoute)?;
@@ -121,15 +124,14 @@ pub(crate) async fn forward(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    // Known to be empty (no body at all), else of unknown length unless announced.
+    let empty = HttpBody::is_end_stream(&body) || HttpBody::size_hint(&body).exact() == Some(0);
     if length.is_some_and(|l| l > config.proxy.max_request_body) {
         return Err(ApiError::BodyTooLarge(config.proxy.max_request_body));
     }
-    let (kept, mut streaming) = match (length, chunked) {
-        (Some(l), _) if l <= config.proxy.retry_body_limit => {
-            (Some(read_body(body, l).await?), None)
-        }
-        (None, false) => (Some(Bytes::new()), None),
+    let (kept, mut streaming) = match length {
+        Some(l) if l <= config.proxy.retry_body_limit => (Some(read_body(body, l).await?), None),
+        None if empty => (Some(Bytes::new()), None),
         _ => (None, Some(limited(body, config.proxy.max_request_body))),
     };
 
@@ -154,33 +156,34 @@ pub(crate) async fn forward(
             Ok(Err(e)) if e.is_timeout() => {
                 return Err(ApiError::UpstreamTimeout(provider.to_owned()));
             }
-            Ok(Err(_)) => return Err(ApiError::UpstreamUnreachable(provider.to_owned())),
+            Ok(Err(e)) => {
+                tracing::warn!(provider, error = %e.without_url(), "upstream request failed");
+                return Err(ApiError::UpstreamUnreachable(provider.to_owned()));
+            }
             Ok(Ok(answer)) => answer,
         };
         let rejected = config
             .proxy
             .retry_statuses
             .contains(&answer.status().as_u16());
-        if rejected {
+        if rejected && attempt == 0 {
             drop(in_use);
             let (fresh, _) = slot
                 .invalidate(Rejected::Generation(token.generation))
                 .await?;
-            if attempt == 0 && kept.is_some() {
+            if kept.is_some() {
                 token = fresh;
                 continue;
             }
-            let why = if kept.is_some() {
-                "retried once"
-            } else {
-                "request body too large to replay"
-            };
             let mut response = respond(answer, None);
-            response
-                .headers_mut()
-                .insert(NO_RETRY, HeaderValue::from_static(why));
+            response.headers_mut().insert(
+                NO_RETRY,
+                HeaderValue::from_static("request body too large to replay"),
+            );
             return Ok(response);
         }
+        // A rejection of the fresh token is the upstream's own answer: passed through and
+        // not reported again, so one request causes at most one reissue.
         return Ok(respond(answer, Some(in_use)));
     }
     unreachable!("the loop returns on its second attempt")

@@ -68,11 +68,14 @@ fn check_path(path: &str) -> Result<(), UnsafePath> {
         return Err(UnsafePath::At);
     }
     for segment in path.split('/') {
-        if segment == "." || segment == ".." {
+        // Some servers (Tomcat, Spring) drop a `;parameter` before resolving dots.
+        let bare = segment.split(';').next().unwrap_or(segment);
+        if bare == "." || bare == ".." {
             return Err(UnsafePath::DotSegment);
         }
         let lower = segment.to_ascii_lowercase();
-        if ["%2e", "%2f", "%5c"]
+        // %25 is refused too: decoded once more downstream it could become any of these.
+        if ["%2e", "%2f", "%5c", "%25"]
             .iter()
             .any(|escape| lower.contains(escape))
         {
@@ -161,6 +164,9 @@ mod tests {
             ("a%00b", None, UnsafePath::Control),
             ("ok", Some("q=%0d%0aX-Injected:%201"), UnsafePath::Control),
             ("a%zz", None, UnsafePath::Invalid),
+            ("..;/admin", None, UnsafePath::DotSegment),
+            ("a/..;x=1/b", None, UnsafePath::DotSegment),
+            ("%252e%252e/secret", None, UnsafePath::EncodedSeparator),
         ];
         for (path, query, expected) in cases {
             assert_eq!(

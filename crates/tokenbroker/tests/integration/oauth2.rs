@@ -166,7 +166,7 @@ async fn rotating_refresh_tokens_survive_20_sigkills_without_a_replay() {
     let issuer = RotatingRefresh::builder()
         .access_lifetime(Duration::from_secs(2))
         .reuse_grace(Duration::from_secs(5))
-        .latency(Duration::from_millis(50))
+        .latency(Duration::from_millis(300))
         .spawn()
         .await
         .unwrap();
@@ -185,8 +185,20 @@ async fn rotating_refresh_tokens_survive_20_sigkills_without_a_replay() {
     }
     let mut serve = ServeProcess::start(&setup.config_text, &setup.master_key);
     serve.ready(&setup.http).await;
+    // Past the access token's life, a token is served only if refreshing still works.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (status, body) = setup.token(&serve.url, "crm").await;
     assert_eq!(status, StatusCode::OK, "in service at the end: {body}");
+    let ready: serde_json::Value = setup
+        .http
+        .get(format!("{}/readyz", serve.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["needs_credentials"], json!([]), "{ready}");
     let seen = issuer.counters();
     assert_eq!(seen.replays_outside_grace, 0, "{seen:?}");
     assert_eq!(seen.lockouts, 0, "{seen:?}");
@@ -347,6 +359,11 @@ async fn a_429_with_retry_after_2_silences_the_issuer_for_2_seconds() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let times = pool.token_request_times();
+    assert!(
+        times.len() >= 2,
+        "the broker asked again after Retry-After: {}",
+        times.len()
+    );
     assert!(
         times[1..]
             .iter()

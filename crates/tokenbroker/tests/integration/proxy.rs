@@ -261,3 +261,82 @@ async fn upstream_failures_answer_in_the_error_shape() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "upstream_timeout");
 }
+
+#[tokio::test]
+async fn the_upstream_sees_the_token_and_forwarding_headers_but_never_the_client_key() {
+    let echo = upstream(axum::Router::new().fallback(
+        |headers: axum::http::HeaderMap| async move {
+            let seen: serde_json::Map<String, serde_json::Value> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").into()))
+                .collect();
+            (
+                [("x-tokenbroker-error", "forged by the upstream")],
+                axum::Json(seen),
+            )
+        },
+    ))
+    .await;
+    let app = spawn_app(Options {
+        upstream: Some(echo),
+        ..Options::default()
+    })
+    .await;
+    let token = app.plain_token(&app.url).await;
+    let response = app
+        .http
+        .get(format!("{}/v1/proxy/{PROVIDER}/anything?x=1", app.url))
+        .bearer_auth(&app.scoped_key)
+        .header("Connection", "x-secret-hop")
+        .header("x-secret-hop", "dropped")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers().get("x-tokenbroker-error").is_none(),
+        "an upstream cannot pose as the broker"
+    );
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(seen["x-authorization"], token.as_str());
+    assert!(
+        seen.get("authorization").is_none(),
+        "the client key stays with the broker: {seen}"
+    );
+    assert!(!seen.to_string().contains(&app.scoped_key));
+    assert!(
+        seen.get("x-secret-hop").is_none(),
+        "headers named by Connection stay on their hop"
+    );
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["via"], "1.1 tokenbroker");
+}
+
+#[tokio::test]
+async fn an_upstream_that_always_answers_401_costs_one_reissue_per_request() {
+    let refusing =
+        upstream(axum::Router::new().fallback(|| async { (StatusCode::UNAUTHORIZED, "no") })).await;
+    let app = spawn_app(Options {
+        upstream: Some(refusing),
+        ..Options::default()
+    })
+    .await;
+    let response = app
+        .http
+        .get(format!("{}/v1/proxy/{PROVIDER}/x", app.url))
+        .bearer_auth(&app.scoped_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "the upstream's answer, passed through"
+    );
+    assert!(response.headers().get("x-tokenbroker-error").is_none());
+    assert_eq!(
+        app.emulator.counters().logins,
+        2,
+        "the first token and exactly one reissue"
+    );
+}
