@@ -155,3 +155,113 @@ async fn three_brokers_on_postgresql_log_in_as_one() {
         "{logins} logins in {duration:?}: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_keeps_cached_tokens_served_and_brokers_recover_by_themselves() {
+    let database = match crate::private_pg::PrivatePostgres::start() {
+        Ok(database) => database,
+        Err(why) => {
+            eprintln!("SKIPPED: no private PostgreSQL for the fault test: {why}");
+            return;
+        }
+    };
+    let app = spawn_app(Options::default()).await;
+    let config = app.config_text.replacen(
+        &format!("path = \"{}/tokenbroker.db\"", app.store.path().display()),
+        &format!("url = \"{}\"", database.url()),
+        1,
+    );
+    let brokers = [
+        start_broker(&config, &app.master_key).await,
+        start_broker(&config, &app.master_key).await,
+    ];
+    let token_from = |base: &str| {
+        let (http, key, base) = (app.http.clone(), app.all_key.clone(), base.to_owned());
+        async move {
+            let r = http
+                .get(format!("{base}/v1/tokens/{PROVIDER}"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (_, first) = token_from(&brokers[0].url).await;
+    let (_, same) = token_from(&brokers[1].url).await;
+    assert_eq!(
+        first["access_token"], same["access_token"],
+        "one token for the cluster"
+    );
+    assert_eq!(app.emulator.counters().logins, 1);
+
+    database.stop();
+    for broker in &brokers {
+        let (status, body) = token_from(&broker.url).await;
+        assert_eq!(
+            status,
+            reqwest::StatusCode::OK,
+            "cached token served while the database is down"
+        );
+        assert_eq!(body["access_token"], first["access_token"]);
+        let ready = app
+            .http
+            .get(format!("{}/readyz", broker.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            ready.status(),
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            "readyz says so"
+        );
+    }
+    // An issuance needs the lease: refused, rather than a login that could break the
+    // single-session identity.
+    let refused = app
+        .http
+        .post(format!(
+            "{}/v1/tokens/{PROVIDER}/invalidate",
+            brokers[0].url
+        ))
+        .bearer_auth(&app.all_key)
+        .json(&serde_json::json!({ "generation": first["generation"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        app.emulator.counters().login_attempts,
+        1,
+        "no login without the lease"
+    );
+
+    database.resume().unwrap();
+    let started = Instant::now();
+    let recovered = loop {
+        let (status, body) = token_from(&brokers[0].url).await;
+        if status == reqwest::StatusCode::OK && body["generation"] != first["generation"] {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no recovery: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        recovered["generation"], 2,
+        "numbering went on from the stored generation"
+    );
+    let ready = app
+        .http
+        .get(format!("{}/readyz", brokers[1].url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    for broker in brokers {
+        broker.stop().await.unwrap();
+    }
+}

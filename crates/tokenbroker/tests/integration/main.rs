@@ -7,6 +7,7 @@ mod cluster;
 mod consumers;
 mod helpers;
 mod oauth2;
+mod private_pg;
 mod process;
 mod proxy;
 mod store;
