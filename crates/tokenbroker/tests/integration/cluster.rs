@@ -97,7 +97,7 @@ async fn three_brokers_on_one_sqlite_file_log_in_as_one() {
 }
 
 /// The test database, or `None` (and a line saying the test is skipped) when it is down.
-async fn postgres() -> Option<String> {
+pub(crate) async fn postgres() -> Option<String> {
     let url = std::env::var("TOKENBROKER_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let host = url

@@ -457,3 +457,124 @@ async fn rfc_6749_errors_reach_the_consumer_distinct_and_readable() {
         assert!(message.starts_with("reltio: "), "{message}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_capped_at_3_stays_capped_across_3_brokers_on_postgresql() {
+    let Some(url) = crate::cluster::postgres().await else {
+        return;
+    };
+    let pool = CappedPool::builder()
+        .max_active(3)
+        .token_lifetime(Duration::from_secs(4))
+        .spawn()
+        .await
+        .unwrap();
+    let setup = Setup::new(&pool_provider(&pool.url(), "max_active_tokens = 3"));
+    let schema = format!("tb_pool_{:016x}", rand::random::<u64>());
+    let config = setup.config_text.replacen(
+        &format!("path = \"{}/tokenbroker.db\"", setup.store.path().display()),
+        &format!("url = \"{url}\"\nschema = \"{schema}\""),
+        1,
+    );
+    let mut brokers = Vec::new();
+    for _ in 0..3 {
+        brokers.push(start_broker(&config, &setup.master_key).await);
+    }
+    let api = pool.url();
+    let until = Instant::now() + Duration::from_secs(12);
+    let results =
+        join_all((0..60).map(|i| consume(&setup, &brokers[i % 3].url, "reltio", &api, until)))
+            .await;
+    for broker in brokers {
+        broker.stop().await.unwrap();
+    }
+    let _ = std::process::Command::new("psql")
+        .args([
+            url.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        ])
+        .output();
+    let seen = pool.counters();
+    assert_eq!(seen.rejected_429, 0, "{seen:?}");
+    assert!(seen.max_active_seen <= 3, "{seen:?}");
+    assert!(seen.issued >= 3, "tokens were rotated: {seen:?}");
+    assert_eq!(
+        results.iter().map(|r| r.1).sum::<u64>(),
+        0,
+        "no unrecovered 401"
+    );
+    assert!(results.iter().map(|r| r.0).sum::<u64>() > 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotating_refresh_token_through_3_brokers_with_sigkills_is_never_replayed() {
+    let Some(url) = crate::cluster::postgres().await else {
+        return;
+    };
+    let issuer = RotatingRefresh::builder()
+        .access_lifetime(Duration::from_secs(2))
+        .reuse_grace(Duration::from_secs(5))
+        .latency(Duration::from_millis(300))
+        .spawn()
+        .await
+        .unwrap();
+    let setup = Setup::new(&refresh_provider(
+        &issuer.url(),
+        "5s",
+        &issuer.initial_refresh_token(),
+    ));
+    let schema = format!("tb_refresh_{:016x}", rand::random::<u64>());
+    let config = setup.config_text.replacen(
+        &format!("path = \"{}/tokenbroker.db\"", setup.store.path().display()),
+        &format!("url = \"{url}\"\nschema = \"{schema}\""),
+        1,
+    );
+    let mut brokers: Vec<ServeProcess> = (0..3)
+        .map(|_| ServeProcess::start(&config, &setup.master_key))
+        .collect();
+    for broker in &mut brokers {
+        broker.ready(&setup.http).await;
+    }
+    let api = issuer.url();
+    for round in 0..10 {
+        let urls: Vec<String> = brokers.iter().map(|b| b.url.clone()).collect();
+        let until = Instant::now() + Duration::from_millis(rand::rng().random_range(300..1500));
+        join_all((0..30).map(|i| consume(&setup, &urls[i % 3], "crm", &api, until))).await;
+        // Kill one broker (by turns), possibly the one holding the lease, and replace it.
+        let victim = brokers.remove(round % 3);
+        victim.kill();
+        let mut fresh = ServeProcess::start(&config, &setup.master_key);
+        fresh.ready(&setup.http).await;
+        brokers.push(fresh);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for broker in &brokers {
+        let (status, body) = setup.token(&broker.url, "crm").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "every broker in service at the end: {body}"
+        );
+    }
+    let _ = std::process::Command::new("psql")
+        .args([
+            url.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        ])
+        .output();
+    let seen = issuer.counters();
+    assert_eq!(
+        (seen.replays_outside_grace, seen.lockouts),
+        (0, 0),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.max_requests_in_flight, 1,
+        "one refresh at a time across brokers: {seen:?}"
+    );
+    assert!(seen.refreshes >= 5, "{seen:?}");
+}
