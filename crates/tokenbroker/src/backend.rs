@@ -9,7 +9,9 @@ use tokenbroker_core::store::{Store, StoreError};
 use tokenbroker_store::{PostgresStore, SqliteStore};
 
 /// How often a broker sharing a PostgreSQL store looks for tokens the others stored.
-const CLUSTER_SYNC: Duration = Duration::from_millis(500);
+/// A read per provider per interval; it bounds how long another broker's new token takes to
+/// reach this one.
+const CLUSTER_SYNC: Duration = Duration::from_millis(100);
 
 /// An open store, and how often to look for other brokers' writes (`None`: no others).
 pub struct Backend {

@@ -162,7 +162,7 @@ pub(super) async fn run(
 
 /// With a store shared by several brokers: takes a token another broker stored, so that
 /// this one stops serving the token it superseded.
-async fn adopt_newer(shared: &Shared) {
+pub(super) async fn adopt_newer(shared: &Shared) {
     let current = shared
         .view
         .borrow()

@@ -288,6 +288,19 @@ impl Slot {
         rejected: Rejected<'_>,
     ) -> Result<(Arc<Token>, bool), SlotError> {
         let shared = &*self.shared;
+        // A generation newer than ours was issued by another broker sharing the store: take
+        // it now rather than at the next sync, so the report is judged against it.
+        if let Rejected::Generation(g) = rejected {
+            let ours = shared
+                .view
+                .borrow()
+                .token
+                .as_ref()
+                .map_or(0, |t| t.generation);
+            if g > ours && shared.persistence.sync_every.is_some() {
+                driver::adopt_newer(shared).await;
+            }
+        }
         let generation = {
             let view = shared.view.borrow();
             view.token.as_ref().and_then(|current| match rejected {
