@@ -35,20 +35,14 @@ pub(crate) async fn output(mut command: Command) -> Output {
         .expect("the command thread finishes")
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
-    probe.local_addr().expect("probe address").port()
-}
-
 impl ServeProcess {
-    /// Starts `serve` with `config` (without a `[server]` table) and `master_key`.
+    /// Starts `serve` with `config` (without a `[server]` table) and `master_key`, on a
+    /// port the OS picks; [`ServeProcess::ready`] learns it from the broker's log.
     pub(crate) fn start(config: &str, master_key: &str) -> Self {
         let files = tempfile::tempdir().expect("a temporary directory");
-        let port = free_port();
         let path = files.path().join("tokenbroker.toml");
         let mut file = std::fs::File::create(&path).expect("config file");
-        write!(file, "[server]\nlisten = \"127.0.0.1:{port}\"\n{config}").expect("write config");
+        write!(file, "[server]\nlisten = \"127.0.0.1:0\"\n{config}").expect("write config");
         let log = files.path().join("stderr.log");
         let child = tokenbroker()
             .args(["serve", "--config"])
@@ -60,7 +54,7 @@ impl ServeProcess {
             .expect("serve starts");
         Self {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             log,
             _files: files,
         }
@@ -69,6 +63,26 @@ impl ServeProcess {
     /// Waits on the readiness probe (bounded), not on time.
     pub(crate) async fn ready(&mut self, http: &reqwest::Client) {
         let started = Instant::now();
+        while self.url.is_empty() {
+            // "tokenbroker serving listen=127.0.0.1:PORT ..."
+            if let Some(address) = self
+                .logs()
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("listen="))
+            {
+                self.url = format!("http://{address}");
+                break;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("serve exited with {status}:\n{}", self.logs());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "serve never said where it listens:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         loop {
             if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await
                 && r.status().is_success()
