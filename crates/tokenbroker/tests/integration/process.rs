@@ -139,3 +139,11 @@ impl ServeProcess {
         (status, this.logs())
     }
 }
+
+impl Drop for ServeProcess {
+    /// A test that ends (or fails) with the broker still running does not leave it behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
