@@ -1,6 +1,7 @@
-//! tokenbroker's transports and commands over the core: the HTTP API ([`api`], run by
-//! [`server`]) and its reverse [`proxy`], the command line ([`cli`], [`commands`]), the client the CLI uses to reach
-//! a running broker ([`client`]) and the self-contained [`demo`].
+//! tokenbroker's transports and commands over the core: the HTTP API ([`api`], served by
+//! [`server`], over HTTPS with [`tls`]) and its reverse [`proxy`]; the command line
+//! ([`cli`], [`commands`], [`exit`]) and the client it uses to reach a running broker
+//! ([`client`]); the store the config names ([`backend`]); and the self-contained [`demo`].
 //!
 //! Everything here depends on `tokenbroker-core`; nothing in the core depends on this
 //! crate.
