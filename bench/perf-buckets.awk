@@ -77,8 +77,9 @@ function flush(    i, b, g, o, sysc, wake, kern, leafdso) {
         else if (sysc == "resched") b = "kernel: rescheduled on the way back to user space (CPU contention)"
         else if (sysc == "other") b = "kernel: other system calls"
         else b = "kernel: no system call (interrupts, scheduling)"
-    } else if (sym[1] ~ /^(_int_malloc|_int_free|malloc|free|cfree|realloc|_int_realloc|malloc_consolidate|unlink_chunk|__libc_malloc|__libc_free|__libc_calloc|calloc|tcache_|alloc::alloc::|__rust_alloc|__rust_dealloc|__rdl_)/) {
-        b = "allocator (glibc malloc/free)"
+    } else if (sym[1] ~ /^(_int_malloc|_int_free|malloc|free|cfree|realloc|_int_realloc|malloc_consolidate|unlink_chunk|__libc_malloc|__libc_free|__libc_calloc|calloc|tcache_|alloc::alloc::|__rust_alloc|__rust_dealloc|__rdl_|mi_|_mi_|je_|_rjem_)/ \
+               || leafdso ~ /lib(mimalloc|jemalloc)/) {
+        b = (leafdso ~ /lib(mimalloc|jemalloc)/ || sym[1] ~ /^(mi_|_mi_|je_|_rjem_)/) ? "allocator (preloaded mimalloc/jemalloc)" : "allocator (glibc malloc/free, Rust alloc glue)"
         if (split_alloc) {
             g = ""
             for (i = 2; i <= n; i++) {

@@ -388,6 +388,21 @@ nginx_pids() {   # names: master and worker pids
         pgrep -P "${NGINX_PID[$name]}" || true
     done
 }
+ctx_switches() {   # context switches (voluntary + involuntary, all threads) of the given pids
+    local pid
+    for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done \
+        | awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { n += $2 } END { print n + 0 }'
+}
+upstream_sockets() {   # state [pids...]: TCP sockets in that state to the upstream nginx's port
+    local state="$1"; shift
+    command -v ss >/dev/null 2>&1 || { echo "?"; return; }
+    if (($#)); then   # only those the given processes own
+        ss -Htnp state "$state" "( dport = :${NGINX_PORT[upstream]} )" 2>/dev/null \
+            | grep -cE "pid=($(IFS='|'; echo "$*"))," || true
+    else
+        ss -Htn state "$state" "( dport = :${NGINX_PORT[upstream]} )" 2>/dev/null | wc -l
+    fi
+}
 children_cpu() {   # the builtin `times` in this shell (not a subshell), second line
     times >"$WORK/times.txt"
     sed -n 2p "$WORK/times.txt" | awk '{
@@ -444,12 +459,27 @@ run_wrk() {   # label description url servers...
     local m0 i0 s0 c0 m1 i1 s1 c1
     local -A p0=() p1=()
     m0="$(machine_busy)"; i0="$(machine_irq)"; s0="$(machine_steal)"
-    for s in "${servers[@]}"; do s="${s#nginx:}"; p0[$s]="$(pid_cpu ${spids[$s]})"; done
+    local -A x0=() x1=()
+    local tw0; tw0="$(upstream_sockets time-wait)"
+    for s in "${servers[@]}"; do s="${s#nginx:}"; p0[$s]="$(pid_cpu ${spids[$s]})"; x0[$s]="$(ctx_switches ${spids[$s]})"; done
     children_cpu >"$WORK/c0"; c0="$(cat "$WORK/c0")"
     timeout $((DURATION + 60)) "${cmd[@]}" >"$out" || { cat "$out"; die "wrk failed for ($label)"; }
     m1="$(machine_busy)"; i1="$(machine_irq)"; s1="$(machine_steal)"
-    for s in "${servers[@]}"; do s="${s#nginx:}"; p1[$s]="$(pid_cpu ${spids[$s]})"; done
+    for s in "${servers[@]}"; do s="${s#nginx:}"; p1[$s]="$(pid_cpu ${spids[$s]})"; x1[$s]="$(ctx_switches ${spids[$s]})"; done
     children_cpu >"$WORK/c1"; c1="$(cat "$WORK/c1")"
+    # The connections the proxy under test holds to the upstream now, and how many sockets
+    # to the upstream's port were closed during the run (TIME-WAIT, from any client).
+    local conns="" client_pids=""
+    case "$label" in
+        b) client_pids="$(pgrep -P "${NGINX_PID[proxy]}" | xargs)" ;;
+        c) client_pids="$TB_PID" ;;
+    esac
+    if [[ -n "$client_pids" ]]; then
+        # shellcheck disable=SC2086
+        conns="; $(upstream_sockets established $client_pids) connections to the upstream"
+        local tw1; tw1="$(upstream_sockets time-wait)"
+        [[ "$tw0$tw1" =~ ^[0-9]+$ ]] && conns+=", $((tw1 - tw0)) closed during the run"
+    fi
     sed -n '/Latency Distribution/,/requests in/p;/Requests\/sec/p;/Non-2xx/p;/Socket errors/p' "$out" | sed 's/^/    /'
 
     local rps p50 p99 total non2xx sockerr
@@ -471,7 +501,8 @@ run_wrk() {   # label description url servers...
     for s in "${servers[@]}"; do
         s="${s#nginx:}"
         sv="$(awk -v a="$sv" -v b="${p0[$s]}" -v c="${p1[$s]}" 'BEGIN { print a + c - b }')"
-        us="$(awk -v b="${p0[$s]}" -v c="${p1[$s]}" -v n="$total" 'BEGIN { printf "%.1f", (n > 0 ? 1e6 * (c - b) / n : 0) }')"
+        us="$(awk -v b="${p0[$s]}" -v c="${p1[$s]}" -v x="${x0[$s]}" -v y="${x1[$s]}" -v n="$total" \
+            'BEGIN { printf "%.1f (%.2f cs)", (n > 0 ? 1e6 * (c - b) / n : 0), (n > 0 ? (y - x) / n : 0) }')"
         parts+="${parts:+ + }$s $us"
     done
     local cpu
@@ -481,7 +512,7 @@ run_wrk() {   # label description url servers...
                  printf "%6.1f %6.1f %6.1f %6.1f %8.1f%% %9.1f", sv, w, i1 - i0, s1 - s0, 100 * o / (d * cpus), (n > 0 ? 1e6 * sv / n : 0)
                  if (100 * (o + s1 - s0) / (d * cpus) > 5) printf " NOISY" }')"
     [[ "$cpu" != *NOISY* ]] || NOISY+=("($label) with nginx worker_processes $CUR_WORKERS")
-    cpu+="  = $parts"
+    cpu+="  = $parts$conns"
     ROWS+=("$(printf '%-5s %-3s %-38s %11s %9s %9s %8s  %s' "$CUR_WORKERS" "$label" "$what" "$rps" "$p50" "$p99" "$non2xx" "${sockerr:-none}")")
     CPU_ROWS+=("$(printf '%-5s %-3s %11s  %s' "$CUR_WORKERS" "$label" "$total" "$cpu")")
     COMMANDS+=("($label) $shown")
@@ -665,7 +696,8 @@ echo
 echo "CPU seconds during each measured run: 'server' = the processes under test (for (b) both"
 echo "nginx instances, for (c) the broker and the upstream nginx); wrk; interrupts (loopback TCP"
 echo "runs in softirq, charged to no process); steal; other processes in % of all CPUs; and the"
-echo "server CPU per request in microseconds, split by process."
+echo "server CPU per request in microseconds, split by process, with each one's context switches"
+echo "per request (cs) and, for (b) and (c), the proxy's TCP connections to the upstream."
 printf '%-5s %-3s %11s  %6s %6s %6s %6s %9s %9s  %s\n' workers "" requests server wrk irq steal "other" "us/req" "= split"
 printf '%s\n' "${CPU_ROWS[@]}"
 echo
