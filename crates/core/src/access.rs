@@ -5,6 +5,8 @@
 //! every client's hash in constant time, so neither the config nor the timing of a refusal
 //! tells anything about a key.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
@@ -39,7 +41,7 @@ impl Client {
 /// Every configured client, for looking up presented keys.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
-    clients: Vec<Client>,
+    clients: Vec<Arc<Client>>,
 }
 
 impl Access {
@@ -48,11 +50,13 @@ impl Access {
         let clients = config
             .clients
             .iter()
-            .map(|(name, c)| Client {
-                name: name.clone(),
-                key_sha256: c.key_sha256,
-                scope: c.providers.clone(),
-                admin: c.admin,
+            .map(|(name, c)| {
+                Arc::new(Client {
+                    name: name.clone(),
+                    key_sha256: c.key_sha256,
+                    scope: c.providers.clone(),
+                    admin: c.admin,
+                })
             })
             .collect();
         Self { clients }
@@ -60,7 +64,8 @@ impl Access {
 
     /// The client whose key this is, if any. Every client's hash is compared, whether or
     /// not an earlier one matched.
-    pub fn authenticate(&self, presented: &str) -> Option<&Client> {
+    /// Shared, so that a request holds its client without copying it.
+    pub fn authenticate(&self, presented: &str) -> Option<&Arc<Client>> {
         let hash = key_sha256(presented);
         let mut found = None;
         for client in &self.clients {

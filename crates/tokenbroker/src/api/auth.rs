@@ -1,6 +1,8 @@
 //! The caller of a request, from its `Authorization: Bearer <client key>`, and the check
 //! that it may use a provider (SPEC guarantee 10).
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -10,7 +12,7 @@ use tokenbroker_core::slot::Slot;
 use super::{ApiError, AppState};
 
 /// An authenticated client.
-pub(crate) struct Caller(pub(crate) Client);
+pub(crate) struct Caller(pub(crate) Arc<Client>);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
