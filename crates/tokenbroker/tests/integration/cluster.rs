@@ -2,6 +2,7 @@
 //! never sees two logins in flight, consumers spread over the brokers see no unrecovered
 //! 401, and logins stay within one per token life.
 
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -14,17 +15,10 @@ use crate::helpers::{Options, PROVIDER, spawn_app, start_broker};
 
 const LIFETIME: Duration = Duration::from_secs(4);
 
-/// Where the store of a test lives.
-enum SharedStore {
-    /// The app's own SQLite file.
-    SqliteFile,
-    /// A fresh schema of this PostgreSQL database.
-    Postgres { url: String, schema: String },
-}
-
-/// Runs 60 consumers spread over `brokers` brokers sharing `store` for `duration`.
+/// Runs 60 consumers spread over `brokers` brokers for `duration`, sharing the app's
+/// SQLite file, or `schema` if given.
 async fn spread_load(
-    store: &SharedStore,
+    schema: Option<&TestSchema>,
     brokers: usize,
     duration: Duration,
 ) -> (Tally, tokenbroker_emulator::Counters) {
@@ -34,13 +28,9 @@ async fn spread_load(
         ..Options::default()
     })
     .await;
-    let config = match store {
-        SharedStore::SqliteFile => app.config_text.clone(),
-        SharedStore::Postgres { url, schema } => app.config_text.replacen(
-            &format!("path = \"{}/tokenbroker.db\"", app.store.path().display()),
-            &format!("url = \"{url}\"\nschema = \"{schema}\""),
-            1,
-        ),
+    let config = match schema {
+        None => app.config_text.clone(),
+        Some(schema) => schema.holds(&app.config_text, app.store.path()),
     };
     let mut running = Vec::new();
     for _ in 0..brokers {
@@ -78,7 +68,7 @@ fn login_bound(duration: Duration) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_brokers_on_one_sqlite_file_log_in_as_one() {
     let duration = Duration::from_secs(20);
-    let (tally, seen) = spread_load(&SharedStore::SqliteFile, 3, duration).await;
+    let (tally, seen) = spread_load(None, 3, duration).await;
     assert_eq!(
         seen.max_issuances_in_flight, 1,
         "never two logins in flight: {seen:?}"
@@ -96,8 +86,54 @@ async fn three_brokers_on_one_sqlite_file_log_in_as_one() {
     );
 }
 
+/// `config`, whose store is the SQLite file under `dir` (as the test helpers write it),
+/// with `store_lines` in its place.
+pub(crate) fn moved_store(config: &str, dir: &Path, store_lines: &str) -> String {
+    let path = format!("path = \"{}/tokenbroker.db\"", dir.display());
+    assert!(
+        config.contains(&path),
+        "the config keeps its store under {}",
+        dir.display()
+    );
+    config.replacen(&path, store_lines, 1)
+}
+
+/// A fresh schema of the test database for one test, dropped (best effort; the name is
+/// unique, so a leftover harms nothing) when the test ends.
+pub(crate) struct TestSchema {
+    url: String,
+    name: String,
+}
+
+impl TestSchema {
+    /// A schema named `prefix_<random>`, or `None` when the test database is down.
+    pub(crate) async fn new(prefix: &str) -> Option<Self> {
+        let url = postgres().await?;
+        let name = format!("{prefix}_{:016x}", rand::random::<u64>());
+        Some(Self { url, name })
+    }
+
+    /// `config`, whose store is the SQLite file under `dir`, moved to this schema.
+    pub(crate) fn holds(&self, config: &str, dir: &Path) -> String {
+        moved_store(
+            config,
+            dir,
+            &format!("url = \"{}\"\nschema = \"{}\"", self.url, self.name),
+        )
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let drop_schema = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        let _ = std::process::Command::new("psql")
+            .args([self.url.as_str(), "-q", "-c", &drop_schema])
+            .output();
+    }
+}
+
 /// The test database, or `None` (and a line saying the test is skipped) when it is down.
-pub(crate) async fn postgres() -> Option<String> {
+async fn postgres() -> Option<String> {
     let url = std::env::var("TOKENBROKER_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let host = url
@@ -120,25 +156,11 @@ pub(crate) async fn postgres() -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_brokers_on_postgresql_log_in_as_one() {
-    let Some(url) = postgres().await else {
+    let Some(schema) = TestSchema::new("tb_cluster").await else {
         return;
     };
-    let schema = format!("tb_cluster_{:016x}", rand::random::<u64>());
     let duration = Duration::from_secs(20);
-    let store = SharedStore::Postgres {
-        url: url.clone(),
-        schema: schema.clone(),
-    };
-    let (tally, seen) = spread_load(&store, 3, duration).await;
-    // Best effort: the schema is unique, so a leftover harms nothing.
-    let _ = std::process::Command::new("psql")
-        .args([
-            url.as_str(),
-            "-q",
-            "-c",
-            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-        ])
-        .output();
+    let (tally, seen) = spread_load(Some(&schema), 3, duration).await;
     assert_eq!(
         seen.max_issuances_in_flight, 1,
         "never two logins in flight: {seen:?}"
@@ -166,10 +188,10 @@ async fn a_database_outage_keeps_cached_tokens_served_and_brokers_recover_by_the
         }
     };
     let app = spawn_app(Options::default()).await;
-    let config = app.config_text.replacen(
-        &format!("path = \"{}/tokenbroker.db\"", app.store.path().display()),
+    let config = moved_store(
+        &app.config_text,
+        app.store.path(),
         &format!("url = \"{}\"", database.url()),
-        1,
     );
     let brokers = [
         start_broker(&config, &app.master_key).await,

@@ -11,6 +11,7 @@ use tokenbroker_core::access::{hex, key_sha256, new_client_key};
 use tokenbroker_core::seal::new_master_key;
 use tokenbroker_emulator::{CappedPool, RotatingRefresh};
 
+use crate::cluster::TestSchema;
 use crate::helpers::start_broker;
 use crate::process::{ServeProcess, output, tokenbroker};
 
@@ -460,7 +461,7 @@ async fn rfc_6749_errors_reach_the_consumer_distinct_and_readable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_capped_at_3_stays_capped_across_3_brokers_on_postgresql() {
-    let Some(url) = crate::cluster::postgres().await else {
+    let Some(schema) = TestSchema::new("tb_pool").await else {
         return;
     };
     let pool = CappedPool::builder()
@@ -470,12 +471,7 @@ async fn a_pool_capped_at_3_stays_capped_across_3_brokers_on_postgresql() {
         .await
         .unwrap();
     let setup = Setup::new(&pool_provider(&pool.url(), "max_active_tokens = 3"));
-    let schema = format!("tb_pool_{:016x}", rand::random::<u64>());
-    let config = setup.config_text.replacen(
-        &format!("path = \"{}/tokenbroker.db\"", setup.store.path().display()),
-        &format!("url = \"{url}\"\nschema = \"{schema}\""),
-        1,
-    );
+    let config = schema.holds(&setup.config_text, setup.store.path());
     let mut brokers = Vec::new();
     for _ in 0..3 {
         brokers.push(start_broker(&config, &setup.master_key).await);
@@ -488,14 +484,6 @@ async fn a_pool_capped_at_3_stays_capped_across_3_brokers_on_postgresql() {
     for broker in brokers {
         broker.stop().await.unwrap();
     }
-    let _ = std::process::Command::new("psql")
-        .args([
-            url.as_str(),
-            "-q",
-            "-c",
-            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-        ])
-        .output();
     let seen = pool.counters();
     assert_eq!(seen.rejected_429, 0, "{seen:?}");
     assert!(seen.max_active_seen <= 3, "{seen:?}");
@@ -510,7 +498,7 @@ async fn a_pool_capped_at_3_stays_capped_across_3_brokers_on_postgresql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotating_refresh_token_through_3_brokers_with_sigkills_is_never_replayed() {
-    let Some(url) = crate::cluster::postgres().await else {
+    let Some(schema) = TestSchema::new("tb_refresh").await else {
         return;
     };
     let issuer = RotatingRefresh::builder()
@@ -525,12 +513,7 @@ async fn a_rotating_refresh_token_through_3_brokers_with_sigkills_is_never_repla
         "5s",
         &issuer.initial_refresh_token(),
     ));
-    let schema = format!("tb_refresh_{:016x}", rand::random::<u64>());
-    let config = setup.config_text.replacen(
-        &format!("path = \"{}/tokenbroker.db\"", setup.store.path().display()),
-        &format!("url = \"{url}\"\nschema = \"{schema}\""),
-        1,
-    );
+    let config = schema.holds(&setup.config_text, setup.store.path());
     let mut brokers: Vec<ServeProcess> = (0..3)
         .map(|_| ServeProcess::start(&config, &setup.master_key))
         .collect();
@@ -558,14 +541,6 @@ async fn a_rotating_refresh_token_through_3_brokers_with_sigkills_is_never_repla
             "every broker in service at the end: {body}"
         );
     }
-    let _ = std::process::Command::new("psql")
-        .args([
-            url.as_str(),
-            "-q",
-            "-c",
-            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-        ])
-        .output();
     let seen = issuer.counters();
     assert_eq!(
         (seen.replays_outside_grace, seen.lockouts),
