@@ -61,7 +61,8 @@ pub(super) async fn method_not_allowed() -> ApiError {
 }
 
 /// One span per request, with the method and the path only: a query string could carry
-/// anything, and headers carry keys.
+/// anything, and headers carry keys. At debug level (`RUST_LOG=tokenbroker=debug`): an
+/// enabled span costs about a microsecond per request, whether anything logs in it or not.
 pub(super) fn request_span<B>(request: &Request<B>) -> tracing::Span {
-    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
 }

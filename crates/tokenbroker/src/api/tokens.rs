@@ -1,13 +1,16 @@
 //! `GET /v1/tokens/{provider}` and `POST /v1/tokens/{provider}/invalidate`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::FromRequestParts;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokenbroker_core::config::ProviderConfig;
@@ -70,7 +73,7 @@ pub(super) async fn get_token(
     State(state): State<AppState>,
     caller: Caller,
     provider: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    plain: WantsPlainText,
 ) -> Result<Response, ApiError> {
     let Path(provider) =
         provider.map_err(|_| ApiError::BadRequest("bad provider name in the path".to_owned()))?;
@@ -85,14 +88,14 @@ pub(super) async fn get_token(
             .map_err(|e| ApiError::from(e.clone())),
     );
     let token = result?;
-    Ok(answer(slot.config(), &token, &headers))
+    Ok(answer(slot.config(), &token, plain))
 }
 
 pub(super) async fn invalidate(
     State(state): State<AppState>,
     caller: Caller,
     provider: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    plain: WantsPlainText,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Path(provider) =
@@ -121,12 +124,12 @@ pub(super) async fn invalidate(
         }
     };
     let (token, _honoured) = slot.invalidate(rejected).await?;
-    Ok(answer(slot.config(), &token, &headers))
+    Ok(answer(slot.config(), &token, plain))
 }
 
 /// The token as JSON, or bare with `Accept: text/plain`.
-fn answer(config: &ProviderConfig, token: &Arc<Token>, headers: &HeaderMap) -> Response {
-    let mut response = if wants_plain_text(headers) {
+fn answer(config: &ProviderConfig, token: &Arc<Token>, plain: WantsPlainText) -> Response {
+    let mut response = if plain.0 {
         token.expose().to_owned().into_response()
     } else {
         Json(TokenBody::new(config, token)).into_response()
@@ -137,20 +140,29 @@ fn answer(config: &ProviderConfig, token: &Arc<Token>, headers: &HeaderMap) -> R
     response
 }
 
-/// Whether the client prefers `text/plain` (its first listed media type).
-fn wants_plain_text(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .is_some_and(|first| {
-            first
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("text/plain")
-        })
+/// Whether the client prefers `text/plain` (its first listed media type): then it gets
+/// the token bare. (Read from the `Accept` header alone, not a copy of all headers.)
+pub(super) struct WantsPlainText(bool);
+
+impl<S: Sync> FromRequestParts<S> for WantsPlainText {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let wanted = parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|first| {
+                first
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("text/plain")
+            });
+        Ok(Self(wanted))
+    }
 }
 
 fn count(state: &AppState, provider: &str, outcome: Result<(), ApiError>) {

@@ -3,10 +3,12 @@
 //!
 //! The path is checked as it arrived (percent-encoded), segment by segment: dot segments,
 //! encoded dots, slashes and backslashes, `@`, control characters (CR, LF, NUL) and
-//! anything that would make the result an absolute URL are refused, never "fixed". The
-//! result is then parsed and checked again to lie under the upstream base.
+//! anything that would make the result an absolute URL are refused, never "fixed". What
+//! remains is appended to the upstream's base path; the scheme and host are the upstream's,
+//! set apart from the path, so no path can change them.
 
-use reqwest::Url;
+use axum::http::Uri;
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
 
 /// The route prefix of the proxy.
 pub(super) const PREFIX: &str = "/v1/proxy/";
@@ -36,25 +38,33 @@ pub(super) fn split(path: &str) -> Option<(&str, &str)> {
     Some(rest.split_once('/').unwrap_or((rest, "")))
 }
 
-/// The upstream URL for `path` (encoded, after the provider) and `query`.
-pub(super) fn upstream_url(base: &Url, path: &str, query: Option<&str>) -> Result<Url, UnsafePath> {
+/// The upstream URI for `path` (encoded, after the provider) and `query`, under `base_path`
+/// of the upstream at `scheme://authority`.
+pub(super) fn upstream_uri(
+    scheme: &Scheme,
+    authority: &Authority,
+    base_path: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, UnsafePath> {
     check_path(path)?;
+    let mut path_and_query =
+        String::with_capacity(base_path.len() + path.len() + 2 + query.map_or(0, str::len));
+    path_and_query.push_str(base_path);
+    path_and_query.push('/');
+    path_and_query.push_str(path);
     if let Some(query) = query {
         check_query(query)?;
+        path_and_query.push('?');
+        path_and_query.push_str(query);
     }
-    let mut url = base.clone();
-    let joined = format!("{}/{path}", base.path().trim_end_matches('/'));
-    url.set_path(&joined);
-    url.set_query(query);
-    // Parsing again must not have moved it: same origin, under the base path.
-    let reparsed = Url::parse(url.as_str()).map_err(|_| UnsafePath::Invalid)?;
-    let base_path = base.path().trim_end_matches('/');
-    let under_base =
-        reparsed.path() == base_path || reparsed.path().starts_with(&format!("{base_path}/"));
-    if reparsed.origin() != base.origin() || !under_base {
-        return Err(UnsafePath::Invalid);
-    }
-    Ok(reparsed)
+    let path_and_query = PathAndQuery::try_from(path_and_query).map_err(|_| UnsafePath::Invalid)?;
+    Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| UnsafePath::Invalid)
 }
 
 fn check_path(path: &str) -> Result<(), UnsafePath> {
@@ -73,73 +83,87 @@ fn check_path(path: &str) -> Result<(), UnsafePath> {
         if bare == "." || bare == ".." {
             return Err(UnsafePath::DotSegment);
         }
-        let lower = segment.to_ascii_lowercase();
-        // %25 is refused too: decoded once more downstream it could become any of these.
-        if ["%2e", "%2f", "%5c", "%25"]
-            .iter()
-            .any(|escape| lower.contains(escape))
-        {
+        if has_encoded_separator(segment) {
             return Err(UnsafePath::EncodedSeparator);
         }
-        let decoded = percent_decode(segment)?;
-        if decoded.contains(&b'@') {
-            return Err(UnsafePath::At);
+        for byte in percent_decoded(segment) {
+            match byte? {
+                b'@' => return Err(UnsafePath::At),
+                b if b.is_ascii_control() => return Err(UnsafePath::Control),
+                _ => {}
+            }
         }
-        if decoded.iter().any(|b| b.is_ascii_control()) {
+    }
+    Ok(())
+}
+
+/// Whether `segment` holds `%2e` (dot), `%2f` (slash), `%5c` (backslash) or `%25` (a
+/// percent sign, which decoded once more downstream could become any of those), in any case.
+fn has_encoded_separator(segment: &str) -> bool {
+    segment.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'e' | b'f' | b'5') | (b'5', b'c')
+            )
+    })
+}
+
+fn check_query(query: &str) -> Result<(), UnsafePath> {
+    for byte in percent_decoded(query) {
+        if matches!(byte?, b'\r' | b'\n' | 0) {
             return Err(UnsafePath::Control);
         }
     }
     Ok(())
 }
 
-fn check_query(query: &str) -> Result<(), UnsafePath> {
-    let decoded = percent_decode(query)?;
-    if decoded
-        .iter()
-        .any(|b| *b == b'\r' || *b == b'\n' || *b == 0)
-    {
-        return Err(UnsafePath::Control);
-    }
-    Ok(())
-}
-
-/// Percent-decodes `text`; a malformed escape is refused.
-fn percent_decode(text: &str) -> Result<Vec<u8>, UnsafePath> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or(UnsafePath::Invalid)?;
-            let hex = std::str::from_utf8(hex).map_err(|_| UnsafePath::Invalid)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| UnsafePath::Invalid)?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+/// The bytes `text` percent-decodes to; a malformed escape is refused.
+fn percent_decoded(text: &str) -> impl Iterator<Item = Result<u8, UnsafePath>> + '_ {
+    let mut bytes = text.bytes();
+    std::iter::from_fn(move || {
+        let byte = bytes.next()?;
+        if byte != b'%' {
+            return Some(Ok(byte));
         }
-    }
-    Ok(out)
+        let digit = |b: Option<u8>| b.and_then(|b| char::from(b).to_digit(16));
+        Some(match (digit(bytes.next()), digit(bytes.next())) {
+            (Some(high), Some(low)) => Ok((high * 16 + low) as u8),
+            _ => Err(UnsafePath::Invalid),
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn base() -> Url {
-        Url::parse("https://api.example.com/base/").unwrap()
+    fn under(base: &str, path: &str, query: Option<&str>) -> Result<Uri, UnsafePath> {
+        let base: Uri = base.parse().unwrap();
+        let base_path = base.path().trim_end_matches('/');
+        upstream_uri(
+            base.scheme().unwrap(),
+            base.authority().unwrap(),
+            base_path,
+            path,
+            query,
+        )
+    }
+
+    fn uri(path: &str, query: Option<&str>) -> Result<Uri, UnsafePath> {
+        under("https://api.example.com/base/", path, query)
     }
 
     #[test]
     fn joins_path_and_query_under_the_base() {
-        let url = upstream_url(&base(), "v3/items/7", Some("a=1&b=x%20y")).unwrap();
+        let url = uri("v3/items/7", Some("a=1&b=x%20y")).unwrap();
         assert_eq!(
-            url.as_str(),
+            url.to_string(),
             "https://api.example.com/base/v3/items/7?a=1&b=x%20y"
         );
-        let root = upstream_url(&Url::parse("http://h:8080").unwrap(), "", None).unwrap();
-        assert_eq!(root.as_str(), "http://h:8080/");
-        let dotted = upstream_url(&base(), "files/report.v2.json", None).unwrap();
+        let root = under("http://h:8080", "", None).unwrap();
+        assert_eq!(root.to_string(), "http://h:8080/");
+        let dotted = uri("files/report.v2.json", None).unwrap();
         assert_eq!(dotted.path(), "/base/files/report.v2.json");
     }
 
@@ -169,13 +193,7 @@ mod tests {
             ("%252e%252e/secret", None, UnsafePath::EncodedSeparator),
         ];
         for (path, query, expected) in cases {
-            assert_eq!(
-                upstream_url(&base(), path, *query)
-                    .as_ref()
-                    .map_err(Clone::clone),
-                Err(expected.clone()),
-                "{path} {query:?}"
-            );
+            assert_eq!(uri(path, *query), Err(expected.clone()), "{path} {query:?}");
         }
     }
 

@@ -25,6 +25,16 @@ async fn create_work_item(app: &TestApp) -> reqwest::Response {
         .expect("the broker answers")
 }
 
+/// `GET /v1/proxy/controlroom/{path}` with the scoped key.
+async fn proxied_get(app: &TestApp, path: &str) -> reqwest::Response {
+    app.http
+        .get(format!("{}/v1/proxy/{PROVIDER}/{path}", app.url))
+        .bearer_auth(&app.scoped_key)
+        .send()
+        .await
+        .expect("the broker answers")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_key_client_sees_no_401_while_the_token_is_kicked_every_2s() {
     let app = spawn_app(Options::default()).await;
@@ -263,6 +273,88 @@ async fn upstream_failures_answer_in_the_error_shape() {
 }
 
 #[tokio::test]
+async fn an_upstream_silent_mid_body_is_cut_off_after_upstream_timeout() {
+    let stalling = upstream(axum::Router::new().fallback(|| async {
+        let first = futures_util::stream::once(async {
+            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"partial"))
+        });
+        axum::body::Body::from_stream(first.chain(futures_util::stream::pending()))
+    }))
+    .await;
+    let app = spawn_app(Options {
+        upstream: Some(stalling),
+        provider_extra: "upstream_timeout = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let response = proxied_get(&app, "stream").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the headers came through"
+    );
+    let body = tokio::time::timeout(Duration::from_secs(5), response.bytes())
+        .await
+        .expect("cut off after upstream_timeout (1 s), not left hanging");
+    assert!(
+        body.is_err(),
+        "a body the upstream stopped sending ends in an error, not a truncated success"
+    );
+}
+
+/// An HTTPS upstream on a loopback port with a fresh self-signed certificate for
+/// `localhost`: its URL and the certificate's PEM file under `dir`.
+async fn https_upstream(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = dir.join("upstream-cert.pem");
+    let key = dir.join("upstream-key.pem");
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let tls = tokenbroker::tls::server_config(&tokenbroker_core::config::TlsFiles {
+        cert: cert.clone(),
+        key,
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = axum_server::tls_rustls::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )
+    .unwrap();
+    let router = axum::Router::new().fallback(|| async { "over tls" });
+    tokio::spawn(server.serve(router.into_make_service()));
+    (format!("https://localhost:{port}"), cert)
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_trusted_through_its_configured_ca_only() {
+    let files = tempfile::tempdir().unwrap();
+    let (url, ca) = https_upstream(files.path()).await;
+    let trusting = spawn_app(Options {
+        upstream: Some(url.clone()),
+        provider_extra: format!("upstream_ca = \"{}\"", ca.display()),
+        ..Options::default()
+    })
+    .await;
+    let answer = proxied_get(&trusting, "anything").await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.text().await.unwrap(), "over tls");
+
+    let untrusting = spawn_app(Options {
+        upstream: Some(url),
+        ..Options::default()
+    })
+    .await;
+    let refused = proxied_get(&untrusting, "anything").await;
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        refused.headers()["x-tokenbroker-error"],
+        "upstream_unreachable"
+    );
+}
+
+#[tokio::test]
 async fn the_upstream_sees_the_token_and_forwarding_headers_but_never_the_client_key() {
     let echo = upstream(axum::Router::new().fallback(
         |headers: axum::http::HeaderMap| async move {
@@ -321,13 +413,7 @@ async fn an_upstream_that_always_answers_401_costs_one_reissue_per_request() {
         ..Options::default()
     })
     .await;
-    let response = app
-        .http
-        .get(format!("{}/v1/proxy/{PROVIDER}/x", app.url))
-        .bearer_auth(&app.scoped_key)
-        .send()
-        .await
-        .unwrap();
+    let response = proxied_get(&app, "x").await;
     assert_eq!(
         response.status(),
         StatusCode::UNAUTHORIZED,

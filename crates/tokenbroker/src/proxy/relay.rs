@@ -1,0 +1,131 @@
+//! The bodies of a proxied exchange on their way through: the client's request body cut
+//! off past `max_request_body`, and the upstream's answer relayed as it arrives, held
+//! "in use" until its last byte and cut off when the upstream goes silent mid-body.
+
+use std::error::Error;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::response::Response;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use tokenbroker_core::token::InUse;
+use tokio::time::{Instant, Sleep};
+
+use super::headers;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The client's body as it streams to the upstream, failing past `max` bytes.
+pub(super) fn limited(body: Body, max: u64) -> Body {
+    Body::new(http_body_util::Limited::new(
+        body,
+        usize::try_from(max).unwrap_or(usize::MAX),
+    ))
+}
+
+/// The upstream's answer for the client: its end-to-end headers, its body relayed as it
+/// arrives. `in_use` keeps the token counted until the last byte is sent; a silence of
+/// `idle` between two parts of the body ends it with an error (the client sees the
+/// connection cut, as it would from the upstream).
+pub(super) fn respond(
+    answer: hyper::Response<Incoming>,
+    in_use: Option<InUse>,
+    idle: Duration,
+) -> Response {
+    let (mut parts, body) = answer.into_parts();
+    headers::to_client(&mut parts.headers);
+    Response::from_parts(
+        parts,
+        Body::new(Relay {
+            body,
+            idle,
+            silence: None,
+            armed: false,
+            _in_use: in_use,
+        }),
+    )
+}
+
+/// Whether a failed upstream request failed by a timeout (of the connection attempt).
+pub(super) fn timed_out(error: &(dyn Error + 'static)) -> bool {
+    sources(error).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
+}
+
+/// The error and its causes, for the log (none of them quotes a header or a body).
+pub(super) fn describe(error: &(dyn Error + 'static)) -> String {
+    sources(error)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn sources<'a>(
+    error: &'a (dyn Error + 'static),
+) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(error), |&e| e.source())
+}
+
+/// The upstream's body on its way to the client.
+struct Relay {
+    body: Incoming,
+    /// How long the upstream may stay silent mid-body.
+    idle: Duration,
+    /// The deadline of the current silence, made only once the body first has to wait.
+    silence: Option<Pin<Box<Sleep>>>,
+    /// Whether `silence` counts from the current wait (else it is left from an earlier one).
+    armed: bool,
+    _in_use: Option<InUse>,
+}
+
+impl http_body::Body for Relay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                if !this.armed {
+                    let deadline = Instant::now() + this.idle;
+                    match &mut this.silence {
+                        Some(silence) => silence.as_mut().reset(deadline),
+                        None => this.silence = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    this.armed = true;
+                }
+                match this
+                    .silence
+                    .as_mut()
+                    .map(|silence| silence.as_mut().poll(cx))
+                {
+                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(
+                        "the upstream was silent for longer than upstream_timeout mid-body".into(),
+                    ))),
+                    _ => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
