@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use tokenbroker::demo::jobs::{self, AskAgain, Tally, WorkItems};
 use tokio::time::Instant;
 
-use crate::helpers::{Options, PROVIDER, spawn_app};
+use crate::helpers::{Options, PROVIDER, login_bound, spawn_app};
 
 const LIFETIME: Duration = Duration::from_secs(4);
 const LATENCY: Duration = Duration::from_millis(200);
@@ -36,13 +36,6 @@ async fn load(
     (tally, app.emulator.counters())
 }
 
-/// The most logins a run of `duration` may cause: one per token life, with the default
-/// `refresh_before` (a fifth), plus the first and one for rounding.
-fn login_bound(duration: Duration) -> u64 {
-    let lead = LIFETIME / 5;
-    (duration.as_secs_f64() / (LIFETIME - lead).as_secs_f64()).floor() as u64 + 2
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_consumers_that_hold_tokens_until_rejected_see_no_unrecovered_401() {
     let duration = Duration::from_secs(20);
@@ -60,7 +53,7 @@ async fn fifty_consumers_that_hold_tokens_until_rejected_see_no_unrecovered_401(
     );
     let logins = seen.logins + seen.refreshes;
     assert!(
-        logins <= login_bound(duration),
+        logins <= login_bound(LIFETIME, duration),
         "{logins} logins in {duration:?}"
     );
     assert!(logins >= 3, "tokens were rotated: {logins}");
@@ -77,7 +70,7 @@ async fn consumers_that_ask_again_at_refresh_at_never_see_a_401() {
     assert_eq!(seen.max_issuances_in_flight, 1);
     let logins = seen.logins + seen.refreshes;
     assert!(
-        (2..=login_bound(duration)).contains(&logins),
+        (2..=login_bound(LIFETIME, duration)).contains(&logins),
         "{logins} logins"
     );
 }

@@ -125,6 +125,13 @@ pub(crate) async fn start_broker(
     tokenbroker::server::spawn(listener, state).expect("the broker serves")
 }
 
+/// The most logins a run of `duration` may cause with tokens of `lifetime`: one per token
+/// life, with the default `refresh_before` (a fifth), plus the first and one for rounding.
+pub(crate) fn login_bound(lifetime: Duration, duration: Duration) -> u64 {
+    let lead = lifetime / 5;
+    (duration.as_secs_f64() / (lifetime - lead).as_secs_f64()).floor() as u64 + 2
+}
+
 fn config_text(
     emulator: &str,
     all_key: &str,
