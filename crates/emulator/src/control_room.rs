@@ -53,6 +53,10 @@ pub struct Counters {
     /// The most logins and refreshes ever handled at once (latency included): 1 proves that
     /// issuances were never concurrent.
     pub max_issuances_in_flight: u64,
+    /// The logins and refreshes being handled when the snapshot was taken (held or in their
+    /// latency). A handler is dropped when its client goes away, so 0 after a broker was
+    /// killed mid-login shows that its login will never be answered.
+    pub issuances_in_flight: u64,
     /// 401s served by the work-item API and by the refresh and logout endpoints for a
     /// missing, malformed, superseded, kicked, logged-out or expired token: the failures a
     /// broker exists to prevent. Wrong credentials count in `bad_credentials` instead.
@@ -184,7 +188,7 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// A Control Room serving on loopback: where it is, what it has seen, and the levers tests
-/// pull on it (outage, kick, shutdown). Cloning is cheap and every clone controls the same
+/// pull on it (outage, hold, kick, shutdown). Cloning is cheap and every clone controls the same
 /// server.
 ///
 /// The server runs until [`shutdown`](Self::shutdown) or until the runtime ends; dropping
@@ -205,6 +209,34 @@ impl RunningControlRoom {
         self.shared.counters()
     }
 
+    /// Waits until the counters satisfy `done` and returns them, or, once `within` has
+    /// passed, the last snapshot as the error. Tests wait on what the emulator saw (a login
+    /// arrived, a dropped request left) rather than for a guessed time. It looks every 10 ms:
+    /// the counters change under a lock, not through a channel.
+    pub async fn wait_for(
+        &self,
+        done: impl Fn(&Counters) -> bool,
+        within: Duration,
+    ) -> Result<Counters, Counters> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let seen = self.counters();
+            if done(&seen) {
+                return Ok(seen);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(seen);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether `token` is a user's current, unexpired token, as `GET
+    /// /v1/authentication/token` would answer, without a request.
+    pub fn is_current(&self, token: &str) -> bool {
+        self.shared.is_valid(token)
+    }
+
     /// When each `POST /v1/authentication` arrived, in order, so that tests can check the
     /// spacing of retries (backoff) during an outage.
     pub fn login_attempt_times(&self) -> Vec<Instant> {
@@ -216,6 +248,15 @@ impl RunningControlRoom {
     pub fn set_outage(&self, down: bool) {
         tracing::info!(down, "control room outage");
         self.shared.set_outage(down);
+    }
+
+    /// While `held` is true, logins and refreshes wait before answering (counted in flight,
+    /// before their latency) until it is set false again or their client goes away. A test
+    /// holds them to keep a broker mid-issuance, holding its lease, for as long as it needs,
+    /// and learns that the broker got there from [`Counters::login_attempts`].
+    pub fn hold_issuances(&self, held: bool) {
+        tracing::info!(held, "control room issuances held");
+        self.shared.set_hold(held);
     }
 
     /// Ends every user's session out of band, as an administrator would: every token issued

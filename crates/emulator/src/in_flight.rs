@@ -30,7 +30,6 @@ impl Gauge {
     }
 
     /// The requests in flight right now.
-    #[cfg(test)]
     pub(crate) fn now(&self) -> u64 {
         self.now.load(Ordering::SeqCst)
     }

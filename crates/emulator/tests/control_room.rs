@@ -1,5 +1,6 @@
 //! The emulated Control Room seen from outside, over loopback HTTP: single sessions,
-//! refresh, expiry, outage, kick, credentials, and the counters tests of the broker rely on.
+//! refresh, expiry, outage, held issuances, kick, credentials, and the counters tests of the
+//! broker rely on.
 
 use std::time::Duration;
 
@@ -51,6 +52,19 @@ impl App {
             .await
             .expect("login request reaches the emulator");
         status_and_json(response).await
+    }
+
+    /// A login of the default user by a client that gives up after `timeout`.
+    async fn impatient_login(&self, timeout: Duration) -> reqwest::Result<reqwest::Response> {
+        let impatient = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .expect("client builds");
+        impatient
+            .post(self.url("/v1/authentication"))
+            .json(&json!({"username": "api-bot", "apiKey": "demo-key"}))
+            .send()
+            .await
     }
 
     /// Logs in with `body`, which must succeed, and returns the token.
@@ -459,15 +473,7 @@ async fn a_refresh_overlapping_a_login_counts_as_in_flight() {
 async fn a_client_that_gives_up_mid_latency_leaves_no_issuance_in_flight() {
     let latency = Duration::from_millis(300);
     let app = App::with(ControlRoom::builder().login_latency(latency)).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(50))
-        .build()
-        .expect("client builds");
-    let gave_up = impatient
-        .post(app.url("/v1/authentication"))
-        .json(&json!({"username": "api-bot", "apiKey": "demo-key"}))
-        .send()
-        .await;
+    let gave_up = app.impatient_login(Duration::from_millis(50)).await;
     assert!(
         gave_up.is_err(),
         "the login should outlast the client's timeout"
@@ -477,6 +483,41 @@ async fn a_client_that_gives_up_mid_latency_leaves_no_issuance_in_flight() {
     tokio::time::sleep(latency + Duration::from_millis(100)).await;
     app.login().await;
     assert_eq!(app.counters().max_issuances_in_flight, 1);
+}
+
+#[tokio::test]
+async fn a_held_login_answers_on_release_and_one_whose_client_left_is_dropped() {
+    let app = App::spawn().await;
+    app.cr.hold_issuances(true);
+    let gave_up = app.impatient_login(Duration::from_millis(200)).await;
+    assert!(gave_up.is_err(), "a held login does not answer");
+    // The abandoned handler is dropped, not left holding.
+    app.cr
+        .wait_for(|seen| seen.issuances_in_flight == 0, Duration::from_secs(5))
+        .await
+        .expect("the handler of a client that left is dropped");
+
+    let (token, ()) = tokio::join!(app.login(), async {
+        let seen = app
+            .cr
+            .wait_for(|seen| seen.issuances_in_flight == 1, Duration::from_secs(5))
+            .await
+            .expect("the login arrives");
+        assert_eq!(seen.logins, 0, "held until released: {seen:?}");
+        app.cr.hold_issuances(false);
+    });
+    assert!(app.cr.is_current(&token));
+    let counters = app.counters();
+    assert_eq!(
+        (
+            counters.login_attempts,
+            counters.logins,
+            counters.issuances_in_flight
+        ),
+        (2, 1, 0),
+        "{counters:?}"
+    );
+    assert_eq!(counters.max_issuances_in_flight, 1);
 }
 
 #[tokio::test]

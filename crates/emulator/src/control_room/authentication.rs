@@ -2,7 +2,8 @@
 //! token a request presents.
 //!
 //! Login and refresh share the issuance path: each one is counted as in flight from entry
-//! to exit, waits the configured latency, then answers 503 during an outage. Deciding whether
+//! to exit, waits while issuances are held and then the configured latency, then answers
+//! 503 during an outage. Deciding whether
 //! a token is current is `state`'s job.
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub(super) async fn login(
 ) -> Result<Json<Value>, ApiError> {
     shared.record_login_attempt();
     let _in_flight = shared.issuance_in_flight();
+    shared.released().await;
     crate::pause(shared.login_latency()).await;
     if shared.is_down() {
         tracing::info!("login refused: outage");
@@ -80,6 +82,7 @@ pub(super) async fn refresh(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let _in_flight = shared.issuance_in_flight();
+    shared.released().await;
     crate::pause(shared.login_latency()).await;
     if shared.is_down() {
         tracing::info!("refresh refused: outage");

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::watch;
+
 use super::Counters;
 use super::work_items::WorkItems;
 use crate::in_flight::{Gauge, InFlight};
@@ -32,6 +34,9 @@ pub(super) struct Shared {
     config: Config,
     /// True while the emulated Control Room refuses logins and refreshes with 503.
     outage: AtomicBool,
+    /// True while logins and refreshes wait before answering; a `watch` so that the waiting
+    /// handlers learn of the release without polling.
+    hold: watch::Sender<bool>,
     /// Sessions and counters, which change together.
     sessions: Mutex<Sessions>,
     /// The queue API's items, apart from the sessions since they never change together.
@@ -47,7 +52,7 @@ struct Sessions {
     by_user: HashMap<String, Session>,
     /// The last session number handed out, for the JWT `sid`.
     last_sid: u64,
-    /// What has been seen so far, but for the peak of issuances in flight, which
+    /// What has been seen so far, but for the issuances in flight and their peak, which
     /// `Shared::issuances` keeps.
     counters: Counters,
     /// Arrival time of each login attempt.
@@ -127,6 +132,7 @@ impl Shared {
         Self {
             config,
             outage: AtomicBool::new(false),
+            hold: watch::Sender::new(false),
             sessions: Mutex::new(Sessions::default()),
             work_items: Mutex::new(WorkItems::default()),
             issuances: Gauge::default(),
@@ -156,6 +162,17 @@ impl Shared {
 
     pub(super) fn set_outage(&self, down: bool) {
         self.outage.store(down, Ordering::SeqCst);
+    }
+
+    pub(super) fn set_hold(&self, held: bool) {
+        self.hold.send_replace(held);
+    }
+
+    /// Returns once logins and refreshes are not held (at once if they are not).
+    pub(super) async fn released(&self) {
+        let mut hold = self.hold.subscribe();
+        // The sender lives as long as `self`, so only a release ends the wait.
+        let _ = hold.wait_for(|held| !held).await;
     }
 
     /// Whether `api_key` is `username`'s key.
@@ -257,6 +274,7 @@ impl Shared {
     pub(super) fn counters(&self) -> Counters {
         Counters {
             max_issuances_in_flight: self.issuances.peak(),
+            issuances_in_flight: self.issuances.now(),
             ..self.sessions().counters.clone()
         }
     }
