@@ -1,6 +1,8 @@
 //! Several brokers sharing one store behave as one (SPEC guarantees 1, 2, 3): the issuer
 //! never sees two logins in flight, consumers spread over the brokers see no unrecovered
-//! 401, and logins stay within one per token life.
+//! 401, and logins stay within one per token life; a broker killed while it holds the
+//! issuance lease stalls the others no longer than the lease; a database outage leaves the
+//! cached tokens served.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,6 +17,10 @@ use crate::helpers::{Options, PROVIDER, login_bound, spawn_app, start_broker};
 use crate::process::ServeProcess;
 
 const LIFETIME: Duration = Duration::from_secs(4);
+
+/// How long an issuance lease lasts unless renewed (`LEASE_TTL` in the core's
+/// `slot/driver.rs`): the longest a dead holder may keep the other brokers from issuing.
+const LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// Runs 60 consumers spread over three `tokenbroker serve` processes for 20 s, the brokers
 /// sharing the app's SQLite file, or `schema` if given, and checks that the issuer saw them
@@ -31,12 +37,7 @@ async fn three_processes_log_in_as_one(schema: Option<&TestSchema>) {
         None => app.config_text.clone(),
         Some(schema) => schema.holds(&app.config_text, app.store.path()),
     };
-    let mut brokers: Vec<ServeProcess> = (0..3)
-        .map(|_| ServeProcess::start(&config, &app.master_key))
-        .collect();
-    for broker in &mut brokers {
-        broker.ready(&app.http).await;
-    }
+    let brokers = ServeProcess::start_ready(3, &config, &app.master_key, &app.http).await;
     let clients: Vec<BrokerClient> = brokers
         .iter()
         .map(|b| BrokerClient::new(&b.url, SecretString::from(app.all_key.clone())).unwrap())
@@ -160,6 +161,99 @@ async fn three_broker_processes_on_postgresql_log_in_as_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_lease_holder_stalls_the_other_brokers_no_longer_than_the_lease() {
+    let Some(schema) = TestSchema::new("tb_lease").await else {
+        return;
+    };
+    let latency = Duration::from_millis(200);
+    let app = spawn_app(Options {
+        login_latency: latency,
+        ..Options::default()
+    })
+    .await;
+    let config = schema.holds(&app.config_text, app.store.path());
+    let mut brokers = ServeProcess::start_ready(3, &config, &app.master_key, &app.http).await;
+
+    // Only the first broker is asked: its driver takes the lease, then logs in, and the
+    // emulator holds that login, so the broker is killed mid-issuance holding the lease.
+    app.emulator.hold_issuances(true);
+    let holder = brokers.remove(0);
+    let holder_url = holder.url.clone();
+    let kill_mid_login = async {
+        app.emulator
+            .wait_for(|seen| seen.login_attempts == 1, Duration::from_secs(10))
+            .await
+            .expect("the first broker logs in");
+        holder.kill();
+        Instant::now()
+    };
+    let (asked, killed) = tokio::join!(app.token_at(&holder_url), kill_mid_login);
+    assert!(
+        asked.is_err(),
+        "the killed broker never answered: {asked:?}"
+    );
+    // The dead broker's login is dropped unanswered: no token of its will ever exist.
+    app.emulator
+        .wait_for(
+            |seen| seen.issuances_in_flight == 0,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the dead broker's login is dropped");
+    app.emulator.hold_issuances(false);
+
+    let answers = join_all(brokers.iter().map(|broker| async {
+        let answer = app.token_at(&broker.url).await;
+        (
+            answer.expect("a surviving broker answers"),
+            killed.elapsed(),
+        )
+    }))
+    .await;
+    // Its lease expires at most LEASE_TTL after its last renewal; the survivors look again
+    // every 200 ms, then one logs in (`latency`); the rest is the machine's slack.
+    let bound = LEASE_TTL + Duration::from_millis(200) + latency + Duration::from_millis(1500);
+    for ((status, body), waited) in &answers {
+        assert_eq!(*status, reqwest::StatusCode::OK, "{body}");
+        assert!(
+            *waited <= bound,
+            "a survivor waited {waited:?} after the kill, more than {bound:?}"
+        );
+    }
+    let token = &answers[0].0.1["access_token"];
+    assert!(
+        answers
+            .iter()
+            .all(|((_, body), _)| body["access_token"] == *token),
+        "one token for the cluster: {answers:?}"
+    );
+    assert!(
+        app.emulator.is_current(token.as_str().expect("a token")),
+        "the issuer's current session"
+    );
+
+    let seen = app.emulator.counters();
+    assert_eq!(
+        (
+            seen.login_attempts,
+            seen.logins,
+            seen.max_issuances_in_flight
+        ),
+        (2, 1, 1),
+        "the dead broker's login, then one login for the survivors: {seen:?}"
+    );
+    // The survivors waited for the lease rather than logging in beside the dead broker's
+    // login: the second login came a lease's life after the first (less the moments between
+    // taking the lease and reaching the issuer).
+    let times = app.emulator.login_attempt_times();
+    let gap = times[1] - times[0];
+    assert!(
+        gap >= LEASE_TTL - Duration::from_millis(500),
+        "the second login came {gap:?} after the first, inside the dead broker's lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_keeps_cached_tokens_served_and_brokers_recover_by_themselves() {
     let database = match crate::private_pg::PrivatePostgres::start() {
         Ok(database) => database,
@@ -178,21 +272,8 @@ async fn a_database_outage_keeps_cached_tokens_served_and_brokers_recover_by_the
         start_broker(&config, &app.master_key).await,
         start_broker(&config, &app.master_key).await,
     ];
-    let token_from = |base: &str| {
-        let (http, key, base) = (app.http.clone(), app.all_key.clone(), base.to_owned());
-        async move {
-            let r = http
-                .get(format!("{base}/v1/tokens/{PROVIDER}"))
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status();
-            (status, r.json::<serde_json::Value>().await.unwrap())
-        }
-    };
-    let (_, first) = token_from(&brokers[0].url).await;
-    let (_, same) = token_from(&brokers[1].url).await;
+    let (_, first) = app.token_at(&brokers[0].url).await.unwrap();
+    let (_, same) = app.token_at(&brokers[1].url).await.unwrap();
     assert_eq!(
         first["access_token"], same["access_token"],
         "one token for the cluster"
@@ -201,7 +282,7 @@ async fn a_database_outage_keeps_cached_tokens_served_and_brokers_recover_by_the
 
     database.stop();
     for broker in &brokers {
-        let (status, body) = token_from(&broker.url).await;
+        let (status, body) = app.token_at(&broker.url).await.unwrap();
         assert_eq!(
             status,
             reqwest::StatusCode::OK,
@@ -243,7 +324,7 @@ async fn a_database_outage_keeps_cached_tokens_served_and_brokers_recover_by_the
     database.resume().unwrap();
     let started = Instant::now();
     let recovered = loop {
-        let (status, body) = token_from(&brokers[0].url).await;
+        let (status, body) = app.token_at(&brokers[0].url).await.unwrap();
         if status == reqwest::StatusCode::OK && body["generation"] != first["generation"] {
             break body;
         }

@@ -215,6 +215,22 @@ impl TestApp {
         self.broker = Some(broker);
     }
 
+    /// `GET /v1/tokens/controlroom` from the broker at `base` with the all-providers key: the
+    /// status and the JSON body, or the error of a broker that never answered.
+    pub(crate) async fn token_at(
+        &self,
+        base: &str,
+    ) -> reqwest::Result<(StatusCode, serde_json::Value)> {
+        let response = self
+            .http
+            .get(format!("{base}/v1/tokens/{PROVIDER}"))
+            .bearer_auth(&self.all_key)
+            .send()
+            .await?;
+        let status = response.status();
+        Ok((status, response.json().await?))
+    }
+
     /// The bare token from the broker at `base` (`Accept: text/plain`).
     pub(crate) async fn plain_token(&self, base: &str) -> String {
         let response = self

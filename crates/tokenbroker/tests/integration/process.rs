@@ -60,6 +60,23 @@ impl ServeProcess {
         }
     }
 
+    /// Starts `count` brokers with the same `config` and `master_key` (sharing its store)
+    /// and waits until each is ready.
+    pub(crate) async fn start_ready(
+        count: usize,
+        config: &str,
+        master_key: &str,
+        http: &reqwest::Client,
+    ) -> Vec<Self> {
+        let mut brokers: Vec<Self> = (0..count)
+            .map(|_| Self::start(config, master_key))
+            .collect();
+        for broker in &mut brokers {
+            broker.ready(http).await;
+        }
+        brokers
+    }
+
     /// Waits on the readiness probe (bounded), not on time.
     pub(crate) async fn ready(&mut self, http: &reqwest::Client) {
         let started = Instant::now();
