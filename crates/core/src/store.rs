@@ -9,6 +9,7 @@
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use tokio::sync::broadcast;
 
 /// A provider's current token as stored: times in the clear, the value sealed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +109,18 @@ pub struct AuditEvent {
     pub generation: Option<u64>,
     /// A reason or an error message.
     pub detail: String,
+}
+
+/// News that what the store holds for a provider changed, told by the store as writers
+/// commit (PostgreSQL's LISTEN/NOTIFY), so that every broker sharing it re-reads at once
+/// instead of at its next periodic re-read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// This provider's token (a new generation, a retired one) or refresh token was written.
+    Provider(String),
+    /// Anything may have changed: news may have been missed (the store's notification
+    /// connection was lost and is back).
+    Everything,
 }
 
 /// What went wrong, in terms every backend maps its own errors into.
@@ -251,4 +264,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Re-seals every sealed value in one transaction; returns how many it re-sealed.
     async fn rekey(&self, reseal: Reseal) -> Result<usize, StoreError>;
+
+    /// Every [`Change`] committed from now on, by any writer (this broker included), if the
+    /// backend can tell: a lagging receiver misses news and must treat that as
+    /// [`Change::Everything`]. `None` (the default) for a backend that cannot; slots then rely
+    /// on their periodic re-read alone (`Persistence::sync_every`). Called inside a tokio
+    /// runtime: a backend may start listening on the first call.
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        None
+    }
 }

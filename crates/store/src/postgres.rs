@@ -12,13 +12,14 @@
 //!
 //! This file owns the pool and the way calls use it; the `Store` statements are in
 //! `contract`, the connection string and TLS in `endpoint`, the schema in `migrate`, the
-//! error mapping in `error`. An optional PostgreSQL schema isolates one broker cluster (or
+//! error mapping in `error`, the change notifications between brokers in `listen`. An optional PostgreSQL schema isolates one broker cluster (or
 //! one test) inside a shared database: every pooled connection starts with
 //! `SET search_path` to it.
 
 mod contract;
 mod endpoint;
 mod error;
+mod listen;
 mod migrate;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use tokio_postgres::types::{FromSql, ToSql};
 
 use crate::convert::{refresh_moved, signed};
 use endpoint::Endpoint;
+use listen::{Listener, Target};
 
 /// Connections per broker: the store is on the issuance path only, so a few suffice even
 /// with many providers issuing at once.
@@ -53,6 +55,10 @@ pub struct PostgresStore {
     pool: Pool,
     /// The database (and schema) for messages: never its user or password.
     name: Arc<str>,
+    /// The cluster's notification channel, which writes notify (`listen::channel`).
+    channel: Arc<str>,
+    /// The connection that listens on `channel`, started by the first `changes()`.
+    listener: Arc<Listener>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -81,6 +87,13 @@ impl PostgresStore {
             // database, a dropped link) is replaced before a call fails on it.
             recycling_method: RecyclingMethod::Verified,
         };
+        let channel: Arc<str> = listen::channel(schema).into();
+        let listener = Arc::new(Listener::new(Target {
+            config: endpoint.config.clone(),
+            tls: endpoint.tls.clone(),
+            name: name.clone(),
+            channel: channel.clone(),
+        }));
         let manager = match endpoint.tls {
             Some(tls) => Manager::from_config(endpoint.config, tls, manager_config),
             None => Manager::from_config(endpoint.config, tokio_postgres::NoTls, manager_config),
@@ -103,7 +116,12 @@ impl PostgresStore {
         let pool = builder.build().map_err(|e| {
             StoreError::new(StoreErrorKind::Unavailable, format!("store {name}: {e}"))
         })?;
-        let store = Self { pool, name };
+        let store = Self {
+            pool,
+            name,
+            channel,
+            listener,
+        };
         let mut client = store.client().await?;
         let schema = schema.zip(quoted.as_deref());
         migrate::migrate(&mut client, schema, &store.name).await?;
@@ -148,6 +166,17 @@ impl PostgresStore {
             .query(&statement, params)
             .await
             .map_err(|e| self.db(&e))
+    }
+
+    /// Runs one write that notifies the cluster's channel, shaped
+    /// `WITH changed AS (... RETURNING provider) SELECT pg_notify($n, provider) FROM changed`
+    /// with the channel as its last parameter `$n`; returns how many rows it changed (and
+    /// notified of, when the write commits).
+    async fn notifying(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+        let channel: &str = &self.channel;
+        let mut all: Vec<&(dyn ToSql + Sync)> = params.to_vec();
+        all.push(&channel);
+        Ok(self.query(sql, &all).await?.len() as u64)
     }
 
     /// Runs one query that finds at most one row.

@@ -1,6 +1,7 @@
 //! The store contract on PostgreSQL, plus what is PostgreSQL's own: committed tokens survive
 //! reconnecting, a newer schema is refused, brokers starting at once migrate once, the lease
-//! holds across brokers, TLS when the URL asks for it, no password in any error.
+//! holds across brokers, writes notify the other brokers of the cluster (and only them),
+//! TLS when the URL asks for it, no password in any error.
 //!
 //! Runs against `TOKENBROKER_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`),
 //! each test in a fresh schema of its own, dropped at the end, so tests run in parallel. Where
@@ -11,8 +12,9 @@ mod conformance;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use tokenbroker_core::store::{Lease, Store, StoreErrorKind};
+use tokenbroker_core::store::{Change, Lease, Store, StoreErrorKind};
 use tokenbroker_store::PostgresStore;
+use tokio::sync::broadcast;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -417,4 +419,107 @@ async fn a_schema_name_that_is_not_plain_is_refused() {
         let error = PostgresStore::connect(&url, Some(name)).await.unwrap_err();
         assert!(error.message.contains("schema name"), "{}", error.message);
     }
+}
+
+/// The next change `changes` tells of, waiting at most 10 s.
+async fn next_change(changes: &mut broadcast::Receiver<Change>) -> Change {
+    tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .expect("a change is told within 10 s")
+        .expect("the store keeps telling")
+}
+
+/// `Provider(name)`.
+fn of(name: &str) -> Change {
+    Change::Provider(name.to_owned())
+}
+
+#[tokio::test]
+async fn writes_notify_the_brokers_of_the_cluster_when_they_commit_a_change() {
+    let Some((schema, writer)) = fresh().await else {
+        return;
+    };
+    let other_cluster = Schema::new();
+    let elsewhere = other_cluster.connect().await.unwrap();
+    let listener = schema.connect().await.unwrap();
+    let mut changes = listener.changes().expect("PostgreSQL tells of changes");
+    assert_eq!(
+        next_change(&mut changes).await,
+        Change::Everything,
+        "once listening, the store says to re-read everything"
+    );
+
+    writer
+        .save_token("cr", 0, &conformance::token(1, b"one"))
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut changes).await, of("cr"));
+    // Writes that change nothing notify nobody: each check below would otherwise first
+    // receive the "cr" of the write before it. Writes of another cluster are not heard.
+    let lost = writer
+        .save_token("cr", 0, &conformance::token(1, b"again"))
+        .await;
+    assert_eq!(lost.unwrap_err().kind, StoreErrorKind::Conflict);
+    writer.retire_token("cr", 7).await.unwrap();
+    elsewhere
+        .save_token("cr", 0, &conformance::token(1, b"theirs"))
+        .await
+        .unwrap();
+    writer.save_refresh("crm", 0, b"rt1").await.unwrap();
+    assert_eq!(next_change(&mut changes).await, of("crm"));
+    writer.retire_token("cr", 1).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, of("cr"));
+    writer
+        .mark_needs_credentials("crm", "invalid_grant")
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut changes).await, of("crm"));
+    writer.save_refresh("crm", 1, b"rt2").await.unwrap();
+    assert_eq!(next_change(&mut changes).await, of("crm"));
+    // The listener's own writes are told too (a broker cannot tell its commits apart).
+    listener
+        .save_token("cr", 1, &conformance::token(2, b"two"))
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut changes).await, of("cr"));
+    assert!(
+        changes.try_recv().is_err(),
+        "one notification per change: {:?}",
+        changes.try_recv()
+    );
+}
+
+#[tokio::test]
+async fn a_lost_listening_connection_comes_back_and_says_everything_may_have_changed() {
+    let Some((schema, writer)) = fresh().await else {
+        return;
+    };
+    let client = raw().await.unwrap();
+    let listener = schema.connect().await.unwrap();
+    let mut changes = listener.changes().unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Everything);
+
+    let terminated = client
+        .query_one(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                                   WHERE query = $1) AS t",
+            &[&format!("LISTEN \"tokenbroker_{}\"", schema.name)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        terminated.get::<_, i64>(0),
+        1,
+        "the listening connection was found"
+    );
+    assert_eq!(
+        next_change(&mut changes).await,
+        Change::Everything,
+        "listening again, after news may have been missed"
+    );
+    writer
+        .save_token("cr", 0, &conformance::token(1, b"one"))
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut changes).await, of("cr"));
 }

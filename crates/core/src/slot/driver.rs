@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::sync::{Follower, adopt_newer};
 use super::{Shared, SlotState, backoff, ledger, refresh};
 use crate::clock::floor_to_second;
 use crate::issuer::{Issuance, IssueError, IssueInput, Issued, Issuer};
@@ -92,6 +93,7 @@ pub(super) async fn run(
 ) {
     let mut failures = 0u32;
     let mut retry_at: Option<SystemTime> = None;
+    let mut follower = Follower::new(&shared);
     loop {
         if *stop.borrow() {
             log_out(&shared, &*issuer).await;
@@ -151,33 +153,19 @@ pub(super) async fn run(
             () = shared.wake.notified() => {}
             () = sleep => {}
             () = sync => adopt_newer(&shared).await,
+            () = follower.changed(&shared.config.name) => {
+                adopt_newer(&shared).await;
+                // The change may be a reseed: look for it now rather than after RESEED_POLL.
+                if shared.view.borrow().state == SlotState::NeedsCredentials {
+                    retry_at = None;
+                }
+            }
             changed = stop.changed() => {
                 if changed.is_err() {
                     return; // the broker is gone
                 }
             }
         }
-    }
-}
-
-/// With a store shared by several brokers: takes a token another broker stored, so that
-/// this one stops serving the token it superseded.
-pub(super) async fn adopt_newer(shared: &Shared) {
-    let current = shared
-        .view
-        .borrow()
-        .token
-        .as_ref()
-        .map_or(0, |t| t.generation);
-    if let Some(token) = adopt_stored(shared, current).await {
-        tracing::info!(provider = %shared.config.name, generation = token.generation, "using the token another broker stored");
-        let token = Arc::new(token);
-        shared.view.send_modify(|v| {
-            v.token = Some(token);
-            v.state = SlotState::Ready;
-            v.last_error = None;
-            v.retry_at = None;
-        });
     }
 }
 

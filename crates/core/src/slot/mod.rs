@@ -16,6 +16,7 @@ mod backoff;
 mod driver;
 mod ledger;
 mod refresh;
+mod sync;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -115,8 +116,9 @@ pub struct Persistence {
     /// Unique per broker process, so that a lease outlives a crashed holder only until it
     /// expires.
     pub holder: String,
-    /// How often to look for tokens other brokers stored, when the store is shared by
-    /// several brokers; `None` for a store this broker has to itself.
+    /// How often to re-read the tokens other brokers stored, when the store is shared by
+    /// several brokers; `None` for a store this broker has to itself. With a store that tells
+    /// of changes ([`Store::changes`]) this is only the safety net for a missed notification.
     pub sync_every: Option<std::time::Duration>,
 }
 
@@ -298,7 +300,7 @@ impl Slot {
                 .as_ref()
                 .map_or(0, |t| t.generation);
             if g > ours && shared.persistence.sync_every.is_some() {
-                driver::adopt_newer(shared).await;
+                sync::adopt_newer(shared).await;
             }
         }
         let generation = {

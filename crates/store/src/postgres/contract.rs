@@ -1,15 +1,17 @@
 //! The [`Store`] contract as PostgreSQL statements, one per call except the lease and rekey
 //! transactions. Each mirrors its SQLite twin in `sqlite.rs` (same tables, same
 //! compare-and-sets, `ON CONFLICT` upserts, the same ledger query) with `$n` placeholders, so
-//! the conformance suite holds for both alike.
+//! the conformance suite holds for both alike. The writes other brokers must hear of (tokens
+//! and refresh tokens) also `pg_notify` the cluster's channel from the same statement, only
+//! for the row they changed (see `listen`).
 
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokenbroker_core::seal::Purpose;
 use tokenbroker_core::store::{
-    AuditEvent, IssuanceRecord, Lease, Reseal, SealedRow, Store, StoreError, StoreErrorKind,
-    StoredRefresh, StoredToken,
+    AuditEvent, Change, IssuanceRecord, Lease, Reseal, SealedRow, Store, StoreError,
+    StoreErrorKind, StoredRefresh, StoredToken,
 };
 use tokio_postgres::types::ToSql;
 
@@ -57,19 +59,23 @@ impl Store for PostgresStore {
             &signed(expected),
         ];
         let changed = if expected == 0 {
-            self.execute(
-                "INSERT INTO tokens (provider, generation, issued_at_ms, expires_at_ms,
-                                     refresh_at_ms, sealed)
-                 SELECT $1, $2, $3, $4, $5, $6 WHERE $7::BIGINT = 0
-                 ON CONFLICT (provider) DO NOTHING",
+            self.notifying(
+                "WITH changed AS (
+                     INSERT INTO tokens (provider, generation, issued_at_ms, expires_at_ms,
+                                         refresh_at_ms, sealed)
+                     SELECT $1, $2, $3, $4, $5, $6 WHERE $7::BIGINT = 0
+                     ON CONFLICT (provider) DO NOTHING RETURNING provider)
+                 SELECT pg_notify($8, provider) FROM changed",
                 &values,
             )
             .await?
         } else {
-            self.execute(
-                "UPDATE tokens SET generation = $2, issued_at_ms = $3, expires_at_ms = $4,
-                        refresh_at_ms = $5, sealed = $6
-                 WHERE provider = $1 AND generation = $7",
+            self.notifying(
+                "WITH changed AS (
+                     UPDATE tokens SET generation = $2, issued_at_ms = $3, expires_at_ms = $4,
+                            refresh_at_ms = $5, sealed = $6
+                     WHERE provider = $1 AND generation = $7 RETURNING provider)
+                 SELECT pg_notify($8, provider) FROM changed",
                 &values,
             )
             .await?
@@ -82,9 +88,11 @@ impl Store for PostgresStore {
     }
 
     async fn retire_token(&self, provider: &str, generation_: u64) -> Result<(), StoreError> {
-        self.execute(
-            "UPDATE tokens SET expires_at_ms = 0, refresh_at_ms = 0
-             WHERE provider = $1 AND generation = $2",
+        self.notifying(
+            "WITH changed AS (
+                 UPDATE tokens SET expires_at_ms = 0, refresh_at_ms = 0
+                 WHERE provider = $1 AND generation = $2 RETURNING provider)
+             SELECT pg_notify($3, provider) FROM changed",
             &[&provider, &signed(generation_)],
         )
         .await
@@ -226,17 +234,21 @@ impl Store for PostgresStore {
     ) -> Result<u64, StoreError> {
         let next = expected + 1;
         let changed = if expected == 0 {
-            self.execute(
-                "INSERT INTO refresh_tokens (provider, generation, sealed) VALUES ($1, 1, $2)
-                 ON CONFLICT (provider) DO NOTHING",
+            self.notifying(
+                "WITH changed AS (
+                     INSERT INTO refresh_tokens (provider, generation, sealed) VALUES ($1, 1, $2)
+                     ON CONFLICT (provider) DO NOTHING RETURNING provider)
+                 SELECT pg_notify($3, provider) FROM changed",
                 &[&provider, &sealed],
             )
             .await?
         } else {
-            self.execute(
-                "UPDATE refresh_tokens SET generation = $3, sealed = $2, intent_at_ms = NULL,
-                        needs_credentials = NULL
-                 WHERE provider = $1 AND generation = $4",
+            self.notifying(
+                "WITH changed AS (
+                     UPDATE refresh_tokens SET generation = $3, sealed = $2, intent_at_ms = NULL,
+                            needs_credentials = NULL
+                     WHERE provider = $1 AND generation = $4 RETURNING provider)
+                 SELECT pg_notify($5, provider) FROM changed",
                 &[&provider, &sealed, &signed(next), &signed(expected)],
             )
             .await?
@@ -279,8 +291,11 @@ impl Store for PostgresStore {
     }
 
     async fn mark_needs_credentials(&self, provider: &str, reason: &str) -> Result<(), StoreError> {
-        self.execute(
-            "UPDATE refresh_tokens SET needs_credentials = $2 WHERE provider = $1",
+        self.notifying(
+            "WITH changed AS (
+                 UPDATE refresh_tokens SET needs_credentials = $2 WHERE provider = $1
+                 RETURNING provider)
+             SELECT pg_notify($3, provider) FROM changed",
             &[&provider, &reason],
         )
         .await
@@ -397,5 +412,9 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(db)?;
         Ok(count)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        Some(self.listener.subscribe())
     }
 }
