@@ -1,5 +1,6 @@
 //! Opens the store the config names: PostgreSQL when `store.url` is set (a cluster of
-//! brokers), else the embedded SQLite file at `store.path`.
+//! brokers), else the embedded SQLite file at `store.path`, and says how often slots
+//! re-read it for other brokers' writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +9,24 @@ use tokenbroker_core::config::StoreConfig;
 use tokenbroker_core::store::{Store, StoreError};
 use tokenbroker_store::{PostgresStore, SqliteStore};
 
-/// How often a broker sharing a PostgreSQL store looks for tokens the others stored.
-/// A read per provider per interval; it bounds how long another broker's new token takes to
-/// reach this one.
-const CLUSTER_SYNC: Duration = Duration::from_millis(100);
+/// How often, by default, each slot of a broker sharing a PostgreSQL store re-reads its
+/// stored token. News of another broker's write arrives by LISTEN/NOTIFY within
+/// milliseconds of its commit, and after a lost listening connection every slot re-reads
+/// once it listens again, so this re-read is only the safety net for news lost without the
+/// connection being seen to drop (a silently dead link until its keepalive notices; a
+/// connection pooler in front of PostgreSQL that does not pass notifications on): it bounds
+/// how long a superseded token can be served in those cases. A second keeps that bound
+/// short for single-session identities and costs a tenth of the reads of the 100 ms
+/// re-read that carried propagation alone before notifications (one indexed read per
+/// provider per second per broker).
+const CLUSTER_SYNC: Duration = Duration::from_secs(1);
 
 /// An open store, and how often to look for other brokers' writes (`None`: no others).
 pub struct Backend {
     /// The store itself.
     pub store: Arc<dyn Store>,
-    /// How often slots look for tokens other brokers stored.
+    /// How often slots re-read the tokens other brokers stored (the safety net under the
+    /// store's change notifications).
     pub sync_every: Option<Duration>,
 }
 
@@ -36,7 +45,7 @@ pub async fn open(config: &StoreConfig, missing: Missing) -> Result<Backend, Sto
     match &config.url {
         Some(url) => Ok(Backend {
             store: Arc::new(PostgresStore::connect(url, config.schema.as_deref()).await?),
-            sync_every: Some(CLUSTER_SYNC),
+            sync_every: Some(config.sync_interval.unwrap_or(CLUSTER_SYNC)),
         }),
         None => {
             let store = match missing {

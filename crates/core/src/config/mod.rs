@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use oauth2::{AuthMethod, ClientCredentialsConfig, OAuthClient, RefreshTokenConfig};
 pub use provider::{
@@ -62,6 +63,9 @@ pub struct StoreConfig {
     pub url: Option<SecretString>,
     /// The PostgreSQL schema of this cluster's tables (default: the connection's).
     pub schema: Option<String>,
+    /// With PostgreSQL: how often each slot re-reads its stored token in case a change
+    /// notification was missed; `None` for the default.
+    pub sync_interval: Option<Duration>,
 }
 
 /// `[clients.NAME]`: one consumer and what it may reach.
@@ -176,6 +180,7 @@ impl Config {
                 key_file: None,
                 url: None,
                 schema: None,
+                sync_interval: None,
             }),
         };
 
@@ -294,12 +299,23 @@ fn store(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<StoreConfig> {
     if schema.is_some() && url.is_none() {
         problems.push(Problem::new(t.key("schema"), "goes with url"));
     }
+    let sync_interval = t.duration("sync_interval", problems);
+    if sync_interval.is_some() && url.is_none() {
+        problems.push(Problem::new(t.key("sync_interval"), "goes with url"));
+    }
+    if sync_interval.is_some_and(|d| d.is_zero()) {
+        problems.push(Problem::new(
+            t.key("sync_interval"),
+            "must be longer than 0s",
+        ));
+    }
     t.finish(problems);
     Some(StoreConfig {
         path: PathBuf::from(path),
         key_file,
         url,
         schema,
+        sync_interval,
     })
 }
 

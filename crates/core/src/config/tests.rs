@@ -143,3 +143,21 @@ fn absurd_durations_and_urls_with_credentials_are_refused() {
         "credentials in a URL",
     );
 }
+
+#[test]
+fn the_cluster_sync_interval_goes_with_a_postgresql_store() {
+    let cluster =
+        format!("[store]\nurl = \"postgres://db/tb\"\nsync_interval = \"250ms\"\n{PROVIDER}");
+    let config = Config::parse(&cluster).expect("valid");
+    assert_eq!(config.store.sync_interval, Some(Duration::from_millis(250)));
+    assert_problem(
+        &format!("[store]\nsync_interval = \"1s\"\n{PROVIDER}"),
+        "store.sync_interval",
+        "goes with url",
+    );
+    assert_problem(
+        &format!("[store]\nurl = \"postgres://db/tb\"\nsync_interval = \"0s\"\n{PROVIDER}"),
+        "store.sync_interval",
+        "longer than 0s",
+    );
+}

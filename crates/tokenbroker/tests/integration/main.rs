@@ -9,6 +9,7 @@ mod helpers;
 mod oauth2;
 mod private_pg;
 mod process;
+mod propagation;
 mod proxy;
 mod store;
 mod tls;
