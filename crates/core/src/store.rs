@@ -5,6 +5,14 @@
 //! only sealed ([`crate::seal`]). Token writes are a compare-and-set on the generation, so
 //! a stale writer can never overwrite a newer token; the issuance lease says who may call the
 //! issuer now, so that two brokers sharing a store never issue for one provider at once.
+//!
+//! The issuance writes (the token, the refresh token, its intent and `needs_credentials`)
+//! are also fenced: each carries the fence of its writer's lease grant and fails with
+//! `Conflict` once the lease has been granted to another holder, so a holder that stalled
+//! past its lease cannot overwrite what the next holder did. Not fenced: the ledger (a
+//! request a stale holder sent still counts against the issuer's limits), the audit trail,
+//! and `retire_token`, written at shutdown without the lease and harmless by its own
+//! generation condition (it only ever ends the token it names).
 
 use std::time::{Duration, SystemTime};
 
@@ -174,10 +182,12 @@ pub trait Store: Send + Sync + 'static {
     async fn load_token(&self, provider: &str) -> Result<Option<StoredToken>, StoreError>;
 
     /// Stores `token` as the provider's current one if the stored generation is `expected`
-    /// (0: none stored yet), committed and synced before returning; else `Conflict`.
+    /// (0: none stored yet) and the lease still has `fence`, committed and synced before
+    /// returning; else `Conflict`.
     async fn save_token(
         &self,
         provider: &str,
+        fence: u64,
         expected: u64,
         token: &StoredToken,
     ) -> Result<(), StoreError>;
@@ -187,7 +197,9 @@ pub trait Store: Send + Sync + 'static {
     async fn retire_token(&self, provider: &str, generation: u64) -> Result<(), StoreError>;
 
     /// Grants the provider's issuance lease to `holder` for `ttl` unless another holder's
-    /// lease is still running.
+    /// lease is still running. The fence grows whenever the lease passes to another holder;
+    /// a holder renewing or re-taking its own lease keeps its fence, so that a fence names
+    /// one stretch of time during which nobody else held the lease.
     async fn acquire_lease(
         &self,
         provider: &str,
@@ -219,29 +231,47 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a refresh token as the successor of generation `expected` (0: none yet) and
     /// clears any intent and `needs_credentials`; returns the new generation. A
-    /// compare-and-set: `Conflict` if the stored generation is not `expected`.
+    /// compare-and-set: `Conflict` if the stored generation is not `expected` or the lease
+    /// no longer has `fence`.
     async fn save_refresh(
         &self,
         provider: &str,
+        fence: u64,
         expected: u64,
         sealed: &[u8],
     ) -> Result<u64, StoreError>;
 
     /// Records, durably, that a refresh with token `generation` is about to be sent; an
     /// earlier intent for it is kept (the issuer's reuse grace counts from the first use).
+    /// `Conflict` if the generation moved on or the lease no longer has `fence`.
     async fn begin_refresh(
         &self,
         provider: &str,
+        fence: u64,
         generation: u64,
         at: SystemTime,
     ) -> Result<(), StoreError>;
 
     /// Clears the intent of token `generation`: its request provably rotated nothing.
-    async fn clear_refresh_intent(&self, provider: &str, generation: u64)
-    -> Result<(), StoreError>;
+    /// `Conflict` if the generation moved on or the lease no longer has `fence` (the next
+    /// holder's intent on the same token must not be erased).
+    async fn clear_refresh_intent(
+        &self,
+        provider: &str,
+        fence: u64,
+        generation: u64,
+    ) -> Result<(), StoreError>;
 
-    /// Takes the refresh token out of service until it is reseeded.
-    async fn mark_needs_credentials(&self, provider: &str, reason: &str) -> Result<(), StoreError>;
+    /// Takes refresh token `generation` out of service until it is reseeded. `Conflict` if
+    /// the generation moved on (another holder rotated it: the refusal that prompted this
+    /// was of an older token) or the lease no longer has `fence`.
+    async fn mark_needs_credentials(
+        &self,
+        provider: &str,
+        fence: u64,
+        generation: u64,
+        reason: &str,
+    ) -> Result<(), StoreError>;
 
     /// Records an issuance request before it is sent; returns its ledger id.
     async fn begin_issuance(&self, provider: &str, at: SystemTime) -> Result<u64, StoreError>;

@@ -26,6 +26,14 @@ fn write_path(c: &mut Criterion) {
     let store = runtime
         .block_on(SqliteStore::open(&dir.path().join("bench.db")))
         .expect("the store opens");
+    // Every token write is fenced by the provider's issuance lease.
+    let fence = match runtime
+        .block_on(store.acquire_lease("cr", "bench", std::time::Duration::from_secs(3600)))
+        .expect("the lease")
+    {
+        tokenbroker_core::store::Lease::Granted { fence } => fence,
+        tokenbroker_core::store::Lease::HeldElsewhere { .. } => unreachable!("a fresh store"),
+    };
     let mut generation = 0;
     c.bench_function("save_token (committed, synced)", |b| {
         b.to_async(&runtime).iter(|| {
@@ -33,7 +41,7 @@ fn write_path(c: &mut Criterion) {
             let (store, expected) = (&store, generation - 1);
             async move {
                 store
-                    .save_token("cr", expected, &token(expected + 1))
+                    .save_token("cr", fence, expected, &token(expected + 1))
                     .await
                     .expect("saved")
             }
@@ -49,7 +57,17 @@ fn startup_read(c: &mut Criterion) {
     runtime.block_on(async {
         let store = SqliteStore::open(&path).await.expect("the store opens");
         for name in &providers {
-            store.save_token(name, 0, &token(1)).await.expect("saved");
+            let lease = store
+                .acquire_lease(name, "bench", std::time::Duration::from_secs(60))
+                .await
+                .expect("the lease");
+            let tokenbroker_core::store::Lease::Granted { fence } = lease else {
+                unreachable!("a fresh store");
+            };
+            store
+                .save_token(name, fence, 0, &token(1))
+                .await
+                .expect("saved");
         }
     });
     c.bench_function("start-up read (open, migrate check, 10 providers)", |b| {

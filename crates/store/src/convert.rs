@@ -53,23 +53,32 @@ pub(crate) fn signed(value: u64) -> i64 {
 pub(crate) fn token_conflict(expected: u64) -> StoreError {
     StoreError::new(
         StoreErrorKind::Conflict,
-        format!("a token newer than generation {expected} is already stored"),
+        format!(
+            "a token newer than generation {expected} is already stored, or the issuance lease \
+             passed to another holder"
+        ),
     )
 }
 
-/// `save_refresh` lost its compare-and-set.
+/// `save_refresh` lost its compare-and-set, or was fenced.
 pub(crate) fn refresh_conflict(expected: u64) -> StoreError {
     StoreError::new(
         StoreErrorKind::Conflict,
-        format!("a refresh token newer than generation {expected} is already stored"),
+        format!(
+            "a refresh token newer than generation {expected} is already stored, or the \
+             issuance lease passed to another holder"
+        ),
     )
 }
 
-/// An update of refresh token `generation` found another generation stored.
+/// An update of refresh token `generation` found another generation stored, or was fenced.
 pub(crate) fn refresh_moved(generation: u64) -> StoreError {
     StoreError::new(
         StoreErrorKind::Conflict,
-        format!("the refresh token is no longer generation {generation}"),
+        format!(
+            "the refresh token is no longer generation {generation}, or the issuance lease \
+             passed to another holder"
+        ),
     )
 }
 

@@ -73,21 +73,24 @@ impl SqliteStore {
         }
     }
 
-    /// Runs one compare-and-set update of a refresh-token row (`?1` provider, `?2`
-    /// generation, `?3` an optional time); `Conflict` if the generation moved on.
+    /// Runs one fenced compare-and-set update of a refresh-token row (`?1` provider, `?2`
+    /// generation, `?3` the lease's fence, `?4` a value if any); `Conflict` if the generation
+    /// moved on or the lease passed to another holder.
     async fn refresh_update(
         &self,
         provider: &str,
+        fence: u64,
         generation_: u64,
         sql: &'static str,
-        at: Option<i64>,
+        value: Option<rusqlite::types::Value>,
     ) -> Result<(), StoreError> {
         let provider = provider.to_owned();
         let path = self.path.clone();
         self.with(move |c| {
-            let changed = match at {
-                Some(at) => c.execute(sql, params![provider, signed(generation_), at]),
-                None => c.execute(sql, params![provider, signed(generation_)]),
+            let (generation_signed, fence) = (signed(generation_), signed(fence));
+            let changed = match value {
+                Some(value) => c.execute(sql, params![provider, generation_signed, fence, value]),
+                None => c.execute(sql, params![provider, generation_signed, fence]),
             }
             .map_err(|e| map(&path, &e))?;
             if changed == 1 {
@@ -259,6 +262,7 @@ impl Store for SqliteStore {
     async fn save_token(
         &self,
         provider: &str,
+        fence: u64,
         expected: u64,
         token: &StoredToken,
     ) -> Result<(), StoreError> {
@@ -274,11 +278,13 @@ impl Store for SqliteStore {
                 millis(token.refresh_at),
                 token.sealed,
                 signed(expected),
+                signed(fence),
             ];
             let changed = if expected == 0 {
                 c.execute(
                     "INSERT INTO tokens (provider, generation, issued_at_ms, expires_at_ms, refresh_at_ms, sealed)
                      SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE ?7 = 0
+                         AND EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?8)
                      ON CONFLICT (provider) DO NOTHING",
                     values,
                 )
@@ -286,7 +292,8 @@ impl Store for SqliteStore {
                 c.execute(
                     "UPDATE tokens SET generation = ?2, issued_at_ms = ?3, expires_at_ms = ?4,
                             refresh_at_ms = ?5, sealed = ?6
-                     WHERE provider = ?1 AND generation = ?7",
+                     WHERE provider = ?1 AND generation = ?7
+                         AND EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?8)",
                     values,
                 )
             }
@@ -317,7 +324,8 @@ impl Store for SqliteStore {
                 .query_row(
                     "INSERT INTO leases (provider, holder, expires_at_ms, fence) VALUES (?1, ?2, ?3, 1)
                      ON CONFLICT (provider) DO UPDATE SET holder = excluded.holder,
-                         expires_at_ms = excluded.expires_at_ms, fence = leases.fence + 1
+                         expires_at_ms = excluded.expires_at_ms,
+                         fence = leases.fence + (leases.holder <> excluded.holder)
                      WHERE leases.expires_at_ms <= ?4 OR leases.holder = excluded.holder
                      RETURNING fence",
                     params![provider, holder, lease_expiry(now, ttl), millis(now)],
@@ -478,6 +486,7 @@ impl Store for SqliteStore {
     async fn save_refresh(
         &self,
         provider: &str,
+        fence: u64,
         expected: u64,
         sealed: &[u8],
     ) -> Result<u64, StoreError> {
@@ -486,21 +495,24 @@ impl Store for SqliteStore {
         let path = self.path.clone();
         self.with(move |c| {
             let next = expected + 1;
-            let changed = if expected == 0 {
-                c.execute(
-                    "INSERT INTO refresh_tokens (provider, generation, sealed) VALUES (?1, 1, ?2)
+            let changed =
+                if expected == 0 {
+                    c.execute(
+                        "INSERT INTO refresh_tokens (provider, generation, sealed) SELECT ?1, 1, ?2
+                     WHERE EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?3)
                      ON CONFLICT (provider) DO NOTHING",
-                    params![provider, sealed],
-                )
-            } else {
-                c.execute(
+                        params![provider, sealed, signed(fence)],
+                    )
+                } else {
+                    c.execute(
                     "UPDATE refresh_tokens SET generation = ?3, sealed = ?2, intent_at_ms = NULL,
                             needs_credentials = NULL
-                     WHERE provider = ?1 AND generation = ?4",
-                    params![provider, sealed, signed(next), signed(expected)],
+                     WHERE provider = ?1 AND generation = ?4
+                         AND EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?5)",
+                    params![provider, sealed, signed(next), signed(expected), signed(fence)],
                 )
-            }
-            .map_err(|e| map(&path, &e))?;
+                }
+                .map_err(|e| map(&path, &e))?;
             if changed == 1 {
                 Ok(next)
             } else {
@@ -513,15 +525,18 @@ impl Store for SqliteStore {
     async fn begin_refresh(
         &self,
         provider: &str,
+        fence: u64,
         generation: u64,
         at: SystemTime,
     ) -> Result<(), StoreError> {
         self.refresh_update(
             provider,
+            fence,
             generation,
-            "UPDATE refresh_tokens SET intent_at_ms = COALESCE(intent_at_ms, ?3)
-             WHERE provider = ?1 AND generation = ?2",
-            Some(millis(at)),
+            "UPDATE refresh_tokens SET intent_at_ms = COALESCE(intent_at_ms, ?4)
+             WHERE provider = ?1 AND generation = ?2
+                 AND EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?3)",
+            Some(millis(at).into()),
         )
         .await
     }
@@ -529,22 +544,36 @@ impl Store for SqliteStore {
     async fn clear_refresh_intent(
         &self,
         provider: &str,
+        fence: u64,
         generation: u64,
     ) -> Result<(), StoreError> {
         self.refresh_update(
             provider,
+            fence,
             generation,
-            "UPDATE refresh_tokens SET intent_at_ms = NULL WHERE provider = ?1 AND generation = ?2",
+            "UPDATE refresh_tokens SET intent_at_ms = NULL
+             WHERE provider = ?1 AND generation = ?2
+                 AND EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?3)",
             None,
         )
         .await
     }
 
-    async fn mark_needs_credentials(&self, provider: &str, reason: &str) -> Result<(), StoreError> {
-        self.execute(
-            "UPDATE refresh_tokens SET needs_credentials = ?2 WHERE provider = ?1",
+    async fn mark_needs_credentials(
+        &self,
+        provider: &str,
+        fence: u64,
+        generation: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.refresh_update(
             provider,
-            reason,
+            fence,
+            generation,
+            "UPDATE refresh_tokens SET needs_credentials = ?4
+             WHERE provider = ?1 AND generation = ?2
+                 AND EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?3)",
+            Some(reason.to_owned().into()),
         )
         .await
     }

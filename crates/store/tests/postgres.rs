@@ -169,12 +169,21 @@ async fn ledger_keeps_requests_and_outcomes() {
 }
 
 #[tokio::test]
+async fn a_stale_lease_holder_is_fenced() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::a_stale_lease_holder_is_fenced(&store).await;
+}
+
+#[tokio::test]
 async fn committed_tokens_survive_reconnecting() {
     let Some((schema, store)) = fresh().await else {
         return;
     };
+    let fence = conformance::fence(&store, "cr").await;
     store
-        .save_token("cr", 0, &conformance::token(1, b"sealed"))
+        .save_token("cr", fence, 0, &conformance::token(1, b"sealed"))
         .await
         .unwrap();
     drop(store);
@@ -248,8 +257,9 @@ async fn brokers_connecting_at_once_to_a_fresh_schema_migrate_once() {
     );
     assert_eq!(version, i32::try_from(migrations).unwrap());
     // All four see one store.
+    let fence = conformance::fence(&stores[0], "cr").await;
     stores[0]
-        .save_token("cr", 0, &conformance::token(1, b"one"))
+        .save_token("cr", fence, 0, &conformance::token(1, b"one"))
         .await
         .unwrap();
     for store in &stores {
@@ -449,36 +459,41 @@ async fn writes_notify_the_brokers_of_the_cluster_when_they_commit_a_change() {
         "once listening, the store says to re-read everything"
     );
 
+    let (cr, crm) = (
+        conformance::fence(&writer, "cr").await,
+        conformance::fence(&writer, "crm").await,
+    );
     writer
-        .save_token("cr", 0, &conformance::token(1, b"one"))
+        .save_token("cr", cr, 0, &conformance::token(1, b"one"))
         .await
         .unwrap();
     assert_eq!(next_change(&mut changes).await, of("cr"));
     // Writes that change nothing notify nobody: each check below would otherwise first
     // receive the "cr" of the write before it. Writes of another cluster are not heard.
     let lost = writer
-        .save_token("cr", 0, &conformance::token(1, b"again"))
+        .save_token("cr", cr, 0, &conformance::token(1, b"again"))
         .await;
     assert_eq!(lost.unwrap_err().kind, StoreErrorKind::Conflict);
     writer.retire_token("cr", 7).await.unwrap();
+    let theirs = conformance::fence(&elsewhere, "cr").await;
     elsewhere
-        .save_token("cr", 0, &conformance::token(1, b"theirs"))
+        .save_token("cr", theirs, 0, &conformance::token(1, b"theirs"))
         .await
         .unwrap();
-    writer.save_refresh("crm", 0, b"rt1").await.unwrap();
+    writer.save_refresh("crm", crm, 0, b"rt1").await.unwrap();
     assert_eq!(next_change(&mut changes).await, of("crm"));
     writer.retire_token("cr", 1).await.unwrap();
     assert_eq!(next_change(&mut changes).await, of("cr"));
     writer
-        .mark_needs_credentials("crm", "invalid_grant")
+        .mark_needs_credentials("crm", crm, 1, "invalid_grant")
         .await
         .unwrap();
     assert_eq!(next_change(&mut changes).await, of("crm"));
-    writer.save_refresh("crm", 1, b"rt2").await.unwrap();
+    writer.save_refresh("crm", crm, 1, b"rt2").await.unwrap();
     assert_eq!(next_change(&mut changes).await, of("crm"));
     // The listener's own writes are told too (a broker cannot tell its commits apart).
     listener
-        .save_token("cr", 1, &conformance::token(2, b"two"))
+        .save_token("cr", cr, 1, &conformance::token(2, b"two"))
         .await
         .unwrap();
     assert_eq!(next_change(&mut changes).await, of("cr"));
@@ -517,8 +532,9 @@ async fn a_lost_listening_connection_comes_back_and_says_everything_may_have_cha
         Change::Everything,
         "listening again, after news may have been missed"
     );
+    let fence = conformance::fence(&writer, "cr").await;
     writer
-        .save_token("cr", 0, &conformance::token(1, b"one"))
+        .save_token("cr", fence, 0, &conformance::token(1, b"one"))
         .await
         .unwrap();
     assert_eq!(next_change(&mut changes).await, of("cr"));

@@ -58,10 +58,17 @@ async fn ledger_keeps_requests_and_outcomes() {
 }
 
 #[tokio::test]
+async fn a_stale_lease_holder_is_fenced() {
+    let (_dir, _, store) = fresh().await;
+    conformance::a_stale_lease_holder_is_fenced(&store).await;
+}
+
+#[tokio::test]
 async fn committed_tokens_survive_reopening() {
     let (_dir, path, store) = fresh().await;
+    let fence = conformance::fence(&store, "cr").await;
     store
-        .save_token("cr", 0, &conformance::token(1, b"sealed"))
+        .save_token("cr", fence, 0, &conformance::token(1, b"sealed"))
         .await
         .unwrap();
     drop(store);

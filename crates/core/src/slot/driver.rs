@@ -235,18 +235,19 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
         .await;
     }
 
-    match persistence
+    let fence = match persistence
         .store
         .acquire_lease(provider, &persistence.holder, LEASE_TTL)
         .await
     {
-        Ok(Lease::Granted { .. }) => {
+        Ok(Lease::Granted { fence }) => {
             // Another broker may have issued while this one waited for the lease: its token
             // is the one to use, and issuing again would supersede it.
             if let Some(token) = adopt_stored(shared, expected).await {
                 release(shared).await;
                 return publish(shared, token);
             }
+            fence
         }
         Ok(Lease::HeldElsewhere { .. }) => {
             return match adopt_stored(shared, expected).await {
@@ -259,12 +260,14 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
             };
         }
         Err(e) => return failed(shared, store_error(provider, &e), Duration::ZERO).await,
-    }
+    };
 
     // The lease is short and renewed while the issuance runs, so that a broker that dies
-    // holding it blocks the next issuance for at most LEASE_TTL.
+    // holding it blocks the next issuance for at most LEASE_TTL. Every write of the
+    // issuance carries the fence of this grant: if the lease passed to another broker
+    // meanwhile (this one stalled past LEASE_TTL), the store refuses them.
     let (committed, latency) = {
-        let work = issue_and_commit(shared, issuer, current.as_deref(), expected);
+        let work = issue_and_commit(shared, issuer, current.as_deref(), expected, fence);
         let mut work = std::pin::pin!(work);
         let mut renew =
             tokio::time::interval_at(tokio::time::Instant::now() + LEASE_RENEW, LEASE_RENEW);
@@ -273,8 +276,10 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
                 done = &mut work => break done,
                 _ = renew.tick() => {
                     let renewed = persistence.store.acquire_lease(provider, &persistence.holder, LEASE_TTL).await;
-                    if !matches!(renewed, Ok(Lease::Granted { .. })) {
-                        tracing::warn!(provider, "cannot renew the issuance lease");
+                    match renewed {
+                        Ok(Lease::Granted { fence: now }) if now == fence => {}
+                        Ok(Lease::Granted { .. }) => tracing::warn!(provider, "another broker held the issuance lease meanwhile; this issuance's writes will be refused"),
+                        _ => tracing::warn!(provider, "cannot renew the issuance lease"),
                     }
                 }
             }
@@ -337,6 +342,7 @@ async fn issue_and_commit(
     issuer: &dyn Issuer,
     current: Option<&Token>,
     expected: u64,
+    fence: u64,
 ) -> (Result<(Committed, Issuance), IssueError>, Duration) {
     let provider = shared.config.name.as_str();
     let store = &shared.persistence.store;
@@ -350,7 +356,7 @@ async fn issue_and_commit(
     };
     // The refresh intent is the last step before sending, so that the grace it is checked
     // against is not spent on the drain or the ledger.
-    let ticket = match refresh::prepare(shared).await {
+    let ticket = match refresh::prepare(shared, fence).await {
         Ok(ticket) => ticket,
         Err(error) => {
             finish_ledger(shared, entry, Some(None)).await;
@@ -400,7 +406,9 @@ async fn issue_and_commit(
         let how = issued.how;
         numbered(shared, issued, expected + 1).map(|token| (token, how))
     }) {
-        Ok((token, how)) => commit(shared, expected, token).await.map(|c| (c, how)),
+        Ok((token, how)) => commit(shared, fence, expected, token)
+            .await
+            .map(|c| (c, how)),
         Err(error) => Err(error),
     };
     finish_ledger(shared, entry, outcome).await;
@@ -455,10 +463,16 @@ enum Committed {
 }
 
 /// Stores a new token as the successor of `expected`; if another broker stored a newer one
-/// meanwhile, that one is used instead.
-async fn commit(shared: &Shared, expected: u64, token: Token) -> Result<Committed, IssueError> {
+/// meanwhile, that one is used instead. A refusal because the lease passed to another
+/// broker (`fence`) is a `Conflict` too: that broker's token, if it stored one, is used.
+async fn commit(
+    shared: &Shared,
+    fence: u64,
+    expected: u64,
+    token: Token,
+) -> Result<Committed, IssueError> {
     let provider = shared.config.name.as_str();
-    match store_token(shared, expected, &token).await {
+    match store_token(shared, fence, expected, &token).await {
         Ok(()) => Ok(Committed::Ours(token)),
         Err(e) if e.kind == StoreErrorKind::Conflict => {
             tracing::warn!(provider, "another broker stored a newer token; using it");
@@ -471,9 +485,11 @@ async fn commit(shared: &Shared, expected: u64, token: Token) -> Result<Committe
     }
 }
 
-/// Seals and stores `token` as the successor of generation `expected`.
+/// Seals and stores `token` as the successor of generation `expected`, under the lease
+/// grant `fence`.
 async fn store_token(
     shared: &Shared,
+    fence: u64,
     expected: u64,
     token: &Token,
 ) -> Result<(), crate::store::StoreError> {
@@ -492,7 +508,7 @@ async fn store_token(
     shared
         .persistence
         .store
-        .save_token(provider, expected, &stored)
+        .save_token(provider, fence, expected, &stored)
         .await
 }
 

@@ -18,15 +18,17 @@ use crate::store::{StoreError, StoreErrorKind};
 /// How long a retried refresh may take to reach the issuer.
 const DELIVERY_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The refresh token an issuance may use, and which stored generation it is.
+/// The refresh token an issuance may use, which stored generation it is, and the lease
+/// grant the issuance writes under.
 pub(super) struct Ticket {
     generation: u64,
+    fence: u64,
     pub(super) token: SecretString,
 }
 
-/// For a refresh-token provider, the token to send, with its intent committed; `None` for
-/// other providers.
-pub(super) async fn prepare(shared: &Shared) -> Result<Option<Ticket>, IssueError> {
+/// For a refresh-token provider, the token to send, with its intent committed under the
+/// lease grant `fence`; `None` for other providers.
+pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket>, IssueError> {
     let IssuerConfig::RefreshToken(config) = &shared.config.issuer else {
         return Ok(None);
     };
@@ -46,7 +48,7 @@ pub(super) async fn prepare(shared: &Shared) -> Result<Option<Ticket>, IssueErro
                 Purpose::RefreshToken,
                 config.refresh_token.expose_secret().as_bytes(),
             );
-            match store.save_refresh(provider, 0, &sealed).await {
+            match store.save_refresh(provider, fence, 0, &sealed).await {
                 Ok(_) => {}
                 Err(e) if e.kind == StoreErrorKind::Conflict => {}
                 Err(e) => return Err(failure(shared, &e)),
@@ -73,7 +75,7 @@ pub(super) async fn prepare(shared: &Shared) -> Result<Option<Ticket>, IssueErro
                 humantime::format_duration(std::time::Duration::from_secs(since.as_secs())),
                 humantime::format_duration(config.refresh_token_grace)
             );
-            mark(shared, &reason).await;
+            mark(shared, fence, stored.generation, &reason).await;
             return Err(needs(shared, reason));
         }
         tracing::warn!(
@@ -91,11 +93,12 @@ pub(super) async fn prepare(shared: &Shared) -> Result<Option<Ticket>, IssueErro
             )
         })?;
     store
-        .begin_refresh(provider, stored.generation, now)
+        .begin_refresh(provider, fence, stored.generation, now)
         .await
         .map_err(|e| failure(shared, &e))?;
     Ok(Some(Ticket {
         generation: stored.generation,
+        fence,
         token,
     }))
 }
@@ -118,7 +121,7 @@ pub(super) async fn settle(
                     rotated.expose_secret().as_bytes(),
                 );
                 if let Err(e) = store
-                    .save_refresh(provider, ticket.generation, &sealed)
+                    .save_refresh(provider, ticket.fence, ticket.generation, &sealed)
                     .await
                 {
                     // The intent stays: within the grace the next attempt may retry.
@@ -130,7 +133,7 @@ pub(super) async fn settle(
                     });
                 }
             }
-            None => clear(shared, ticket.generation).await,
+            None => clear(shared, &ticket).await,
         },
         Err(IssueError::OAuth {
             error: OAuthError::InvalidGrant,
@@ -144,30 +147,32 @@ pub(super) async fn settle(
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default()
             );
-            mark(shared, &reason).await;
+            mark(shared, ticket.fence, ticket.generation, &reason).await;
             return Err(needs(shared, reason));
         }
         // Never delivered, or refused outright: nothing was rotated.
-        Err(e) if e.certainly_not_acted_on() => clear(shared, ticket.generation).await,
+        Err(e) if e.certainly_not_acted_on() => clear(shared, &ticket).await,
         // Anything else may have rotated the token: the intent stays, and the grace decides.
         Err(_) => {}
     }
     result
 }
 
-async fn clear(shared: &Shared, generation: u64) {
+async fn clear(shared: &Shared, ticket: &Ticket) {
     let provider = shared.config.name.as_str();
     if let Err(e) = shared
         .persistence
         .store
-        .clear_refresh_intent(provider, generation)
+        .clear_refresh_intent(provider, ticket.fence, ticket.generation)
         .await
     {
         tracing::warn!(provider, error = %e, "cannot clear the refresh intent");
     }
 }
 
-async fn mark(shared: &Shared, reason: &str) {
+/// Takes refresh token `generation` out of service; a no-op (logged) if another holder has
+/// rotated it since, or holds the lease now.
+async fn mark(shared: &Shared, fence: u64, generation: u64, reason: &str) {
     let provider = shared.config.name.as_str();
     tracing::error!(
         provider,
@@ -177,10 +182,17 @@ async fn mark(shared: &Shared, reason: &str) {
     if let Err(e) = shared
         .persistence
         .store
-        .mark_needs_credentials(provider, reason)
+        .mark_needs_credentials(provider, fence, generation, reason)
         .await
     {
-        tracing::error!(provider, error = %e, "cannot record needs_credentials in the store");
+        if e.kind == StoreErrorKind::Conflict {
+            tracing::warn!(
+                provider,
+                "another broker moved the refresh token on; not marking needs_credentials"
+            );
+        } else {
+            tracing::error!(provider, error = %e, "cannot record needs_credentials in the store");
+        }
     }
 }
 

@@ -73,6 +73,7 @@ impl Store for MemoryStore {
     async fn save_token(
         &self,
         _: &str,
+        _: u64,
         expected: u64,
         token: &StoredToken,
     ) -> Result<(), StoreError> {
@@ -110,16 +111,34 @@ impl Store for MemoryStore {
     async fn load_refresh(&self, _: &str) -> Result<Option<StoredRefresh>, StoreError> {
         Ok(None)
     }
-    async fn save_refresh(&self, _: &str, expected: u64, _: &[u8]) -> Result<u64, StoreError> {
+    async fn save_refresh(
+        &self,
+        _: &str,
+        _: u64,
+        expected: u64,
+        _: &[u8],
+    ) -> Result<u64, StoreError> {
         Ok(expected + 1)
     }
-    async fn begin_refresh(&self, _: &str, _: u64, _: SystemTime) -> Result<(), StoreError> {
+    async fn begin_refresh(
+        &self,
+        _: &str,
+        _: u64,
+        _: u64,
+        _: SystemTime,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn clear_refresh_intent(&self, _: &str, _: u64) -> Result<(), StoreError> {
+    async fn clear_refresh_intent(&self, _: &str, _: u64, _: u64) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn mark_needs_credentials(&self, _: &str, _: &str) -> Result<(), StoreError> {
+    async fn mark_needs_credentials(
+        &self,
+        _: &str,
+        _: u64,
+        _: u64,
+        _: &str,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
     async fn begin_issuance(&self, _: &str, _: SystemTime) -> Result<u64, StoreError> {

@@ -4,6 +4,11 @@
 //! the conformance suite holds for both alike. The writes other brokers must hear of (tokens
 //! and refresh tokens) also `pg_notify` the cluster's channel from the same statement, only
 //! for the row they changed (see `listen`).
+//!
+//! The issuance writes are fenced by `EXISTS (SELECT ... FROM leases WHERE fence = $n FOR
+//! SHARE)`: the share lock makes a concurrent grant of the lease to another holder wait for
+//! the write's commit, or the write see that grant and change nothing, so no fenced write
+//! lands after the lease passed on.
 
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +23,7 @@ use tokio_postgres::types::ToSql;
 use super::PostgresStore;
 use crate::convert::{
     KEY_CHECK, SEALED_TABLES, audit_kind, generation, lease_expiry, millis, refresh_conflict,
-    reseal_failed, signed, time, token_conflict,
+    refresh_moved, reseal_failed, signed, time, token_conflict,
 };
 
 #[async_trait]
@@ -46,10 +51,11 @@ impl Store for PostgresStore {
     async fn save_token(
         &self,
         provider: &str,
+        fence: u64,
         expected: u64,
         token: &StoredToken,
     ) -> Result<(), StoreError> {
-        let values: [&(dyn ToSql + Sync); 7] = [
+        let values: [&(dyn ToSql + Sync); 8] = [
             &provider,
             &signed(token.generation),
             &millis(token.issued_at),
@@ -57,15 +63,17 @@ impl Store for PostgresStore {
             &millis(token.refresh_at),
             &token.sealed,
             &signed(expected),
+            &signed(fence),
         ];
         let changed = if expected == 0 {
             self.notifying(
                 "WITH changed AS (
                      INSERT INTO tokens (provider, generation, issued_at_ms, expires_at_ms,
                                          refresh_at_ms, sealed)
-                     SELECT $1, $2, $3, $4, $5, $6 WHERE $7::BIGINT = 0
+                     SELECT $1, $2, $3, $4, $5, $6 WHERE $7::BIGINT = 0 AND EXISTS (
+                         SELECT 1 FROM leases WHERE provider = $1 AND fence = $8 FOR SHARE)
                      ON CONFLICT (provider) DO NOTHING RETURNING provider)
-                 SELECT pg_notify($8, provider) FROM changed",
+                 SELECT pg_notify($9, provider) FROM changed",
                 &values,
             )
             .await?
@@ -74,8 +82,10 @@ impl Store for PostgresStore {
                 "WITH changed AS (
                      UPDATE tokens SET generation = $2, issued_at_ms = $3, expires_at_ms = $4,
                             refresh_at_ms = $5, sealed = $6
-                     WHERE provider = $1 AND generation = $7 RETURNING provider)
-                 SELECT pg_notify($8, provider) FROM changed",
+                     WHERE provider = $1 AND generation = $7 AND EXISTS (
+                         SELECT 1 FROM leases WHERE provider = $1 AND fence = $8 FOR SHARE)
+                     RETURNING provider)
+                 SELECT pg_notify($9, provider) FROM changed",
                 &values,
             )
             .await?
@@ -114,7 +124,9 @@ impl Store for PostgresStore {
             .query_opt(
                 "INSERT INTO leases (provider, holder, expires_at_ms, fence) VALUES ($1, $2, $3, 1)
                  ON CONFLICT (provider) DO UPDATE SET holder = excluded.holder,
-                     expires_at_ms = excluded.expires_at_ms, fence = leases.fence + 1
+                     expires_at_ms = excluded.expires_at_ms,
+                     fence = leases.fence
+                             + CASE WHEN leases.holder = excluded.holder THEN 0 ELSE 1 END
                  WHERE leases.expires_at_ms <= $4 OR leases.holder = excluded.holder
                  RETURNING fence",
                 &[&provider, &holder, &lease_expiry(now, ttl), &millis(now)],
@@ -229,6 +241,7 @@ impl Store for PostgresStore {
     async fn save_refresh(
         &self,
         provider: &str,
+        fence: u64,
         expected: u64,
         sealed: &[u8],
     ) -> Result<u64, StoreError> {
@@ -236,10 +249,12 @@ impl Store for PostgresStore {
         let changed = if expected == 0 {
             self.notifying(
                 "WITH changed AS (
-                     INSERT INTO refresh_tokens (provider, generation, sealed) VALUES ($1, 1, $2)
+                     INSERT INTO refresh_tokens (provider, generation, sealed)
+                     SELECT $1, 1, $2 WHERE EXISTS (
+                         SELECT 1 FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE)
                      ON CONFLICT (provider) DO NOTHING RETURNING provider)
-                 SELECT pg_notify($3, provider) FROM changed",
-                &[&provider, &sealed],
+                 SELECT pg_notify($4, provider) FROM changed",
+                &[&provider, &sealed, &signed(fence)],
             )
             .await?
         } else {
@@ -247,9 +262,17 @@ impl Store for PostgresStore {
                 "WITH changed AS (
                      UPDATE refresh_tokens SET generation = $3, sealed = $2, intent_at_ms = NULL,
                             needs_credentials = NULL
-                     WHERE provider = $1 AND generation = $4 RETURNING provider)
-                 SELECT pg_notify($5, provider) FROM changed",
-                &[&provider, &sealed, &signed(next), &signed(expected)],
+                     WHERE provider = $1 AND generation = $4 AND EXISTS (
+                         SELECT 1 FROM leases WHERE provider = $1 AND fence = $5 FOR SHARE)
+                     RETURNING provider)
+                 SELECT pg_notify($6, provider) FROM changed",
+                &[
+                    &provider,
+                    &sealed,
+                    &signed(next),
+                    &signed(expected),
+                    &signed(fence),
+                ],
             )
             .await?
         };
@@ -263,13 +286,16 @@ impl Store for PostgresStore {
     async fn begin_refresh(
         &self,
         provider: &str,
+        fence: u64,
         generation: u64,
         at: SystemTime,
     ) -> Result<(), StoreError> {
         self.refresh_update(
-            "UPDATE refresh_tokens SET intent_at_ms = COALESCE(intent_at_ms, $3)
-             WHERE provider = $1 AND generation = $2",
+            "UPDATE refresh_tokens SET intent_at_ms = COALESCE(intent_at_ms, $4)
+             WHERE provider = $1 AND generation = $2 AND EXISTS (
+                 SELECT 1 FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE)",
             provider,
+            fence,
             generation,
             Some(millis(at)),
         )
@@ -279,27 +305,44 @@ impl Store for PostgresStore {
     async fn clear_refresh_intent(
         &self,
         provider: &str,
+        fence: u64,
         generation: u64,
     ) -> Result<(), StoreError> {
         self.refresh_update(
-            "UPDATE refresh_tokens SET intent_at_ms = NULL WHERE provider = $1 AND generation = $2",
+            "UPDATE refresh_tokens SET intent_at_ms = NULL
+             WHERE provider = $1 AND generation = $2 AND EXISTS (
+                 SELECT 1 FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE)",
             provider,
+            fence,
             generation,
             None,
         )
         .await
     }
 
-    async fn mark_needs_credentials(&self, provider: &str, reason: &str) -> Result<(), StoreError> {
-        self.notifying(
-            "WITH changed AS (
-                 UPDATE refresh_tokens SET needs_credentials = $2 WHERE provider = $1
-                 RETURNING provider)
-             SELECT pg_notify($3, provider) FROM changed",
-            &[&provider, &reason],
-        )
-        .await
-        .map(drop)
+    async fn mark_needs_credentials(
+        &self,
+        provider: &str,
+        fence: u64,
+        generation_: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let changed = self
+            .notifying(
+                "WITH changed AS (
+                     UPDATE refresh_tokens SET needs_credentials = $4
+                     WHERE provider = $1 AND generation = $2 AND EXISTS (
+                         SELECT 1 FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE)
+                     RETURNING provider)
+                 SELECT pg_notify($5, provider) FROM changed",
+                &[&provider, &signed(generation_), &signed(fence), &reason],
+            )
+            .await?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(refresh_moved(generation_))
+        }
     }
 
     async fn begin_issuance(&self, provider: &str, at: SystemTime) -> Result<u64, StoreError> {

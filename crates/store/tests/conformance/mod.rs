@@ -9,6 +9,19 @@ use tokenbroker_core::store::{
     AuditEvent, AuditKind, Lease, Reseal, Store, StoreErrorKind, StoredToken,
 };
 
+/// The fence of a lease on `provider` granted to the conformance checks' holder, for the
+/// writes that need one.
+pub(crate) async fn fence(store: &dyn Store, provider: &str) -> u64 {
+    match store
+        .acquire_lease(provider, "checks", Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
+        Lease::Granted { fence } => fence,
+        Lease::HeldElsewhere { .. } => panic!("the checks' lease on {provider} is free"),
+    }
+}
+
 pub(crate) fn token(generation: u64, sealed: &[u8]) -> StoredToken {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     StoredToken {
@@ -23,15 +36,22 @@ pub(crate) fn token(generation: u64, sealed: &[u8]) -> StoredToken {
 /// Token writes are a compare-and-set on the generation.
 pub(crate) async fn token_writes_are_compare_and_set(store: &dyn Store) {
     assert_eq!(store.load_token("cr").await.unwrap(), None);
-    store.save_token("cr", 0, &token(1, b"one")).await.unwrap();
+    let f = fence(store, "cr").await;
+    store
+        .save_token("cr", f, 0, &token(1, b"one"))
+        .await
+        .unwrap();
     let conflict = store
-        .save_token("cr", 0, &token(1, b"again"))
+        .save_token("cr", f, 0, &token(1, b"again"))
         .await
         .unwrap_err();
     assert_eq!(conflict.kind, StoreErrorKind::Conflict);
-    store.save_token("cr", 1, &token(2, b"two")).await.unwrap();
+    store
+        .save_token("cr", f, 1, &token(2, b"two"))
+        .await
+        .unwrap();
     let stale = store
-        .save_token("cr", 1, &token(2, b"stale"))
+        .save_token("cr", f, 1, &token(2, b"stale"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -70,12 +90,12 @@ pub(crate) async fn leases_exclude_other_holders_until_they_expire(store: &dyn S
     else {
         panic!("the holder renews");
     };
-    assert!(renewed > first, "every grant has a new fence");
+    assert_eq!(renewed, first, "a renewal keeps the fence");
     store.release_lease("cr", "a").await.unwrap();
-    assert!(matches!(
-        store.acquire_lease("cr", "b", ttl).await.unwrap(),
-        Lease::Granted { .. }
-    ));
+    let Lease::Granted { fence: next } = store.acquire_lease("cr", "b", ttl).await.unwrap() else {
+        panic!("a released lease is granted");
+    };
+    assert!(next > first, "a grant to another holder raises the fence");
     // An expired lease is free again.
     assert!(matches!(
         store
@@ -147,8 +167,15 @@ pub(crate) async fn key_check_is_written_once(store: &dyn Store) {
 
 /// Rekey re-seals every sealed value, or nothing if one fails.
 pub(crate) async fn rekey_reseals_all_or_nothing(store: &dyn Store) {
-    store.save_token("a", 0, &token(1, b"a1")).await.unwrap();
-    store.save_token("b", 0, &token(1, b"b1")).await.unwrap();
+    let (fa, fb) = (fence(store, "a").await, fence(store, "b").await);
+    store
+        .save_token("a", fa, 0, &token(1, b"a1"))
+        .await
+        .unwrap();
+    store
+        .save_token("b", fb, 0, &token(1, b"b1"))
+        .await
+        .unwrap();
     store.set_key_check(b"check").await.unwrap();
     let upper: Reseal = Arc::new(|row| Ok(row.sealed.to_ascii_uppercase()));
     assert_eq!(store.rekey(upper).await.unwrap(), 3);
@@ -174,18 +201,19 @@ pub(crate) async fn rekey_reseals_all_or_nothing(store: &dyn Store) {
 pub(crate) async fn refresh_tokens_rotate_by_compare_and_set(store: &dyn Store) {
     let t0 = tokenbroker_core::clock::floor_to_second(SystemTime::now());
     assert_eq!(store.load_refresh("crm").await.unwrap(), None);
-    assert_eq!(store.save_refresh("crm", 0, b"rt1").await.unwrap(), 1);
+    let f = fence(store, "crm").await;
+    assert_eq!(store.save_refresh("crm", f, 0, b"rt1").await.unwrap(), 1);
     assert_eq!(
         store
-            .save_refresh("crm", 0, b"again")
+            .save_refresh("crm", f, 0, b"again")
             .await
             .unwrap_err()
             .kind,
         StoreErrorKind::Conflict
     );
-    store.begin_refresh("crm", 1, t0).await.unwrap();
+    store.begin_refresh("crm", f, 1, t0).await.unwrap();
     store
-        .begin_refresh("crm", 1, t0 + Duration::from_secs(5))
+        .begin_refresh("crm", f, 1, t0 + Duration::from_secs(5))
         .await
         .unwrap();
     let stored = store.load_refresh("crm").await.unwrap().unwrap();
@@ -194,19 +222,19 @@ pub(crate) async fn refresh_tokens_rotate_by_compare_and_set(store: &dyn Store) 
         Some(t0),
         "the grace counts from the first use"
     );
-    store.clear_refresh_intent("crm", 1).await.unwrap();
+    store.clear_refresh_intent("crm", f, 1).await.unwrap();
     assert_eq!(
         store.load_refresh("crm").await.unwrap().unwrap().intent_at,
         None
     );
-    store.begin_refresh("crm", 1, t0).await.unwrap();
+    store.begin_refresh("crm", f, 1, t0).await.unwrap();
     store
-        .mark_needs_credentials("crm", "invalid_grant")
+        .mark_needs_credentials("crm", f, 1, "invalid_grant")
         .await
         .unwrap();
     let stored = store.load_refresh("crm").await.unwrap().unwrap();
     assert_eq!(stored.needs_credentials.as_deref(), Some("invalid_grant"));
-    assert_eq!(store.save_refresh("crm", 1, b"rt2").await.unwrap(), 2);
+    assert_eq!(store.save_refresh("crm", f, 1, b"rt2").await.unwrap(), 2);
     let stored = store.load_refresh("crm").await.unwrap().unwrap();
     assert_eq!(
         (stored.generation, stored.sealed.as_slice()),
@@ -214,17 +242,133 @@ pub(crate) async fn refresh_tokens_rotate_by_compare_and_set(store: &dyn Store) 
     );
     assert_eq!((stored.intent_at, stored.needs_credentials), (None, None));
     assert_eq!(
-        store.begin_refresh("crm", 1, t0).await.unwrap_err().kind,
+        store.begin_refresh("crm", f, 1, t0).await.unwrap_err().kind,
         StoreErrorKind::Conflict
     );
     assert_eq!(
         store
-            .save_refresh("crm", 1, b"stale")
+            .save_refresh("crm", f, 1, b"stale")
             .await
             .unwrap_err()
             .kind,
         StoreErrorKind::Conflict
     );
+    assert_eq!(
+        store
+            .mark_needs_credentials("crm", f, 1, "a refusal of an older token")
+            .await
+            .unwrap_err()
+            .kind,
+        StoreErrorKind::Conflict,
+        "needs_credentials is a compare-and-set on the refresh token's generation"
+    );
+    assert_eq!(
+        store
+            .load_refresh("crm")
+            .await
+            .unwrap()
+            .unwrap()
+            .needs_credentials,
+        None
+    );
+}
+
+/// A holder whose lease passed to another holder is fenced: every issuance write it makes
+/// afterwards fails with `Conflict` and changes nothing, even one that would win the
+/// generation compare-and-set; the new holder's writes go through.
+pub(crate) async fn a_stale_lease_holder_is_fenced(store: &dyn Store) {
+    let t0 = tokenbroker_core::clock::floor_to_second(SystemTime::now());
+    let granted = |lease: Lease| match lease {
+        Lease::Granted { fence } => fence,
+        Lease::HeldElsewhere { .. } => panic!("the lease is free"),
+    };
+    // A's lease expires at once (it stalled); B takes it over.
+    let a = granted(
+        store
+            .acquire_lease("cr", "a", Duration::ZERO)
+            .await
+            .unwrap(),
+    );
+    store
+        .save_token("cr", a, 0, &token(1, b"a1"))
+        .await
+        .unwrap();
+    assert_eq!(store.save_refresh("cr", a, 0, b"rt1").await.unwrap(), 1);
+    let b = granted(
+        store
+            .acquire_lease("cr", "b", Duration::from_secs(60))
+            .await
+            .unwrap(),
+    );
+    assert!(b > a);
+
+    let fenced = |result: Result<(), tokenbroker_core::store::StoreError>, what: &str| {
+        assert_eq!(
+            result.map_err(|e| e.kind),
+            Err(StoreErrorKind::Conflict),
+            "{what} by a fenced holder"
+        );
+    };
+    fenced(
+        store.save_token("cr", a, 1, &token(2, b"a2")).await,
+        "save_token",
+    );
+    fenced(
+        store.save_refresh("cr", a, 1, b"rt2").await.map(drop),
+        "save_refresh",
+    );
+    fenced(
+        store.save_refresh("fresh", a, 0, b"rt1").await.map(drop),
+        "a first save_refresh (no lease there at all)",
+    );
+    fenced(store.begin_refresh("cr", a, 1, t0).await, "begin_refresh");
+    fenced(
+        store.clear_refresh_intent("cr", a, 1).await,
+        "clear_refresh_intent",
+    );
+    fenced(
+        store.mark_needs_credentials("cr", a, 1, "stale").await,
+        "mark_needs_credentials",
+    );
+    assert_eq!(
+        store.load_token("cr").await.unwrap(),
+        Some(token(1, b"a1")),
+        "nothing changed"
+    );
+    let refresh = store.load_refresh("cr").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            refresh.generation,
+            refresh.intent_at,
+            refresh.needs_credentials
+        ),
+        (1, None, None)
+    );
+
+    // The holder that has the lease writes as before.
+    store.begin_refresh("cr", b, 1, t0).await.unwrap();
+    assert_eq!(store.save_refresh("cr", b, 1, b"rt2").await.unwrap(), 2);
+    store
+        .save_token("cr", b, 1, &token(2, b"b2"))
+        .await
+        .unwrap();
+    // A holder that takes the lease back gets a new fence: the old one stays dead.
+    store.release_lease("cr", "b").await.unwrap();
+    let again = granted(
+        store
+            .acquire_lease("cr", "a", Duration::from_secs(60))
+            .await
+            .unwrap(),
+    );
+    assert!(again > b);
+    fenced(
+        store.save_token("cr", a, 2, &token(3, b"a3")).await,
+        "save_token with the fence of an earlier grant",
+    );
+    store
+        .save_token("cr", again, 2, &token(3, b"a3"))
+        .await
+        .unwrap();
 }
 
 /// The ledger keeps requests and their outcomes, and answers what matters at a time.
