@@ -1,7 +1,8 @@
 //! tokenbroker's transports and commands over the core: the HTTP API ([`api`], served by
-//! [`server`], over HTTPS with [`tls`]) and its reverse [`proxy`]; the command line
-//! ([`cli`], [`commands`], [`exit`]) and the client it uses to reach a running broker
-//! ([`client`]); the store the config names ([`backend`]); and the self-contained [`demo`].
+//! [`server`], over HTTPS with [`tls`]) and its reverse [`proxy`], both sending a token as
+//! [`rendered`] once per token; the command line ([`cli`], [`commands`], [`exit`]) and the
+//! client it uses to reach a running broker ([`client`]); the store the config names
+//! ([`backend`]); and the self-contained [`demo`].
 //!
 //! Everything here depends on `tokenbroker-core`; nothing in the core depends on this
 //! crate.
@@ -14,5 +15,6 @@ pub mod commands;
 pub mod demo;
 pub mod exit;
 pub mod proxy;
+pub mod rendered;
 pub mod server;
 pub mod tls;

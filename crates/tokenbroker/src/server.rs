@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::backend::{self, Missing};
 use crate::proxy::{UpstreamError, Upstreams};
+use crate::rendered::RenderCache;
 
 /// How long in-flight requests get to finish after the shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -49,11 +50,15 @@ impl AppState {
         };
         let access = Arc::new(Access::from_config(&config));
         let upstreams = Arc::new(Upstreams::new(config.providers.values())?);
+        let rendered = Arc::new(RenderCache::new(
+            config.providers.keys().map(String::as_str),
+        ));
         let broker = Arc::new(Broker::start(config.providers, persistence).await?);
         Ok(Self {
             broker,
             access,
             upstreams,
+            rendered,
             scheme: "http",
         })
     }

@@ -20,6 +20,7 @@ use tokenbroker_core::access::Access;
 use tower_http::trace::TraceLayer;
 
 use crate::proxy::Upstreams;
+use crate::rendered::RenderCache;
 
 pub(crate) use auth::Caller;
 pub use error::{ApiError, BROKER_ERROR};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub access: Arc<Access>,
     /// The proxy's pooled clients, one per provider with an upstream.
     pub upstreams: Arc<Upstreams>,
+    /// Each provider's current token as the broker sends it.
+    pub rendered: Arc<RenderCache>,
     /// `http` or `https`: what this listener speaks, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
 }

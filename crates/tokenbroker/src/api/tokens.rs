@@ -45,14 +45,15 @@ pub struct TokenBody {
 }
 
 impl TokenBody {
-    fn new(config: &ProviderConfig, token: &Token) -> Self {
+    /// The answer for `token` of the provider `config` describes, at `now`.
+    pub(crate) fn new(config: &ProviderConfig, token: &Token, now: SystemTime) -> Self {
         let scheme = config.prefix.trim();
         Self {
             provider: config.name.clone(),
             access_token: token.expose().to_owned(),
             token_type: if scheme.is_empty() { "raw" } else { scheme }.to_owned(),
             expires_at: humantime::format_rfc3339_seconds(token.expires_at).to_string(),
-            expires_in: token.remaining(SystemTime::now()).as_secs(),
+            expires_in: token.remaining(now).as_secs(),
             refresh_at: humantime::format_rfc3339_seconds(token.refresh_at).to_string(),
             generation: token.generation,
             header_name: config.header.clone(),
@@ -88,7 +89,7 @@ pub(super) async fn get_token(
             .map_err(|e| ApiError::from(e.clone())),
     );
     let token = result?;
-    Ok(answer(slot.config(), &token, plain))
+    Ok(answer(&state, slot.config(), &token, plain))
 }
 
 pub(super) async fn invalidate(
@@ -124,15 +125,33 @@ pub(super) async fn invalidate(
         }
     };
     let (token, _honoured) = slot.invalidate(rejected).await?;
-    Ok(answer(slot.config(), &token, plain))
+    Ok(answer(&state, slot.config(), &token, plain))
 }
 
+const JSON: &str = "application/json";
+const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
+
 /// The token as JSON, or bare with `Accept: text/plain`.
-fn answer(config: &ProviderConfig, token: &Arc<Token>, plain: WantsPlainText) -> Response {
-    let mut response = if plain.0 {
-        token.expose().to_owned().into_response()
-    } else {
-        Json(TokenBody::new(config, token)).into_response()
+fn answer(
+    state: &AppState,
+    config: &ProviderConfig,
+    token: &Arc<Token>,
+    plain: WantsPlainText,
+) -> Response {
+    let now = SystemTime::now();
+    let mut response = match (state.rendered.get(config, token), plain.0) {
+        (Some(rendered), true) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(PLAIN_TEXT))],
+            rendered.plain.clone(),
+        )
+            .into_response(),
+        (Some(rendered), false) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
+            rendered.json(now),
+        )
+            .into_response(),
+        (None, true) => token.expose().to_owned().into_response(),
+        (None, false) => Json(TokenBody::new(config, token, now)).into_response(),
     };
     response
         .headers_mut()

@@ -27,21 +27,20 @@ const VIA: &str = "1.1 tokenbroker";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Removes the hop-by-hop headers, including those the `Connection` header names.
+/// Removes the hop-by-hop headers, including those the `Connection` header names. (Most
+/// messages have none: one pass over the names finds that out without a lookup per name.)
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
     }
-    for name in HOP_BY_HOP {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named.into_iter().chain(HOP_BY_HOP) {
         headers.remove(name);
     }
 }
@@ -61,9 +60,11 @@ pub(super) fn to_upstream(
         headers.remove(name);
     }
     headers.remove(token_header);
-    append(headers, X_FORWARDED_FOR, &peer.ip().to_string());
+    if let Ok(peer) = HeaderValue::try_from(peer.ip().to_string()) {
+        append(headers, X_FORWARDED_FOR, peer);
+    }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    append(headers, header::VIA, VIA);
+    append(headers, header::VIA, HeaderValue::from_static(VIA));
 }
 
 /// Makes the upstream's headers the ones to send back: its end-to-end headers, without any
@@ -77,20 +78,21 @@ pub(super) fn to_client(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    append(headers, header::VIA, VIA);
+    append(headers, header::VIA, HeaderValue::from_static(VIA));
 }
 
 /// Adds `value` to a list-valued header, after what is there.
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let joined = match headers.get(&name) {
-        None => HeaderValue::from_str(value),
-        Some(existing) => match existing.to_str() {
-            Ok(existing) => HeaderValue::from_str(&format!("{existing}, {value}")),
-            // Not text: replaced rather than joined.
-            Err(_) => HeaderValue::from_str(value),
-        },
+fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    let joined = match headers.get(&name).map(HeaderValue::to_str) {
+        None => Some(value),
+        Some(Ok(existing)) => value
+            .to_str()
+            .ok()
+            .and_then(|value| HeaderValue::try_from(format!("{existing}, {value}")).ok()),
+        // Not text: replaced rather than joined.
+        Some(Err(_)) => Some(value),
     };
-    if let Ok(value) = joined {
+    if let Some(value) = joined {
         headers.insert(name, value);
     }
 }

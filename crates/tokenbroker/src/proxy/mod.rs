@@ -21,9 +21,7 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Version, header};
 use axum::response::Response;
-use tokenbroker_core::config::ProviderConfig;
 use tokenbroker_core::slot::Rejected;
-use tokenbroker_core::token::Token;
 
 use crate::api::{ApiError, AppState, Caller};
 pub use target::UnsafePath;
@@ -102,9 +100,12 @@ pub(crate) async fn forward(
         } else {
             std::mem::take(&mut headers)
         };
-        request
-            .headers_mut()
-            .insert(&upstream.token_header, token_value(config, &token)?);
+        let value = state
+            .rendered
+            .get(config, &token)
+            .and_then(|rendered| rendered.header_value.clone())
+            .ok_or_else(|| ApiError::NoUpstream(provider.to_owned()))?;
+        request.headers_mut().insert(&upstream.token_header, value);
         let sent = upstream.client.request(request);
         let answer = match tokio::time::timeout(config.proxy.upstream_timeout, sent).await {
             Err(_) => return Err(ApiError::UpstreamTimeout(provider.to_owned())),
@@ -146,14 +147,6 @@ pub(crate) async fn forward(
         ));
     }
     unreachable!("the loop returns on its second attempt")
-}
-
-/// The provider's header value for `token`.
-fn token_value(config: &ProviderConfig, token: &Token) -> Result<HeaderValue, ApiError> {
-    let mut value = HeaderValue::from_str(&format!("{}{}", config.prefix, token.expose()))
-        .map_err(|_| ApiError::NoUpstream(config.name.clone()))?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 /// Reads a body of announced `length` whole.
