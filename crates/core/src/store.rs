@@ -13,6 +13,13 @@
 //! request a stale holder sent still counts against the issuer's limits), the audit trail,
 //! and `retire_token`, written at shutdown without the lease and harmless by its own
 //! generation condition (it only ever ends the token it names).
+//!
+//! The drain of a single-session rotation spans the cluster: every broker records which
+//! generation it took up (`register_user`); the broker about to log in again, holding the
+//! lease, asks the others to let their requests on the old generation finish
+//! (`announce_drain`, fenced), each answers when it has (`ack_drain`), and the rotator waits
+//! until none is left (`undrained`) or its `drain_timeout` passes. The rows name brokers by
+//! their lease-holder name and hold no secret.
 
 use std::time::{Duration, SystemTime};
 
@@ -124,7 +131,8 @@ pub struct AuditEvent {
 /// instead of at its next periodic re-read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// This provider's token (a new generation, a retired one) or refresh token was written.
+    /// This provider's token (a new generation, a retired one) or refresh token was written,
+    /// or a drain of its token was announced or acknowledged.
     Provider(String),
     /// Anything may have changed: news may have been missed (the store's notification
     /// connection was lost and is back).
@@ -294,6 +302,45 @@ pub trait Store: Send + Sync + 'static {
 
     /// Re-seals every sealed value in one transaction; returns how many it re-sealed.
     async fn rekey(&self, reseal: Reseal) -> Result<usize, StoreError>;
+
+    /// Records that `holder` took up `generation` of the provider (its proxied requests may
+    /// use it from now on), replacing the older generation it had recorded. Returns whether a
+    /// drain of that generation was already announced: the holder is then asked to drain it
+    /// too, as if it had been told ([`Store::drain_request`]). Not fenced: any broker serving
+    /// a token records it.
+    async fn register_user(
+        &self,
+        provider: &str,
+        holder: &str,
+        generation: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Announces that `holder`, holding the lease with `fence`, is about to supersede
+    /// `generation`: every other holder that recorded it is asked to drain it, the other
+    /// brokers are told (a [`Change`] of the provider), and the rows of older generations are
+    /// forgotten. `Conflict` if the lease no longer has `fence`.
+    async fn announce_drain(
+        &self,
+        provider: &str,
+        holder: &str,
+        fence: u64,
+        generation: u64,
+    ) -> Result<(), StoreError>;
+
+    /// The generation `holder` is asked to drain and has not acknowledged yet, if any.
+    async fn drain_request(&self, provider: &str, holder: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Acknowledges that `holder` has no request left on `generation` (or gave up waiting
+    /// for them); the rotator is told (a [`Change`] of the provider).
+    async fn ack_drain(
+        &self,
+        provider: &str,
+        holder: &str,
+        generation: u64,
+    ) -> Result<(), StoreError>;
+
+    /// The holders asked to drain `generation` that have not acknowledged yet.
+    async fn undrained(&self, provider: &str, generation: u64) -> Result<Vec<String>, StoreError>;
 
     /// Every [`Change`] committed from now on, by any writer (this broker included), if the
     /// backend can tell: a lagging receiver misses news and must treat that as

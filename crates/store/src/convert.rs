@@ -60,6 +60,17 @@ pub(crate) fn token_conflict(expected: u64) -> StoreError {
     )
 }
 
+/// `announce_drain` was fenced: the lease passed to another holder.
+pub(crate) fn drain_fenced(generation: u64) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Conflict,
+        format!(
+            "cannot announce the drain of generation {generation}: the issuance lease passed to \
+             another holder"
+        ),
+    )
+}
+
 /// `save_refresh` lost its compare-and-set, or was fenced.
 pub(crate) fn refresh_conflict(expected: u64) -> StoreError {
     StoreError::new(

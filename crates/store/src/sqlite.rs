@@ -22,14 +22,15 @@ use tokenbroker_core::store::{
 };
 
 use crate::convert::{
-    KEY_CHECK, SEALED_TABLES, audit_kind, generation, lease_expiry, millis, refresh_conflict,
-    refresh_moved, reseal_failed, signed, time, token_conflict, too_new,
+    KEY_CHECK, SEALED_TABLES, audit_kind, drain_fenced, generation, lease_expiry, millis,
+    refresh_conflict, refresh_moved, reseal_failed, signed, time, token_conflict, too_new,
 };
 
 /// The schema migrations, in order; the schema version is how many have been applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_refresh_tokens_and_ledger.sql"),
+    include_str!("../migrations/sqlite/0003_token_users.sql"),
 ];
 
 /// The SQLite store at one path.
@@ -635,6 +636,141 @@ impl Store for SqliteStore {
                 })
                 .map_err(|e| map(&path, &e))?;
             rows.collect::<Result<_, _>>().map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn register_user(
+        &self,
+        provider: &str,
+        holder: &str,
+        generation_: u64,
+    ) -> Result<bool, StoreError> {
+        let (provider, holder) = (provider.to_owned(), holder.to_owned());
+        let path = self.path.clone();
+        self.with(move |c| {
+            let state: Option<String> = c
+                .query_row(
+                    "INSERT INTO token_users (provider, holder, generation, state)
+                     VALUES (?1, ?2, ?3, CASE WHEN EXISTS (
+                         SELECT 1 FROM token_users WHERE provider = ?1 AND generation = ?3
+                             AND state <> 'using') THEN 'draining' ELSE 'using' END)
+                     ON CONFLICT (provider, holder) DO UPDATE SET generation = excluded.generation,
+                         state = CASE WHEN token_users.generation = excluded.generation
+                                      THEN token_users.state ELSE excluded.state END
+                     WHERE token_users.generation <= excluded.generation
+                     RETURNING state",
+                    params![provider, holder, signed(generation_)],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| map(&path, &e))?;
+            Ok(state.is_some_and(|s| s != "using"))
+        })
+        .await
+    }
+
+    async fn announce_drain(
+        &self,
+        provider: &str,
+        holder: &str,
+        fence: u64,
+        generation_: u64,
+    ) -> Result<(), StoreError> {
+        let (provider, holder) = (provider.to_owned(), holder.to_owned());
+        let path = self.path.clone();
+        self.with(move |c| {
+            let db = |e: rusqlite::Error| map(&path, &e);
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let leased: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?2)",
+                    params![provider, signed(fence)],
+                    |row| row.get(0),
+                )
+                .map_err(db)?;
+            if !leased {
+                return Err(drain_fenced(generation_));
+            }
+            let generation_ = signed(generation_);
+            tx.execute(
+                "DELETE FROM token_users WHERE provider = ?1 AND generation < ?2 AND holder <> ?3",
+                params![provider, generation_, holder],
+            )
+            .map_err(db)?;
+            tx.execute(
+                "INSERT INTO token_users (provider, holder, generation, state)
+                 VALUES (?1, ?2, ?3, 'drained')
+                 ON CONFLICT (provider, holder) DO UPDATE SET generation = excluded.generation,
+                     state = 'drained'",
+                params![provider, holder, generation_],
+            )
+            .map_err(db)?;
+            tx.execute(
+                "UPDATE token_users SET state = 'draining'
+                 WHERE provider = ?1 AND generation = ?2 AND holder <> ?3 AND state = 'using'",
+                params![provider, generation_, holder],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn drain_request(&self, provider: &str, holder: &str) -> Result<Option<u64>, StoreError> {
+        let (provider, holder) = (provider.to_owned(), holder.to_owned());
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT generation FROM token_users
+                 WHERE provider = ?1 AND holder = ?2 AND state = 'draining'",
+                params![provider, holder],
+                |row| row.get(0).map(generation),
+            )
+            .optional()
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn ack_drain(
+        &self,
+        provider: &str,
+        holder: &str,
+        generation_: u64,
+    ) -> Result<(), StoreError> {
+        let (provider, holder) = (provider.to_owned(), holder.to_owned());
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE token_users SET state = 'drained'
+                 WHERE provider = ?1 AND holder = ?2 AND generation = ?3 AND state = 'draining'",
+                params![provider, holder, signed(generation_)],
+            )
+            .map(drop)
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn undrained(&self, provider: &str, generation_: u64) -> Result<Vec<String>, StoreError> {
+        let provider = provider.to_owned();
+        let path = self.path.clone();
+        self.with(move |c| {
+            let db = |e: rusqlite::Error| map(&path, &e);
+            let mut statement = c
+                .prepare_cached(
+                    "SELECT holder FROM token_users
+                     WHERE provider = ?1 AND generation = ?2 AND state = 'draining'
+                     ORDER BY holder",
+                )
+                .map_err(db)?;
+            let rows = statement
+                .query_map(params![provider, signed(generation_)], |row| row.get(0))
+                .map_err(db)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(db)
         })
         .await
     }

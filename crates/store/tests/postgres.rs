@@ -169,6 +169,14 @@ async fn ledger_keeps_requests_and_outcomes() {
 }
 
 #[tokio::test]
+async fn drains_are_announced_acknowledged_and_fenced() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::drains_are_announced_acknowledged_and_fenced(&store).await;
+}
+
+#[tokio::test]
 async fn a_stale_lease_holder_is_fenced() {
     let Some((_schema, store)) = fresh().await else {
         return;

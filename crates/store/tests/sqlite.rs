@@ -119,3 +119,9 @@ async fn audit_of_a_missing_store_is_a_clear_error() {
         .unwrap_err();
     assert!(error.message.contains("no store at"), "{}", error.message);
 }
+
+#[tokio::test]
+async fn drains_are_announced_acknowledged_and_fenced() {
+    let (_dir, _, store) = fresh().await;
+    conformance::drains_are_announced_acknowledged_and_fenced(&store).await;
+}

@@ -67,6 +67,21 @@ struct MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn register_user(&self, _: &str, _: &str, _: u64) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn announce_drain(&self, _: &str, _: &str, _: u64, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn drain_request(&self, _: &str, _: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+    async fn ack_drain(&self, _: &str, _: &str, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn undrained(&self, _: &str, _: u64) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
     async fn load_token(&self, _: &str) -> Result<Option<StoredToken>, StoreError> {
         Ok(self.token.lock().unwrap().clone())
     }

@@ -3,7 +3,8 @@
 //! compare-and-sets, `ON CONFLICT` upserts, the same ledger query) with `$n` placeholders, so
 //! the conformance suite holds for both alike. The writes other brokers must hear of (tokens
 //! and refresh tokens) also `pg_notify` the cluster's channel from the same statement, only
-//! for the row they changed (see `listen`).
+//! for the row they changed (see `listen`), and so do the drain's announcement and
+//! acknowledgements.
 //!
 //! The issuance writes are fenced by `EXISTS (SELECT ... FROM leases WHERE fence = $n FOR
 //! SHARE)`: the share lock makes a concurrent grant of the lease to another holder wait for
@@ -22,8 +23,8 @@ use tokio_postgres::types::ToSql;
 
 use super::PostgresStore;
 use crate::convert::{
-    KEY_CHECK, SEALED_TABLES, audit_kind, generation, lease_expiry, millis, refresh_conflict,
-    refresh_moved, reseal_failed, signed, time, token_conflict,
+    KEY_CHECK, SEALED_TABLES, audit_kind, drain_fenced, generation, lease_expiry, millis,
+    refresh_conflict, refresh_moved, reseal_failed, signed, time, token_conflict,
 };
 
 #[async_trait]
@@ -399,6 +400,107 @@ impl Store for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn register_user(
+        &self,
+        provider: &str,
+        holder: &str,
+        generation_: u64,
+    ) -> Result<bool, StoreError> {
+        let row = self
+            .query_opt(
+                "INSERT INTO token_users (provider, holder, generation, state)
+                 VALUES ($1, $2, $3, CASE WHEN EXISTS (
+                     SELECT 1 FROM token_users WHERE provider = $1 AND generation = $3
+                         AND state <> 'using') THEN 'draining' ELSE 'using' END)
+                 ON CONFLICT (provider, holder) DO UPDATE SET generation = excluded.generation,
+                     state = CASE WHEN token_users.generation = excluded.generation
+                                  THEN token_users.state ELSE excluded.state END
+                 WHERE token_users.generation <= excluded.generation
+                 RETURNING state",
+                &[&provider, &holder, &signed(generation_)],
+            )
+            .await?;
+        let state: Option<String> = row.map(|row| self.get(&row, 0)).transpose()?;
+        Ok(state.is_some_and(|s| s != "using"))
+    }
+
+    async fn announce_drain(
+        &self,
+        provider: &str,
+        holder: &str,
+        fence: u64,
+        generation_: u64,
+    ) -> Result<(), StoreError> {
+        // One statement: the sub-statements see one snapshot and touch distinct rows (older
+        // generations of others; this holder's row; this generation's other rows).
+        let announced = self
+            .notifying(
+                "WITH lease AS (
+                     SELECT provider FROM leases WHERE provider = $1 AND fence = $4 FOR SHARE),
+                 forgotten AS (
+                     DELETE FROM token_users WHERE provider = $1 AND generation < $3
+                         AND holder <> $2 AND EXISTS (SELECT 1 FROM lease)),
+                 own AS (
+                     INSERT INTO token_users (provider, holder, generation, state)
+                     SELECT $1, $2, $3, 'drained' WHERE EXISTS (SELECT 1 FROM lease)
+                     ON CONFLICT (provider, holder) DO UPDATE SET generation = excluded.generation,
+                         state = 'drained'),
+                 asked AS (
+                     UPDATE token_users SET state = 'draining'
+                     WHERE provider = $1 AND generation = $3 AND holder <> $2 AND state = 'using'
+                         AND EXISTS (SELECT 1 FROM lease))
+                 SELECT pg_notify($5, provider) FROM lease",
+                &[&provider, &holder, &signed(generation_), &signed(fence)],
+            )
+            .await?;
+        if announced == 1 {
+            Ok(())
+        } else {
+            Err(drain_fenced(generation_))
+        }
+    }
+
+    async fn drain_request(&self, provider: &str, holder: &str) -> Result<Option<u64>, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT generation FROM token_users
+                 WHERE provider = $1 AND holder = $2 AND state = 'draining'",
+                &[&provider, &holder],
+            )
+            .await?;
+        row.map(|row| self.get(&row, 0).map(generation)).transpose()
+    }
+
+    async fn ack_drain(
+        &self,
+        provider: &str,
+        holder: &str,
+        generation_: u64,
+    ) -> Result<(), StoreError> {
+        self.notifying(
+            "WITH changed AS (
+                 UPDATE token_users SET state = 'drained'
+                 WHERE provider = $1 AND holder = $2 AND generation = $3 AND state = 'draining'
+                 RETURNING provider)
+             SELECT pg_notify($4, provider) FROM changed",
+            &[&provider, &holder, &signed(generation_)],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn undrained(&self, provider: &str, generation_: u64) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT holder FROM token_users
+                 WHERE provider = $1 AND generation = $2 AND state = 'draining'
+                 ORDER BY holder",
+                &[&provider, &signed(generation_)],
+            )
+            .await?;
+        rows.iter().map(|row| self.get(row, 0)).collect()
     }
 
     async fn rekey(&self, reseal: Reseal) -> Result<usize, StoreError> {

@@ -19,6 +19,7 @@ use crate::convert::{millis, too_new};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_refresh_tokens_and_ledger.sql"),
+    include_str!("../../migrations/postgres/0003_token_users.sql"),
 ];
 
 /// Brings the schema `schema` (or the connection's default one) up to date. `quoted` is the

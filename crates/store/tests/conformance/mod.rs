@@ -397,3 +397,73 @@ pub(crate) async fn ledger_keeps_requests_and_outcomes(store: &dyn Store) {
     );
     assert_eq!(store.issuances("pool", at(0)).await.unwrap().len(), 4);
 }
+
+/// The drain of a rotation: the rotator (holding the lease) asks every other broker that
+/// took up the generation, each acknowledges, a broker taking it up late is asked too,
+/// older generations are forgotten, and a stale lease holder cannot announce.
+pub(crate) async fn drains_are_announced_acknowledged_and_fenced(store: &dyn Store) {
+    let f = fence(store, "cr").await;
+    assert!(!store.register_user("cr", "checks", 3).await.unwrap());
+    assert!(!store.register_user("cr", "b", 3).await.unwrap());
+    assert!(!store.register_user("cr", "c", 3).await.unwrap());
+    assert!(!store.register_user("cr", "old", 2).await.unwrap());
+    assert!(
+        !store.register_user("cr", "b", 2).await.unwrap(),
+        "an older generation never replaces a newer one"
+    );
+    assert!(!store.register_user("other", "b", 3).await.unwrap());
+    assert_eq!(store.drain_request("cr", "b").await.unwrap(), None);
+    assert!(store.undrained("cr", 3).await.unwrap().is_empty());
+
+    store.announce_drain("cr", "checks", f, 3).await.unwrap();
+    assert_eq!(store.undrained("cr", 3).await.unwrap(), ["b", "c"]);
+    assert_eq!(store.drain_request("cr", "b").await.unwrap(), Some(3));
+    assert_eq!(store.drain_request("cr", "checks").await.unwrap(), None);
+    assert_eq!(
+        store.drain_request("other", "b").await.unwrap(),
+        None,
+        "per provider"
+    );
+    assert_eq!(store.drain_request("cr", "old").await.unwrap(), None);
+    assert!(
+        store.register_user("cr", "late", 3).await.unwrap(),
+        "a broker taking up a draining generation is told"
+    );
+    assert!(
+        store.register_user("cr", "b", 3).await.unwrap(),
+        "and so is one asking again"
+    );
+    assert_eq!(store.undrained("cr", 3).await.unwrap(), ["b", "c", "late"]);
+
+    store.ack_drain("cr", "b", 3).await.unwrap();
+    store.ack_drain("cr", "c", 2).await.unwrap(); // not the generation it is asked about
+    assert_eq!(store.undrained("cr", 3).await.unwrap(), ["c", "late"]);
+    assert_eq!(store.drain_request("cr", "b").await.unwrap(), None);
+    store.ack_drain("cr", "c", 3).await.unwrap();
+    store.ack_drain("cr", "late", 3).await.unwrap();
+    assert!(store.undrained("cr", 3).await.unwrap().is_empty());
+
+    // The next generation starts afresh; a stale holder's announcement is refused.
+    assert!(!store.register_user("cr", "b", 4).await.unwrap());
+    store.release_lease("cr", "checks").await.unwrap();
+    let Lease::Granted { fence: next } = store
+        .acquire_lease("cr", "b", Duration::from_secs(60))
+        .await
+        .unwrap()
+    else {
+        panic!("a released lease is granted");
+    };
+    let stale = store
+        .announce_drain("cr", "checks", f, 4)
+        .await
+        .unwrap_err();
+    assert_eq!(stale.kind, StoreErrorKind::Conflict);
+    assert_eq!(store.drain_request("cr", "b").await.unwrap(), None);
+    assert!(!store.register_user("cr", "c", 4).await.unwrap());
+    store.announce_drain("cr", "b", next, 4).await.unwrap();
+    assert_eq!(store.undrained("cr", 4).await.unwrap(), ["c"]);
+    assert!(
+        store.undrained("cr", 3).await.unwrap().is_empty(),
+        "older generations are forgotten"
+    );
+}
