@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::sync::{Follower, adopt_newer};
-use super::{Shared, SlotState, backoff, ledger, refresh};
+use super::{Shared, SlotState, backoff, drain, ledger, refresh};
 use crate::clock::floor_to_second;
 use crate::issuer::{Issuance, IssueError, IssueInput, Issued, Issuer};
 use crate::metrics::{KindLabels, ProviderLabel, ReasonLabels};
@@ -94,6 +94,11 @@ pub(super) async fn run(
     let mut failures = 0u32;
     let mut retry_at: Option<SystemTime> = None;
     let mut follower = Follower::new(&shared);
+    let restored = shared.view.borrow().token.clone();
+    if let Some(token) = restored {
+        drain::take_up(&shared, &token).await;
+    }
+    let _answering = drain::Answering::start(&shared);
     loop {
         if *stop.borrow() {
             log_out(&shared, &*issuer).await;
@@ -245,13 +250,13 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
             // is the one to use, and issuing again would supersede it.
             if let Some(token) = adopt_stored(shared, expected).await {
                 release(shared).await;
-                return publish(shared, token);
+                return publish(shared, token).await;
             }
             fence
         }
         Ok(Lease::HeldElsewhere { .. }) => {
             return match adopt_stored(shared, expected).await {
-                Some(token) => publish(shared, token),
+                Some(token) => publish(shared, token).await,
                 None => {
                     // Whoever wanted this issuance still does: look again after the poll.
                     shared.demand.store(true, Ordering::Release);
@@ -308,7 +313,7 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
                 })
                 .inc();
             let generation = token.generation;
-            let outcome = publish(shared, token);
+            let outcome = publish(shared, token).await;
             let kind = match how {
                 Issuance::Login => AuditKind::Issued,
                 Issuance::Refresh => AuditKind::Refreshed,
@@ -316,7 +321,7 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
             audit(shared, kind, Some(generation), reason).await;
             outcome
         }
-        Ok((Committed::Theirs(token), _)) => publish(shared, token),
+        Ok((Committed::Theirs(token), _)) => publish(shared, token).await,
         Err(error) => failed(shared, error, latency).await,
     }
 }
@@ -349,7 +354,7 @@ async fn issue_and_commit(
     if let Err(error) = ledger::admit(shared, current).await {
         return (Err(error), Duration::ZERO);
     }
-    drain(shared, current).await;
+    drain::before_login(shared, current, fence).await;
     let entry = match store.begin_issuance(provider, shared.clock.now()).await {
         Ok(entry) => entry,
         Err(e) => return (Err(store_error(provider, &e)), Duration::ZERO),
@@ -430,30 +435,6 @@ async fn finish_ledger(shared: &Shared, entry: u64, outcome: Option<Option<Syste
     }
 }
 
-/// Before a single-session provider logs in again, lets the requests under way on the
-/// current token finish (bounded by `drain_timeout`): the new login kills that token.
-/// New requests already wait, since the token is past its `refresh_at`.
-async fn drain(shared: &Shared, current: Option<&Token>) {
-    let Some(token) = current.filter(|t| {
-        shared.config.single_session
-            && t.generation > shared.rejected.load(Ordering::Acquire)
-            && !t.remaining(shared.clock.now()).is_zero()
-    }) else {
-        return;
-    };
-    let timeout = shared.config.proxy.drain_timeout;
-    if tokio::time::timeout(timeout, token.drained())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            provider = %shared.config.name,
-            drain_timeout_ms = timeout.as_millis() as u64,
-            "requests still use the old token after drain_timeout; rotating anyway"
-        );
-    }
-}
-
 /// The token to publish after a commit.
 enum Committed {
     /// The token this broker obtained, now stored.
@@ -526,7 +507,9 @@ async fn adopt_stored(shared: &Shared, expected: u64) -> Option<Token> {
     super::restore(&shared.persistence, provider, stored)
 }
 
-fn publish(shared: &Shared, token: Token) -> Outcome {
+/// Publishes a token this broker issued or adopted, once recorded as used here.
+async fn publish(shared: &Shared, token: Token) -> Outcome {
+    drain::take_up(shared, &token).await;
     let token = Arc::new(token);
     shared.view.send_modify(|v| {
         v.token = Some(token);

@@ -13,6 +13,7 @@
 //! the cached token keeps being served until it expires.
 
 mod backoff;
+mod drain;
 mod driver;
 mod ledger;
 mod refresh;
@@ -158,6 +159,12 @@ struct Shared {
     demand: AtomicBool,
     /// The highest rejected generation already written to the audit trail.
     rejection_audited: AtomicU64,
+    /// Whether a rotation drains the other brokers' requests too (`drain`): a
+    /// single-session provider on a store that tells of changes.
+    drains_across_brokers: bool,
+    /// The highest generation another broker announced it is about to replace (0: none):
+    /// not handed to new requests here, as a token past its `refresh_at`.
+    draining: AtomicU64,
 }
 
 impl Slot {
@@ -178,6 +185,8 @@ impl Slot {
             attempts: 0,
             issuances: 0,
         });
+        let drains_across_brokers =
+            config.single_session && context.persistence.store.changes().is_some();
         let shared = Arc::new(Shared {
             config,
             clock: context.clock,
@@ -188,6 +197,8 @@ impl Slot {
             rejected: AtomicU64::new(0),
             demand: AtomicBool::new(false),
             rejection_audited: AtomicU64::new(0),
+            drains_across_brokers,
+            draining: AtomicU64::new(0),
         });
         let driver = tokio::spawn(driver::run(shared.clone(), issuer, context.stop));
         (Self { shared }, driver)
@@ -373,15 +384,17 @@ pub(crate) fn restore(
 
 impl Shared {
     /// The token to hand out now, if there is one: not rejected, valid for `min_validity`,
-    /// and, for a single-session provider, not due for rotation, since that token is about
-    /// to be superseded (unless the rotation failed and the driver is backing off: then the
-    /// still-valid token is all there is).
+    /// and, for a single-session provider, not due for rotation here or announced for
+    /// replacement by another broker, since that token is about to be superseded (unless the
+    /// rotation failed and the driver is backing off: then the still-valid token is all
+    /// there is).
     fn servable(&self, view: &View, now: SystemTime) -> Option<Arc<Token>> {
         let token = view.token.as_ref()?;
         let rejected = token.generation <= self.rejected.load(Ordering::Acquire);
         let expiring = now + self.config.min_validity > token.expires_at;
         let rotating = self.config.single_session
-            && now >= token.refresh_at
+            && (now >= token.refresh_at
+                || token.generation <= self.draining.load(Ordering::Acquire))
             && !matches!(
                 view.state,
                 SlotState::BackingOff | SlotState::NeedsCredentials

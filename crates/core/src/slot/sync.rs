@@ -84,6 +84,9 @@ pub(super) async fn adopt_newer(shared: &Shared) {
             "using the token another broker stored"
         );
     }
+    if !retired {
+        super::drain::take_up(shared, &token).await;
+    }
     let token = Arc::new(token);
     shared.view.send_modify(|v| {
         // A concurrent issuance of this broker may have published a newer one meanwhile.

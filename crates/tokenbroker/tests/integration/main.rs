@@ -5,6 +5,7 @@
 mod cli;
 mod cluster;
 mod consumers;
+mod drain;
 mod helpers;
 mod oauth2;
 mod private_pg;

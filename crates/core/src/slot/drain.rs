@@ -1,0 +1,209 @@
+//! The drain before a single-session rotation (SPEC guarantee 2): the new login kills the
+//! old token, so the requests proxied with it must have finished first, on every broker.
+//!
+//! Locally that is the old token's in-use count ([`Token::drained`]). Across a cluster it
+//! goes through the store, and only with a store that tells of changes (PostgreSQL): each
+//! broker records the generation it takes up before serving it ([`take_up`]); the rotator,
+//! holding the lease, announces the drain of the old generation and waits until every other
+//! broker that recorded it has acknowledged, or `drain_timeout` passes ([`before_login`]);
+//! each other broker, told by the announcement, stops handing the old token to new requests,
+//! waits for its own requests on it (bounded by its own `drain_timeout`) and acknowledges
+//! ([`answer`]). A broker that is dead or cut off costs the rotation `drain_timeout`, never
+//! more. Without change notifications (SQLite) brokers drain their own requests only.
+//!
+//! Issuance stays the driver's business; this module only delays it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::Shared;
+use super::sync::Follower;
+use crate::token::Token;
+
+/// How often the rotator re-reads who has not acknowledged, should a notification be lost.
+const ACK_POLL: Duration = Duration::from_millis(500);
+
+/// Records, before `token` is served, that this broker uses its generation. If the drain of
+/// that generation was already announced, the token is never handed out here, and the
+/// answering task acknowledges at once (it is told by the view's change).
+pub(super) async fn take_up(shared: &Shared, token: &Token) {
+    if !shared.drains_across_brokers {
+        return;
+    }
+    let persistence = &shared.persistence;
+    let provider = shared.config.name.as_str();
+    match persistence
+        .store
+        .register_user(provider, &persistence.holder, token.generation)
+        .await
+    {
+        Ok(true) => {
+            shared
+                .draining
+                .fetch_max(token.generation, Ordering::AcqRel);
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
+            provider,
+            error = %e,
+            "cannot record the token's users; a rotation elsewhere will not wait for this broker"
+        ),
+    }
+}
+
+/// Before a single-session provider logs in again, lets the requests under way on the
+/// current token finish, here and on every other broker that serves it, bounded by
+/// `drain_timeout`. New requests already wait here, since the token is past its
+/// `refresh_at`; the other brokers stop handing it out when the announcement reaches them.
+pub(super) async fn before_login(shared: &Shared, current: Option<&Token>, fence: u64) {
+    let Some(token) = current.filter(|t| {
+        shared.config.single_session
+            && t.generation > shared.rejected.load(Ordering::Acquire)
+            && !t.remaining(shared.clock.now()).is_zero()
+    }) else {
+        return;
+    };
+    let timeout = shared.config.proxy.drain_timeout;
+    let both = async { tokio::join!(token.drained(), others(shared, token.generation, fence)) };
+    if tokio::time::timeout(timeout, both).await.is_ok() {
+        return;
+    }
+    let provider = shared.config.name.as_str();
+    let waiting_for = if shared.drains_across_brokers {
+        shared
+            .persistence
+            .store
+            .undrained(provider, token.generation)
+            .await
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    tracing::warn!(
+        provider,
+        drain_timeout_ms = timeout.as_millis() as u64,
+        brokers = ?waiting_for,
+        "requests may still use the old token after drain_timeout; rotating anyway"
+    );
+}
+
+/// Announces the drain of `generation` to the other brokers and waits until none of them
+/// has a request left on it. Unbounded: the caller bounds it.
+async fn others(shared: &Shared, generation: u64, fence: u64) {
+    if !shared.drains_across_brokers {
+        return;
+    }
+    let persistence = &shared.persistence;
+    let provider = shared.config.name.as_str();
+    // Subscribed before announcing, so that no acknowledgement is missed.
+    let mut follower = Follower::new(shared);
+    if let Err(e) = persistence
+        .store
+        .announce_drain(provider, &persistence.holder, fence, generation)
+        .await
+    {
+        // Fenced: this issuance's commit will be refused too. Unavailable: nobody hears.
+        tracing::warn!(provider, error = %e, "cannot announce the drain to the other brokers");
+        return;
+    }
+    loop {
+        match persistence.store.undrained(provider, generation).await {
+            Ok(left) if left.is_empty() => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "cannot read the drain's acknowledgements")
+            }
+        }
+        tokio::select! {
+            () = follower.changed(provider) => {}
+            () = tokio::time::sleep(ACK_POLL) => {}
+        }
+    }
+}
+
+/// Answers other brokers' drain announcements for the slot until aborted:
+/// marks the announced generation not servable, waits (bounded by `drain_timeout`) for this
+/// broker's requests on it, and acknowledges. Looks when the store tells of a change of the
+/// provider and whenever the slot publishes (a token taken up late may already be draining).
+pub(super) async fn answer(shared: Arc<Shared>) {
+    let mut follower = Follower::new(&shared);
+    let mut view = shared.view.subscribe();
+    loop {
+        answer_once(&shared).await;
+        tokio::select! {
+            () = follower.changed(&shared.config.name) => {}
+            // The sender lives in `shared`, held here: this ends only by the abort.
+            _ = view.changed() => {}
+        }
+    }
+}
+
+async fn answer_once(shared: &Shared) {
+    let persistence = &shared.persistence;
+    let provider = shared.config.name.as_str();
+    let generation = match persistence
+        .store
+        .drain_request(provider, &persistence.holder)
+        .await
+    {
+        Ok(Some(generation)) => generation,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(provider, error = %e, "cannot read the drain requests");
+            return;
+        }
+    };
+    // From now on no new request gets that token here (`Shared::servable`).
+    shared.draining.fetch_max(generation, Ordering::AcqRel);
+    let token = shared
+        .view
+        .borrow()
+        .token
+        .clone()
+        .filter(|t| t.generation == generation);
+    if let Some(token) = token {
+        let timeout = shared.config.proxy.drain_timeout;
+        if tokio::time::timeout(timeout, token.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                provider,
+                generation,
+                drain_timeout_ms = timeout.as_millis() as u64,
+                "requests still use the token another broker is replacing; acknowledging anyway"
+            );
+        }
+    }
+    match persistence
+        .store
+        .ack_drain(provider, &persistence.holder, generation)
+        .await
+    {
+        Ok(()) => tracing::debug!(
+            provider,
+            generation,
+            "drained for another broker's rotation"
+        ),
+        Err(e) => tracing::warn!(provider, error = %e, "cannot acknowledge the drain"),
+    }
+}
+
+/// The answering task of a slot, aborted with the driver.
+pub(super) struct Answering(tokio::task::JoinHandle<()>);
+
+impl Answering {
+    /// Starts answering, if the slot's provider and store take part in cluster drains.
+    pub(super) fn start(shared: &Arc<Shared>) -> Option<Self> {
+        shared
+            .drains_across_brokers
+            .then(|| Self(tokio::spawn(answer(shared.clone()))))
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
