@@ -53,9 +53,10 @@ impl Token {
         }
     }
 
-    /// Counts a request that uses this token until the returned guard is dropped.
+    /// Counts a request that uses this token until the returned guard is dropped. (Sequentially
+    /// consistent, as the drain's reads: see `Slot::get_in_use`.)
     pub fn use_for_request(self: &Arc<Self>) -> InUse {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         InUse(self.clone())
     }
 
@@ -63,7 +64,7 @@ impl Token {
     pub(crate) async fn drained(&self) {
         loop {
             let idle = self.idle.notified();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
                 return;
             }
             idle.await;
@@ -82,9 +83,11 @@ impl Token {
             .unwrap_or(Duration::ZERO)
     }
 
-    /// Records that a consumer received the token.
+    /// Records that a consumer received the token (written once, not by every request).
     pub(crate) fn mark_handed_out(&self) {
-        self.handed_out.store(true, Ordering::Relaxed);
+        if !self.handed_out.load(Ordering::Relaxed) {
+            self.handed_out.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether a consumer has received the token.

@@ -41,7 +41,7 @@ pub(super) async fn take_up(shared: &Shared, token: &Token) {
         Ok(true) => {
             shared
                 .draining
-                .fetch_max(token.generation, Ordering::AcqRel);
+                .fetch_max(token.generation, Ordering::SeqCst);
         }
         Ok(false) => {}
         Err(e) => tracing::warn!(
@@ -155,7 +155,7 @@ async fn answer_once(shared: &Shared) {
         }
     };
     // From now on no new request gets that token here (`Shared::servable`).
-    shared.draining.fetch_max(generation, Ordering::AcqRel);
+    shared.draining.fetch_max(generation, Ordering::SeqCst);
     let token = shared
         .view
         .borrow()

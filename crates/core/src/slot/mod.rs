@@ -32,7 +32,7 @@ use crate::issuer::{IssueError, Issuer};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::seal::{Purpose, Sealer};
 use crate::store::{Store, StoredToken};
-use crate::token::Token;
+use crate::token::{InUse, Token};
 
 /// What a provider is doing, as operators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +222,22 @@ impl Slot {
     /// A token that is valid for at least `min_validity`, from memory when there is one,
     /// else from the next issuance (waiting at most the provider's `timeout`).
     pub async fn get(&self) -> Result<Arc<Token>, SlotError> {
+        self.acquire(false).await.map(|(token, _)| token)
+    }
+
+    /// A token as [`Slot::get`] gives it, already counted "in use" for a request sent with
+    /// it (the proxy's), so that a single-session rotation waits for that request (SPEC
+    /// guarantee 2). Counting and handing out are one step: the request is counted first
+    /// and the token checked again after, so a drain that began in between either sees the
+    /// request in flight or the request sees the drain and waits for the next token.
+    pub async fn get_in_use(&self) -> Result<InUse, SlotError> {
+        match self.acquire(true).await? {
+            (_, Some(in_use)) => Ok(in_use),
+            (token, None) => Ok(token.use_for_request()),
+        }
+    }
+
+    async fn acquire(&self, for_request: bool) -> Result<(Arc<Token>, Option<InUse>), SlotError> {
         let shared = &*self.shared;
         let mut rx = shared.view.subscribe();
         // A single-session rotation may first drain the old token's requests.
@@ -237,13 +253,24 @@ impl Slot {
             {
                 let view = rx.borrow_and_update();
                 let now = shared.clock.now();
-                if let Some(token) = shared.servable(&view, now) {
+                let served = shared.servable(&view, now).and_then(|token| {
+                    if !for_request {
+                        return Some((token, None));
+                    }
+                    let in_use = token.use_for_request();
+                    // Checked again now that it counts (see `get_in_use`); if it is no
+                    // longer servable, the guard is dropped and the request waits.
+                    shared
+                        .servable(&view, shared.clock.now())
+                        .map(|_| (token, Some(in_use)))
+                });
+                if let Some((token, in_use)) = served {
                     token.mark_handed_out();
                     if now >= token.refresh_at {
                         // Past refresh_at and in use: make sure the driver rotates it.
                         shared.wake.notify_one();
                     }
-                    return Ok(token);
+                    return Ok((token, in_use));
                 }
                 let failed_since_waiting = waiting_since.is_some_and(|seen| view.attempts > seen);
                 // While the backoff runs, a new request gets the last error at once; once it
@@ -394,7 +421,7 @@ impl Shared {
         let expiring = now + self.config.min_validity > token.expires_at;
         let rotating = self.config.single_session
             && (now >= token.refresh_at
-                || token.generation <= self.draining.load(Ordering::Acquire))
+                || token.generation <= self.draining.load(Ordering::SeqCst))
             && !matches!(
                 view.state,
                 SlotState::BackingOff | SlotState::NeedsCredentials

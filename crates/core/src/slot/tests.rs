@@ -284,6 +284,39 @@ async fn single_session_request_at_refresh_at_waits_for_the_rotation() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_single_session_rotation_waits_for_the_requests_counted_in_use() {
+    let h = harness(
+        "refresh_before = \"10s\"\ndrain_timeout = \"20s\"",
+        Duration::from_secs(60),
+    );
+    let in_use = h.slot.get_in_use().await.unwrap();
+    assert_eq!(in_use.token().generation, 1);
+    let until = in_use
+        .token()
+        .refresh_at
+        .duration_since(h.clock.now())
+        .unwrap();
+    tokio::time::sleep(until + Duration::from_secs(5)).await;
+    assert_eq!(
+        calls(&h),
+        1,
+        "no login while a request is under way on the old token"
+    );
+    let next = {
+        let slot = h.slot.clone();
+        tokio::spawn(async move { slot.get_in_use().await.map(|u| u.token().generation) })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !next.is_finished(),
+        "a new request does not get the draining token"
+    );
+    drop(in_use);
+    assert_eq!(next.await.unwrap().unwrap(), 2, "it gets the next one");
+    assert_eq!(calls(&h), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn unused_token_is_not_refreshed_ahead() {
     let h = harness("refresh_before = \"10s\"", Duration::from_secs(60));
     h.slot.get().await.unwrap();

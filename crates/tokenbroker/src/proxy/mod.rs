@@ -6,9 +6,9 @@
 //! header ([`headers`]); bodies stream both ways ([`relay`]). An
 //! upstream answer whose status is in `retry_statuses` (401 by default) invalidates the
 //! generation used and is retried once with the new token, if the request body was small
-//! enough to keep (`retry_body_limit`). Every request holds its token "in use" until the
-//! response body has been sent, so a single-session rotation can wait for it (the drain of
-//! SPEC guarantee 2).
+//! enough to keep (`retry_body_limit`). Every request gets its token already counted "in
+//! use" (`Slot::get_in_use`) and holds it until the response body has been sent, so a
+//! single-session rotation can wait for it (the drain of SPEC guarantee 2).
 
 mod headers;
 mod relay;
@@ -83,9 +83,10 @@ pub(crate) async fn forward(
 
     let mut headers = parts.headers;
     headers::to_upstream(&mut headers, &upstream.token_header, peer, state.scheme);
-    let mut token = slot.get().await?;
+    // Counted "in use" as it is handed out, until the response body is sent (the drain).
+    let mut in_use = slot.get_in_use().await?;
     for attempt in 0..2 {
-        let in_use = token.use_for_request();
+        let token = in_use.token().clone();
         // The first attempt of a replayable request keeps what a retry needs.
         let replayable = attempt == 0 && kept.is_some();
         let mut request = Request::new(match (&kept, streaming.take()) {
@@ -124,11 +125,10 @@ pub(crate) async fn forward(
             .contains(&answer.status().as_u16());
         if rejected && attempt == 0 {
             drop(in_use);
-            let (fresh, _) = slot
-                .invalidate(Rejected::Generation(token.generation))
+            slot.invalidate(Rejected::Generation(token.generation))
                 .await?;
             if replayable {
-                token = fresh;
+                in_use = slot.get_in_use().await?;
                 continue;
             }
             let mut response = relay::respond(answer, None, config.proxy.upstream_timeout);
