@@ -54,7 +54,10 @@ RESULTS="${RESULTS-bench/cluster-results.md}"
 APPEND="${APPEND:-0}"
 PROVIDER=controlroom
 
-die() { echo "cluster.sh: $*" >&2; exit 1; }
+SCRIPT=cluster.sh
+LCURL_MAX_TIME=10
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ "$ISSUES" =~ ^[0-9]+$ && "$ISSUES" -ge 10 ]] || die "ISSUES must be an integer >= 10"
 [[ "$WARMUP" =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer"
@@ -78,15 +81,7 @@ if ((${#missing[@]})); then
     timeout 600 apt-get update -qq
     DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if [[ "$SKIP_BUILD" != 1 ]]; then
-    command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs) first"
-    echo "==> cargo build --release -p tokenbroker -p tokenbroker-emulator"
-    timeout 3600 cargo build --release -p tokenbroker -p tokenbroker-emulator
-fi
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-TB="$BIN/tokenbroker"
-EMU="$BIN/tokenbroker-emulator"
-[[ -x "$TB" && -x "$EMU" ]] || die "missing $TB or $EMU"
+build_binaries "$ROOT"
 # The commit the binaries were built from (taken now: HEAD may move during the run).
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [[ "$COMMIT" != unknown ]] \
@@ -128,46 +123,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# curl that only ever talks to loopback, never through a proxy, and never hangs.
-lcurl() { curl --noproxy '*' --silent --show-error --max-time 10 "$@"; }
+start_emulator
 
-# A TCP port on 127.0.0.1 that nothing listens on right now.
-free_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 40000))
-        if command -v ss >/dev/null 2>&1; then
-            [[ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]] && { echo "$p"; return; }
-        elif ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"; return
-        fi
-    done
-    die "no free port found"
-}
-
-# The emulator binds port 0 itself and prints its URL as the first line of stdout.
-# Token lifetime 1h: no scheduled refresh falls inside the benchmark.
-echo "==> starting the emulator"
-EMU_CMD=("$EMU" --listen 127.0.0.1:0 --lifetime 1h --login-latency 0ms --user api-bot:demo-key)
-"${EMU_CMD[@]}" >"$WORK/emulator.out" 2>"$WORK/emulator.log" &
-EMU_PID=$!
-EMU_URL=""
-for _ in $(seq 100); do
-    EMU_URL="$(head -n 1 "$WORK/emulator.out" 2>/dev/null || true)"
-    [[ "$EMU_URL" == http://127.0.0.1:* ]] && break
-    kill -0 "$EMU_PID" 2>/dev/null || die "the emulator exited"
-    EMU_URL=""
-    sleep 0.1
-done
-[[ -n "$EMU_URL" ]] || die "the emulator did not report its address within 10 s"
-
-# A throwaway client key and master key for this run only.
-"$TB" keys new bench >"$WORK/keys.txt"
-KEY="$(grep -m1 '^tbk_' "$WORK/keys.txt")"
-KEY_HASH="$(sed -n 's/^key_sha256 = "\([0-9a-f]*\)"$/\1/p' "$WORK/keys.txt")"
-[[ -n "$KEY" && ${#KEY_HASH} == 64 ]] || die "could not read the key from 'tokenbroker keys new'"
-MASTER_KEY="$("$TB" keys master | grep -v '^#' | grep -m1 .)"
-[[ -n "$MASTER_KEY" ]] || die "could not read the key from 'tokenbroker keys master'"
+new_keys
 
 # start_broker NAME STORE_TOML: starts a broker with that [store] body on a free port and
 # sets STARTED_URL (http://127.0.0.1:PORT) once /readyz answers 200 and lists the provider.

@@ -17,12 +17,14 @@
 # software fallback (about 3.5k instructions here that the real CPU does in a few hundred);
 # and instructions say nothing of system calls, which cost about as much again.
 set -euo pipefail
+SCRIPT=instructions.sh
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SECONDS_MEASURED="${MEASURE_SECONDS:-4}"
-[[ "$SECONDS_MEASURED" =~ ^[0-9]+$ && "$SECONDS_MEASURED" -ge 1 ]] || { echo "MEASURE_SECONDS must be whole seconds" >&2; exit 1; }
+[[ "$SECONDS_MEASURED" =~ ^[0-9]+$ && "$SECONDS_MEASURED" -ge 1 ]] || die "MEASURE_SECONDS must be whole seconds"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 OUT="${CARGO_TARGET_DIR:-$ROOT/target}/bench-instructions"
 
 missing=()
@@ -30,16 +32,13 @@ for tool in valgrind wrk curl; do command -v "$tool" >/dev/null 2>&1 || missing+
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 if ((${#missing[@]})); then
     [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1 \
-        || { echo "need ${missing[*]}: install them (as root, apt-get)" >&2; exit 1; }
+        || die "need ${missing[*]}: install them (as root, apt-get)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    cargo build --release -p tokenbroker -p tokenbroker-emulator
-fi
-TB="${1:-$BIN/tokenbroker}"
-EMU="$BIN/tokenbroker-emulator"
-[[ -x "$TB" && -x "$EMU" ]] || { echo "missing $TB or $EMU" >&2; exit 1; }
+build_binaries "$ROOT"
+TB="${1:-$TB}"
+[[ -x "$TB" ]] || die "missing $TB"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tokenbroker-instructions.XXXXXX")"
 chmod 755 "$WORK"
@@ -52,7 +51,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 UPSTREAM_PORT="$(free_port)"
 cat >"$WORK/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -73,21 +71,10 @@ EOF
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
-"$EMU" --listen 127.0.0.1:0 --lifetime 1h --login-latency 0ms --user api-bot:demo-key \
-    >"$WORK/emulator.out" 2>/dev/null &
-PIDS+=($!)
-EMU_URL=""
-for _ in $(seq 100); do
-    EMU_URL="$(head -n 1 "$WORK/emulator.out" 2>/dev/null || true)"
-    [[ "$EMU_URL" == http://* ]] && break
-    sleep 0.1
-done
-[[ "$EMU_URL" == http://* ]] || { echo "the emulator did not start" >&2; exit 1; }
+start_emulator
+PIDS+=("$EMU_PID")
 
-"$TB" keys new bench >"$WORK/keys.txt"
-KEY="$(grep -m1 '^tbk_' "$WORK/keys.txt")"
-KEY_HASH="$(sed -n 's/^key_sha256 = "\([0-9a-f]*\)"$/\1/p' "$WORK/keys.txt")"
-MASTER_KEY="$("$TB" keys master | grep -v '^#' | grep -m1 .)"
+new_keys
 BROKER_PORT="$(free_port)"
 cat >"$WORK/tokenbroker.toml" <<EOF
 [server]
@@ -114,11 +101,11 @@ TOKENBROKER_MASTER_KEY="$MASTER_KEY" valgrind --tool=callgrind \
 PIDS+=($!)
 BROKER="http://127.0.0.1:$BROKER_PORT"
 for _ in $(seq 300); do   # valgrind starts slowly: up to 60 s
-    curl -sf -o /dev/null "$BROKER/healthz" 2>/dev/null && break
+    lcurl -f -o /dev/null "$BROKER/healthz" 2>/dev/null && break
     sleep 0.2
 done
-curl -sf -o /dev/null -H "Authorization: Bearer $KEY" "$BROKER/v1/tokens/controlroom" \
-    || { echo "the broker did not answer a token request" >&2; exit 1; }
+lcurl -f -o /dev/null -H "Authorization: Bearer $KEY" "$BROKER/v1/tokens/controlroom" \
+    || die "the broker did not answer a token request"
 VALGRIND_PID="$(pgrep -n -f "serve --config $WORK/tokenbroker.toml")"
 
 printf '%-42s %9s  %s\n' target requests instructions/request
@@ -130,7 +117,7 @@ for target in "c /v1/proxy/controlroom/api/v1/items" "e /v1/tokens/controlroom";
     callgrind_control -d "$VALGRIND_PID" >/dev/null 2>&1
     requests="$(awk '/requests in/ { print $1 }' "$WORK/wrk.txt")"
     non2xx="$(awk -F': *' '/Non-2xx/ { print $2 }' "$WORK/wrk.txt")"
-    [[ -z "$non2xx" ]] || { echo "($label): $non2xx non-2xx answers" >&2; exit 1; }
+    [[ -z "$non2xx" ]] || die "($label): $non2xx non-2xx answers"
     dump="$(ls -t "$OUT"/callgrind."$VALGRIND_PID".* | head -n 1)"
     cp "$dump" "$OUT/$label.callgrind"
     total="$(awk '/^summary:/ { print $2 }' "$dump")"

@@ -74,7 +74,9 @@ UPSTREAM_BODY='{"ok":true,"items":[1,2,3]}'
 BENCH_PATH=/api/v1/items       # the path every proxied request asks the upstream for
 FIXED_TOKEN=fixed-token        # what nginx (b) puts in X-Authorization
 
-die() { echo "proxy.sh: $*" >&2; exit 1; }
+SCRIPT=proxy.sh
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 && "$DURATION" -le 600 ]] \
     || die "DURATION must be whole seconds between 1 and 600 (got '$DURATION')"
@@ -115,18 +117,9 @@ if ((${#missing[@]})); then
 fi
 NGINX="$(find_nginx)"
 [[ -n "$NGINX" ]] || die "nginx not found after installing it"
-command -v cargo >/dev/null 2>&1 || [[ "$SKIP_BUILD" == 1 ]] \
-    || die "cargo not found: install Rust (https://rustup.rs) first"
 
 # --- 2. build -------------------------------------------------------------------------
-if [[ "$SKIP_BUILD" != 1 ]]; then
-    echo "==> cargo build --release -p tokenbroker -p tokenbroker-emulator"
-    timeout 3600 cargo build --release -p tokenbroker -p tokenbroker-emulator
-fi
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-TB="$BIN/tokenbroker"
-EMU="$BIN/tokenbroker-emulator"
-[[ -x "$TB" && -x "$EMU" ]] || die "missing $TB or $EMU"
+build_binaries "$ROOT"
 
 # --- 3. processes, cleaned up on any exit ---------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tokenbroker-proxy-bench.XXXXXX")"
@@ -165,23 +158,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# curl that only ever talks to loopback, never through a proxy, and never hangs.
-lcurl() { curl --noproxy '*' --silent --show-error --max-time 5 "$@"; }
-
-# A TCP port on 127.0.0.1 that nothing listens on right now.
-free_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 40000))
-        if command -v ss >/dev/null 2>&1; then
-            [[ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]] && { echo "$p"; return; }
-        elif ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"; return
-        fi
-    done
-    die "no free port found"
-}
 
 # The http{} part every nginx shares: no logs, long keep-alive, temp files in its dir.
 nginx_conf() {   # dir workers server-block-text
@@ -289,29 +265,9 @@ echo "==> starting the upstream nginx (worker_processes $CUR_WORKERS)"
 start_nginx upstream "$CUR_WORKERS" "" upstream_servers
 UPSTREAM="http://127.0.0.1:${NGINX_PORT[upstream]}"
 
-# The emulator binds port 0 itself and prints its URL as the first line of stdout.
-# Token lifetime 1h: no refresh can fall inside the benchmark.
-echo "==> starting the emulator"
-"$EMU" --listen 127.0.0.1:0 --lifetime 1h --login-latency 0ms --user api-bot:demo-key \
-    >"$WORK/emulator.out" 2>"$WORK/emulator.log" &
-EMU_PID=$!
-EMU_URL=""
-for _ in $(seq 100); do
-    EMU_URL="$(head -n 1 "$WORK/emulator.out" 2>/dev/null || true)"
-    [[ "$EMU_URL" == http://127.0.0.1:* ]] && break
-    kill -0 "$EMU_PID" 2>/dev/null || die "the emulator exited"
-    EMU_URL=""
-    sleep 0.1
-done
-[[ -n "$EMU_URL" ]] || die "the emulator did not report its address within 10 s"
+start_emulator
 
-# A throwaway client key and master key for this run only.
-"$TB" keys new bench >"$WORK/keys.txt"
-KEY="$(grep -m1 '^tbk_' "$WORK/keys.txt")"
-KEY_HASH="$(sed -n 's/^key_sha256 = "\([0-9a-f]*\)"$/\1/p' "$WORK/keys.txt")"
-[[ -n "$KEY" && ${#KEY_HASH} == 64 ]] || die "could not read the key from 'tokenbroker keys new'"
-MASTER_KEY="$("$TB" keys master | grep -v '^#' | grep -m1 .)"
-[[ -n "$MASTER_KEY" ]] || die "could not read the key from 'tokenbroker keys master'"
+new_keys
 
 echo "==> starting the broker"
 BROKER=""
