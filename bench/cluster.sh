@@ -93,8 +93,6 @@ fi
 # --- 2. processes and the schema, cleaned up on any exit ------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tokenbroker-cluster-bench.XXXXXX")"
 EMU_PID=""
-BROKER_PIDS=()      # every broker started, A's and B's
-BROKER_LOGS=()
 SCHEMA=""           # set once scenario B may have created it
 cleanup() {
     local status=$?
@@ -127,52 +125,6 @@ start_emulator
 
 new_keys
 
-# start_broker NAME STORE_TOML: starts a broker with that [store] body on a free port and
-# sets STARTED_URL (http://127.0.0.1:PORT) once /readyz answers 200 and lists the provider.
-STARTED_URL=""
-start_broker() {
-    local name="$1" store="$2" port pid attempt
-    STARTED_URL=""
-    for attempt in 1 2 3 4 5; do
-        port="$(free_port)"
-        cat >"$WORK/$name.toml" <<EOF
-[server]
-listen = "127.0.0.1:$port"
-
-[store]
-$store
-
-[providers.$PROVIDER]
-type = "json_login"
-login_url = "$EMU_URL/v1/authentication"
-login_body = { username = "api-bot", apiKey = "demo-key" }
-header = "X-Authorization"
-prefix = ""
-
-[clients.bench]
-key_sha256 = "$KEY_HASH"
-providers = ["$PROVIDER"]
-EOF
-        TOKENBROKER_MASTER_KEY="$MASTER_KEY" "$TB" serve --config "$WORK/$name.toml" \
-            >"$WORK/$name.log" 2>&1 &
-        pid=$!
-        BROKER_PIDS+=("$pid")
-        BROKER_LOGS+=("$WORK/$name.log")
-        for _ in $(seq 150); do   # up to 15 s
-            if lcurl -o "$WORK/$name.ready" --fail "http://127.0.0.1:$port/readyz" 2>/dev/null \
-                && grep -q "\"$PROVIDER\"" "$WORK/$name.ready"; then
-                STARTED_URL="http://127.0.0.1:$port"
-                return 0
-            fi
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        echo "    $name not ready on port $port (attempt $attempt), retrying" >&2
-    done
-    die "broker $name did not become ready (see $name.log above)"
-}
 
 stop_broker() {   # PID
     local pid="$1"
@@ -402,7 +354,7 @@ LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "==> scenario A: one broker, SQLite"
 start_broker a "path = \"$WORK/tb.db\""
 A_URL="$STARTED_URL"
-A_PID="${BROKER_PIDS[-1]}"
+A_PID="$STARTED_PID"
 LAST_GEN=0
 echo "    broker A on $A_URL"
 run_issues "A, SQLite" wait "$A_URL"
@@ -434,7 +386,7 @@ else
         start_broker "$b" "url = \"$PG_URL\"
 schema = \"$SCHEMA\""
         B_URLS+=("$STARTED_URL")
-        B_PIDS+=("${BROKER_PIDS[-1]}")
+        B_PIDS+=("$STARTED_PID")
         echo "    broker $b on $STARTED_URL"
     done
     run_issues "B, PostgreSQL, round-robin over 3" wait "${B_URLS[@]}"

@@ -64,3 +64,61 @@ new_keys() {
     MASTER_KEY="$("$TB" keys master | grep -v '^#' | grep -m1 .)"
     [[ -n "$MASTER_KEY" ]] || die "could not read the key from 'tokenbroker keys master'"
 }
+
+# Every broker process start_broker spawned (ready or not), and their logs, for cleanup.
+BROKER_PIDS=()
+BROKER_LOGS=()
+
+# start_broker NAME STORE_TOML [PROVIDER_LINES [NAME=VALUE...]]: a broker on a free port
+# (another one is tried if the port is taken between the check and the bind), serving
+# $PROVIDER (the emulated Control Room: header X-Authorization, no prefix, plus
+# PROVIDER_LINES) to the client key of new_keys, with that [store] body and the given extra
+# environment; its config is $WORK/NAME.toml and its log $WORK/NAME.log. Sets STARTED_URL
+# and STARTED_PID once /readyz answers 200 and lists the provider (so the port is ours).
+start_broker() {
+    local name="$1" store="$2" extra="${3:-}" port pid attempt
+    shift $(($# < 3 ? $# : 3))
+    STARTED_URL=""
+    STARTED_PID=""
+    for attempt in 1 2 3 4 5; do
+        port="$(free_port)"
+        cat >"$WORK/$name.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+
+[store]
+$store
+
+[providers.$PROVIDER]
+type = "json_login"
+login_url = "$EMU_URL/v1/authentication"
+login_body = { username = "api-bot", apiKey = "demo-key" }
+header = "X-Authorization"
+prefix = ""
+$extra
+
+[clients.bench]
+key_sha256 = "$KEY_HASH"
+providers = ["$PROVIDER"]
+TOML
+        env "$@" TOKENBROKER_MASTER_KEY="$MASTER_KEY" "$TB" serve --config "$WORK/$name.toml" \
+            >"$WORK/$name.log" 2>&1 &
+        pid=$!
+        BROKER_PIDS+=("$pid")
+        BROKER_LOGS+=("$WORK/$name.log")
+        for _ in $(seq 150); do   # up to 15 s
+            if lcurl -o "$WORK/$name.ready" --fail "http://127.0.0.1:$port/readyz" 2>/dev/null \
+                && grep -q "\"$PROVIDER\"" "$WORK/$name.ready"; then
+                STARTED_URL="http://127.0.0.1:$port"
+                STARTED_PID="$pid"
+                return 0
+            fi
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        echo "    $name not ready on port $port (attempt $attempt), retrying" >&2
+    done
+    die "broker $name did not become ready (its log: $name.log)"
+}

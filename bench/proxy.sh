@@ -125,7 +125,6 @@ build_binaries "$ROOT"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tokenbroker-proxy-bench.XXXXXX")"
 chmod 755 "$WORK"   # nginx workers run as an unprivileged user when started as root
 EMU_PID=""
-TB_PID=""
 declare -A NGINX_PID=() NGINX_PORT=()
 stop_pid() {   # pid: TERM, up to 5 s, then KILL
     local pid="$1"
@@ -146,7 +145,7 @@ stop_nginx() {   # name; TERM to the master stops its workers too
 cleanup() {
     local status=$?
     for name in "${!NGINX_PID[@]}"; do stop_nginx "$name"; done
-    stop_pid "$TB_PID"
+    for pid in "${BROKER_PIDS[@]}"; do stop_pid "$pid"; done
     stop_pid "$EMU_PID"
     if ((status != 0)); then
         for log in broker.log emulator.log nginx-upstream/error.log nginx-proxy/error.log nginx-token/error.log; do
@@ -270,46 +269,9 @@ start_emulator
 new_keys
 
 echo "==> starting the broker"
-BROKER=""
-for attempt in 1 2 3 4 5; do
-    PORT="$(free_port)"
-    cat >"$WORK/tokenbroker.toml" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-
-[store]
-path = "$WORK/tokenbroker.db"
-
-[providers.$PROVIDER]
-type = "json_login"
-login_url = "$EMU_URL/v1/authentication"
-login_body = { username = "api-bot", apiKey = "demo-key" }
-header = "X-Authorization"
-prefix = ""
-upstream = "$UPSTREAM"
-
-[clients.bench]
-key_sha256 = "$KEY_HASH"
-providers = ["$PROVIDER"]
-EOF
-    env "${BROKER_ENV_ARGS[@]}" TOKENBROKER_MASTER_KEY="$MASTER_KEY" "$TB" serve --config "$WORK/tokenbroker.toml" \
-        >"$WORK/broker.log" 2>&1 &
-    TB_PID=$!
-    for _ in $(seq 100); do   # up to 10 s
-        if lcurl -o /dev/null --fail "http://127.0.0.1:$PORT/readyz" 2>/dev/null; then
-            BROKER="http://127.0.0.1:$PORT"
-            break 2
-        fi
-        kill -0 "$TB_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    stop_pid "$TB_PID"
-    TB_PID=""
-    echo "    broker not ready on port $PORT (attempt $attempt), retrying" >&2
-done
-[[ -n "$BROKER" ]] || die "the broker did not become ready"
-ready_body="$(lcurl "$BROKER/readyz")"
-[[ "$ready_body" == *"\"$PROVIDER\""* ]] || die "/readyz on $BROKER does not list $PROVIDER: $ready_body"
+start_broker broker "path = \"$WORK/tokenbroker.db\"" "upstream = \"$UPSTREAM\"" "${BROKER_ENV_ARGS[@]}"
+BROKER="$STARTED_URL"
+TB_PID="$STARTED_PID"
 
 # --- 5. the one issuance, and the token-sized answer ------------------------------------
 echo "==> warm-up: the broker's one login"

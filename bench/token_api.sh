@@ -62,10 +62,9 @@ build_binaries "$ROOT"
 # --- 3. processes, cleaned up on any exit ---------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tokenbroker-bench.XXXXXX")"
 EMU_PID=""
-TB_PID=""
 cleanup() {
     local status=$?
-    for pid in "$TB_PID" "$EMU_PID"; do
+    for pid in "${BROKER_PIDS[@]}" "$EMU_PID"; do
         if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
             kill "$pid" 2>/dev/null || true
             for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -87,50 +86,10 @@ start_emulator
 
 new_keys
 
-# The broker does not report a port-0 address, so pick a free port (retry if it is taken
-# between the check and the bind).
 echo "==> starting the broker"
-BROKER=""
-for attempt in 1 2 3 4 5; do
-    PORT="$(free_port)"
-    cat >"$WORK/tokenbroker.toml" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-
-[store]
-path = "$WORK/tokenbroker.db"
-
-[providers.$PROVIDER]
-type = "json_login"
-login_url = "$EMU_URL/v1/authentication"
-login_body = { username = "api-bot", apiKey = "demo-key" }
-header = "X-Authorization"
-prefix = ""
-
-[clients.bench]
-key_sha256 = "$KEY_HASH"
-providers = ["$PROVIDER"]
-EOF
-    TOKENBROKER_MASTER_KEY="$MASTER_KEY" "$TB" serve --config "$WORK/tokenbroker.toml" \
-        >"$WORK/broker.log" 2>&1 &
-    TB_PID=$!
-    for _ in $(seq 100); do   # up to 10 s
-        if lcurl -o /dev/null --fail "http://127.0.0.1:$PORT/readyz" 2>/dev/null; then
-            BROKER="http://127.0.0.1:$PORT"
-            break 2
-        fi
-        kill -0 "$TB_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill "$TB_PID" 2>/dev/null || true
-    wait "$TB_PID" 2>/dev/null || true
-    TB_PID=""
-    echo "    broker not ready on port $PORT (attempt $attempt), retrying" >&2
-done
-[[ -n "$BROKER" ]] || die "the broker did not become ready"
-# /readyz must be ours, not another process that grabbed the port.
-ready_body="$(lcurl "$BROKER/readyz")"
-[[ "$ready_body" == *"\"$PROVIDER\""* ]] || die "/readyz on $BROKER does not list $PROVIDER: $ready_body"
+start_broker broker "path = \"$WORK/tokenbroker.db\""
+BROKER="$STARTED_URL"
+TB_PID="$STARTED_PID"
 
 URL="$BROKER/v1/tokens/$PROVIDER"
 
