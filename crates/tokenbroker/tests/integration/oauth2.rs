@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokenbroker_core::access::{hex, key_sha256, new_client_key};
 use tokenbroker_core::seal::new_master_key;
-use tokenbroker_emulator::{CappedPool, RotatingRefresh};
+use tokenbroker_emulator::{CappedPool, RotatingRefresh, RunningRotatingRefresh};
 
 use crate::cluster::TestSchema;
 use crate::helpers::start_broker;
@@ -162,8 +162,9 @@ fn refresh_provider(url: &str, grace: &str, initial: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotating_refresh_tokens_survive_20_sigkills_without_a_replay() {
+/// An issuer rotating refresh tokens (2 s access tokens, 5 s reuse grace, 300 ms per
+/// answer) and a broker set up with its first refresh token and a 5 s grace.
+async fn rotating_with_grace() -> (RunningRotatingRefresh, Setup) {
     let issuer = RotatingRefresh::builder()
         .access_lifetime(Duration::from_secs(2))
         .reuse_grace(Duration::from_secs(5))
@@ -176,6 +177,12 @@ async fn rotating_refresh_tokens_survive_20_sigkills_without_a_replay() {
         "5s",
         &issuer.initial_refresh_token(),
     ));
+    (issuer, setup)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_refresh_tokens_survive_20_sigkills_without_a_replay() {
+    let (issuer, setup) = rotating_with_grace().await;
     let api = issuer.url();
     for _ in 0..20 {
         let mut serve = ServeProcess::start(&setup.config_text, &setup.master_key);
@@ -501,25 +508,9 @@ async fn a_rotating_refresh_token_through_3_brokers_with_sigkills_is_never_repla
     let Some(schema) = TestSchema::new("tb_refresh").await else {
         return;
     };
-    let issuer = RotatingRefresh::builder()
-        .access_lifetime(Duration::from_secs(2))
-        .reuse_grace(Duration::from_secs(5))
-        .latency(Duration::from_millis(300))
-        .spawn()
-        .await
-        .unwrap();
-    let setup = Setup::new(&refresh_provider(
-        &issuer.url(),
-        "5s",
-        &issuer.initial_refresh_token(),
-    ));
+    let (issuer, setup) = rotating_with_grace().await;
     let config = schema.holds(&setup.config_text, setup.store.path());
-    let mut brokers: Vec<ServeProcess> = (0..3)
-        .map(|_| ServeProcess::start(&config, &setup.master_key))
-        .collect();
-    for broker in &mut brokers {
-        broker.ready(&setup.http).await;
-    }
+    let mut brokers = ServeProcess::start_ready(3, &config, &setup.master_key, &setup.http).await;
     let api = issuer.url();
     for round in 0..10 {
         let urls: Vec<String> = brokers.iter().map(|b| b.url.clone()).collect();
