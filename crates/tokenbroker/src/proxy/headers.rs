@@ -27,10 +27,17 @@ const VIA: &str = "1.1 tokenbroker";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Removes the hop-by-hop headers, including those the `Connection` header names. (Most
-/// messages have none: one pass over the names finds that out without a lookup per name.)
+/// Removes the hop-by-hop headers, including those the `Connection` header names. Only the
+/// ones present are removed: most messages have none, and an answer usually has only
+/// `Connection: keep-alive`, so this costs a pass over the names rather than a lookup for
+/// every hop-by-hop name.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
+        .collect();
+    if present.is_empty() {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -38,9 +45,17 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .map(str::trim)
+        .filter(|name| {
+            // `close`, and names already removed as hop-by-hop, name nothing more.
+            !name.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|hop| hop.as_str().eq_ignore_ascii_case(name))
+        })
+        .filter_map(|name| HeaderName::try_from(name).ok())
         .collect();
-    for name in named.into_iter().chain(HOP_BY_HOP) {
+    for name in present.into_iter().chain(named) {
         headers.remove(name);
     }
 }
@@ -100,6 +115,26 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_lose_hop_by_hop_and_broker_headers_and_gain_via() {
+        let mut answer = HeaderMap::new();
+        answer.insert("connection", HeaderValue::from_static("keep-alive, X-Hop"));
+        answer.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        answer.insert("x-hop", HeaderValue::from_static("1"));
+        answer.insert("x-tokenbroker-error", HeaderValue::from_static("forged"));
+        answer.insert("content-type", HeaderValue::from_static("application/json"));
+        answer.insert("content-length", HeaderValue::from_static("2"));
+        to_client(&mut answer);
+        let mut names: Vec<&str> = answer.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["content-length", "content-type", "via"],
+            "{answer:?}"
+        );
+        assert_eq!(answer["via"], VIA);
+    }
 
     #[test]
     fn strips_credentials_and_hop_by_hop_and_adds_forwarding() {
