@@ -14,7 +14,7 @@ mod tokens;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use tokenbroker_core::Broker;
 use tokenbroker_core::access::Access;
 use tower_http::trace::TraceLayer;
@@ -48,12 +48,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens/{provider}", get(tokens::get_token))
         .route("/v1/tokens/{provider}/invalidate", post(tokens::invalidate))
         .route("/v1/providers", get(providers::list))
-        .route("/v1/proxy/{provider}", any(crate::proxy::forward))
-        .route("/v1/proxy/{provider}/{*path}", any(crate::proxy::forward))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .fallback(ops::not_found)
+        // `/v1/proxy/{provider}/{path}`, and the 404 of every other unknown path.
+        .fallback(crate::proxy::forward)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(TraceLayer::new_for_http().make_span_with(ops::request_span))
         .with_state(state)

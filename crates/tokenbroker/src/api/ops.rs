@@ -52,10 +52,6 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     )
 }
 
-pub(super) async fn not_found() -> ApiError {
-    ApiError::NoRoute
-}
-
 pub(super) async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }

@@ -32,10 +32,11 @@ pub enum UnsafePath {
     Invalid,
 }
 
-/// The provider named by a proxy request path, and the rest of the path (still encoded).
+/// The provider named by a proxy request path, and the rest of the path (still encoded);
+/// `None` for a path that is not under `/v1/proxy/{provider}`.
 pub(super) fn split(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix(PREFIX)?;
-    Some(rest.split_once('/').unwrap_or((rest, "")))
+    Some(rest.split_once('/').unwrap_or((rest, ""))).filter(|(provider, _)| !provider.is_empty())
 }
 
 /// The upstream URI for `path` (encoded, after the provider) and `query`, under `base_path`
@@ -202,5 +203,7 @@ mod tests {
         assert_eq!(split("/v1/proxy/cr/v3/items"), Some(("cr", "v3/items")));
         assert_eq!(split("/v1/proxy/cr"), Some(("cr", "")));
         assert_eq!(split("/v1/tokens/cr"), None);
+        assert_eq!(split("/v1/proxy/"), None);
+        assert_eq!(split("/v1/proxy//x"), None);
     }
 }

@@ -277,4 +277,11 @@ async fn metrics_count_issuances_and_requests_and_hold_no_token() {
     assert_eq!(app.status_of("/healthz").await, StatusCode::OK);
     assert_eq!(app.status_of("/readyz").await, StatusCode::OK);
     assert_eq!(app.status_of("/v1/nowhere").await, StatusCode::NOT_FOUND);
+    // The proxy answers for every path no route matches: only its own need a key.
+    assert_eq!(app.status_of("/v1/proxy/").await, StatusCode::NOT_FOUND);
+    assert_eq!(app.status_of("/v1/proxyx/a").await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.status_of("/v1/proxy/controlroom/a").await,
+        StatusCode::UNAUTHORIZED
+    );
 }
