@@ -4,7 +4,7 @@
 //! from one request to the next, so it is kept as the bytes before and after that number.
 //!
 //! Rendering the JSON (escaping a long JWT twice, formatting two timestamps) cost about a
-//! third of a token request's instructions; a cached answer costs one copy.
+//! quarter of a token request's instructions (34k -> 25k); a cached answer costs one copy.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
