@@ -8,6 +8,7 @@
 //! - [`broker`] holds a slot per provider and [`access`] decides which client key reaches which.
 //! - [`store`] is the boundary to durable state (backends live in `tokenbroker-store`), and
 //!   [`seal`] encrypts every secret before it crosses it.
+//! - [`tls`] is the trust the broker's own TLS clients share (roots, client setup).
 //!
 //! The HTTP API, the proxy and the CLI live in the `tokenbroker` crate and depend on this
 //! one; this crate depends on no server, no CLI and no transport of its own (it is an HTTP
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod seal;
 pub mod slot;
 pub mod store;
+pub mod tls;
 pub mod token;
 
 pub use broker::Broker;

@@ -12,12 +12,10 @@
 //! without TLS.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokenbroker_core::store::{StoreError, StoreErrorKind};
+use tokenbroker_core::tls;
 use tokio_postgres::config::{Host, SslMode};
 
 /// How long to wait for a connection when the URL does not say (`connect_timeout`).
@@ -164,40 +162,18 @@ fn connector(
     roots: &Roots,
     name: &str,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    let mut store = rustls::RootCertStore::empty();
-    match roots {
-        Roots::System => {
-            store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            // Unreadable system certificates are skipped: the webpki roots remain.
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = store.add(cert);
-            }
-        }
+    let store = match roots {
+        Roots::System => tls::system_roots(),
         Roots::File(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|e| {
-                    invalid(format!(
-                        "store {name}: cannot read sslrootcert {}: {e}",
-                        path.display()
-                    ))
-                })?;
-            let (added, _) = store.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(invalid(format!(
-                    "store {name}: sslrootcert {} holds no usable certificate",
-                    path.display()
-                )));
-            }
+            let mut store = rustls::RootCertStore::empty();
+            tls::add_pem_file(&mut store, path).map_err(|e| {
+                invalid(format!("store {name}: sslrootcert {}: {e}", path.display()))
+            })?;
+            store
         }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| invalid(format!("store {name}: TLS setup: {e}")))?
-    .with_root_certificates(store)
-    .with_no_client_auth();
+    };
+    let config =
+        tls::client_config(store).map_err(|e| invalid(format!("store {name}: TLS setup: {e}")))?;
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 

@@ -7,7 +7,6 @@
 //! (measured in BENCHMARKS.md).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,9 +16,8 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokenbroker_core::config::ProviderConfig;
+use tokenbroker_core::tls;
 
 /// How long an idle upstream connection is kept for the next request.
 const IDLE: Duration = Duration::from_secs(90);
@@ -61,7 +59,7 @@ impl Upstreams {
                 provider: provider.name.clone(),
                 reason: reason.to_owned(),
             };
-            let roots = system_roots.get_or_insert_with(system_trust).clone();
+            let roots = system_roots.get_or_insert_with(tls::system_roots).clone();
             let tls = tls_config(provider, roots)?;
             let mut http = HttpConnector::new();
             http.enforce_http(false);
@@ -117,45 +115,20 @@ pub enum UpstreamError {
     Client { provider: String, reason: String },
 }
 
-/// The system's trusted roots and the bundled Mozilla ones. Unreadable system certificates
-/// are skipped: the bundled roots remain.
-fn system_trust() -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for certificate in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(certificate);
-    }
-    roots
-}
-
 /// The TLS client setup of `provider`: `roots` plus its `upstream_ca`.
 fn tls_config(
     provider: &ProviderConfig,
     mut roots: rustls::RootCertStore,
 ) -> Result<rustls::ClientConfig, UpstreamError> {
     if let Some(path) = &provider.proxy.upstream_ca {
-        let ca_error = |reason: String| UpstreamError::Ca {
+        tls::add_pem_file(&mut roots, path).map_err(|e| UpstreamError::Ca {
             provider: provider.name.clone(),
             path: path.display().to_string(),
-            reason,
-        };
-        let certificates = CertificateDer::pem_file_iter(path)
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| ca_error(e.to_string()))?;
-        let (added, _) = roots.add_parsable_certificates(certificates);
-        if added == 0 {
-            return Err(ca_error("no usable certificate in it".to_owned()));
-        }
+            reason: e.to_string(),
+        })?;
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| UpstreamError::Client {
+    tls::client_config(roots).map_err(|e| UpstreamError::Client {
         provider: provider.name.clone(),
         reason: e.to_string(),
-    })?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tls)
+    })
 }
