@@ -17,8 +17,7 @@ use tokenbroker_core::token::Token;
 
 use crate::api::TokenBody;
 
-/// A token as the broker sends it.
-#[derive(Debug)]
+/// A token as the broker sends it. Not `Debug`: its bytes hold the token in the clear.
 pub struct Rendered {
     /// The token this was made from (the cache entry is good while the slot serves it).
     token: Arc<Token>,
@@ -72,8 +71,8 @@ impl Rendered {
     }
 }
 
-/// The latest rendering of each provider's token.
-#[derive(Debug, Default)]
+/// The latest rendering of each provider's token (not `Debug`, as [`Rendered`]).
+#[derive(Default)]
 pub struct RenderCache {
     by_provider: BTreeMap<String, RwLock<Option<Arc<Rendered>>>>,
 }
