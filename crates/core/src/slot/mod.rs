@@ -261,8 +261,8 @@ impl Slot {
                     // Checked again now that it counts (see `get_in_use`); if it is no
                     // longer servable, the guard is dropped and the request waits.
                     shared
-                        .servable(&view, shared.clock.now())
-                        .map(|_| (token, Some(in_use)))
+                        .may_serve(&token, view.state, shared.clock.now())
+                        .then_some((token, Some(in_use)))
                 });
                 if let Some((token, in_use)) = served {
                     token.mark_handed_out();
@@ -417,16 +417,19 @@ impl Shared {
     /// there is).
     fn servable(&self, view: &View, now: SystemTime) -> Option<Arc<Token>> {
         let token = view.token.as_ref()?;
+        self.may_serve(token, view.state, now)
+            .then(|| token.clone())
+    }
+
+    /// Whether `token` may be handed out now, the slot being in `state` (see `servable`).
+    fn may_serve(&self, token: &Token, state: SlotState, now: SystemTime) -> bool {
         let rejected = token.generation <= self.rejected.load(Ordering::Acquire);
         let expiring = now + self.config.min_validity > token.expires_at;
         let rotating = self.config.single_session
             && (now >= token.refresh_at
                 || token.generation <= self.draining.load(Ordering::SeqCst))
-            && !matches!(
-                view.state,
-                SlotState::BackingOff | SlotState::NeedsCredentials
-            );
-        (!rejected && !expiring && !rotating).then(|| token.clone())
+            && !matches!(state, SlotState::BackingOff | SlotState::NeedsCredentials);
+        !rejected && !expiring && !rotating
     }
 }
 
