@@ -74,13 +74,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
-if ((${#missing[@]})); then
-    command -v apt-get >/dev/null 2>&1 || die "need ${missing[*]} and there is no apt-get: install them by hand"
-    [[ "$(id -u)" == 0 ]] || die "need ${missing[*]}: run as root, or install them by hand"
-    echo "==> installing ${missing[*]}"
-    timeout 600 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing "${missing[@]}"
 build_binaries "$ROOT"
 # The commit the binaries were built from (taken now: HEAD may move during the run).
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"

@@ -30,11 +30,7 @@ OUT="${CARGO_TARGET_DIR:-$ROOT/target}/bench-instructions"
 missing=()
 for tool in valgrind wrk curl; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-if ((${#missing[@]})); then
-    [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1 \
-        || die "need ${missing[*]}: install them (as root, apt-get)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing "${missing[@]}"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 build_binaries "$ROOT"
 TB="${1:-$TB}"

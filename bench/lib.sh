@@ -122,3 +122,32 @@ TOML
     done
     die "broker $name did not become ready (its log: $name.log)"
 }
+
+# install_missing PACKAGE...: installs the given Debian packages with apt-get (needs root),
+# or dies saying what to install by hand. Call with the packages whose tools are missing.
+install_missing() {
+    (($#)) || return 0
+    command -v apt-get >/dev/null 2>&1 || die "need $* and there is no apt-get: install them by hand"
+    [[ "$(id -u)" == 0 ]] || die "need $*: run as root, or install them by hand"
+    echo "==> installing $*"
+    timeout 600 apt-get update -qq
+    # The nginx package may try to start a system nginx on port 80; the scripts never use it.
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "$@" >/dev/null
+}
+
+# check_issued_once BROKER_URL BROKER_PID: sets ISSUANCES from the broker's /metrics, and
+# FAILED=1 unless the broker is alive and issued exactly one token (the warm-up's) during the
+# whole benchmark.
+check_issued_once() {
+    local url="$1" pid="$2"
+    echo "==> issuances during the benchmark (GET $url/metrics)"
+    lcurl "$url/metrics" >"$WORK/metrics.txt"
+    grep '^tokenbroker_issuances_total' "$WORK/metrics.txt" || true
+    ISSUANCES="$(awk '/^tokenbroker_issuances_total/ { n += $NF; seen = 1 } END { if (seen) print n; else print "missing" }' \
+        "$WORK/metrics.txt")"
+    if [[ "$ISSUANCES" != 1 ]]; then
+        echo "    FAIL: tokenbroker_issuances_total = $ISSUANCES, expected exactly 1" >&2
+        FAILED=1
+    fi
+    kill -0 "$pid" 2>/dev/null || { echo "    FAIL: the broker died" >&2; FAILED=1; }
+}

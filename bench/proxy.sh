@@ -107,14 +107,7 @@ missing=()
 [[ -n "$(find_nginx)" ]] || missing+=(nginx)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-if ((${#missing[@]})); then
-    command -v apt-get >/dev/null 2>&1 || die "need ${missing[*]} and there is no apt-get: install them by hand"
-    [[ "$(id -u)" == 0 ]] || die "need ${missing[*]}: run as root, or install them by hand"
-    echo "==> installing ${missing[*]}"
-    timeout 600 apt-get update -qq
-    # The nginx package may try to start a system nginx on port 80; we never use it.
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing "${missing[@]}"
 NGINX="$(find_nginx)"
 [[ -n "$NGINX" ]] || die "nginx not found after installing it"
 
@@ -588,16 +581,7 @@ if [[ "$PROFILE" == 1 ]]; then
 fi
 
 # --- 7. exactly one issuance -------------------------------------------------------------
-echo "==> issuances during the benchmark (GET $BROKER/metrics)"
-lcurl "$BROKER/metrics" >"$WORK/metrics.txt"
-grep '^tokenbroker_issuances_total' "$WORK/metrics.txt" || true
-ISSUANCES="$(awk '/^tokenbroker_issuances_total/ { n += $NF; seen = 1 } END { if (seen) print n; else print "missing" }' \
-    "$WORK/metrics.txt")"
-if [[ "$ISSUANCES" != 1 ]]; then
-    echo "    FAIL: tokenbroker_issuances_total = $ISSUANCES, expected exactly 1" >&2
-    FAILED=1
-fi
-kill -0 "$TB_PID" 2>/dev/null || { echo "    FAIL: the broker died" >&2; FAILED=1; }
+check_issued_once "$BROKER" "$TB_PID"
 
 # --- summary -----------------------------------------------------------------------------
 echo
