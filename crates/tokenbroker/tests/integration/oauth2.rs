@@ -55,6 +55,12 @@ impl Setup {
             Err(_) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::Value::Null),
         }
     }
+
+    /// The body of `base`'s `/readyz`.
+    async fn readyz(&self, base: &str) -> serde_json::Value {
+        let response = self.http.get(format!("{base}/readyz")).send().await;
+        response.unwrap().json().await.unwrap()
+    }
 }
 
 /// A consumer of an OAuth2-protected API: token, call, and on a 401 report and retry once.
@@ -197,15 +203,7 @@ async fn rotating_refresh_tokens_survive_20_sigkills_without_a_replay() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (status, body) = setup.token(&serve.url, "crm").await;
     assert_eq!(status, StatusCode::OK, "in service at the end: {body}");
-    let ready: serde_json::Value = setup
-        .http
-        .get(format!("{}/readyz", serve.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = setup.readyz(&serve.url).await;
     assert_eq!(ready["needs_credentials"], json!([]), "{ready}");
     let seen = issuer.counters();
     assert_eq!(seen.replays_outside_grace, 0, "{seen:?}");
@@ -292,15 +290,7 @@ async fn a_crash_mid_refresh_without_grace_replays_nothing_and_waits_for_reseed(
         (1, 0, 0, 0),
         "nothing replayed: {seen:?}"
     );
-    let ready: serde_json::Value = setup
-        .http
-        .get(format!("{}/readyz", serve.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = setup.readyz(&serve.url).await;
     assert_eq!(ready["needs_credentials"], json!(["crm"]));
 
     // The operator reseeds with the refresh token the issuer holds now.
