@@ -13,7 +13,7 @@ use crate::issuer::{self, IssueError};
 use crate::metrics::{Metrics, ProviderLabel};
 use crate::seal::{Purpose, SealError};
 use crate::slot::{self, Context, Persistence, Slot, SlotState};
-use crate::store::{AuditEvent, AuditKind, StoreError};
+use crate::store::{AuditEvent, AuditKind, StoreError, StoreErrorKind};
 
 /// The plaintext of the store's key check.
 const KEY_CHECK: &[u8] = b"tokenbroker master key check";
@@ -33,6 +33,8 @@ pub enum StartError {
 pub struct Broker {
     slots: BTreeMap<String, Slot>,
     persistence: Arc<Persistence>,
+    /// The runtime the broker was started on, which owns the store's connections.
+    runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
     clock: Clock,
     stop: watch::Sender<bool>,
@@ -85,6 +87,7 @@ impl Broker {
         Ok(Self {
             slots,
             persistence,
+            runtime: tokio::runtime::Handle::current(),
             metrics,
             clock,
             stop,
@@ -102,9 +105,14 @@ impl Broker {
         self.slots.values()
     }
 
-    /// Whether the store answers, for the readiness probe.
+    /// Whether the store answers, for the readiness probe. Asked on the broker's runtime,
+    /// which owns the store's connections, whichever runtime the caller runs on.
     pub async fn store_reachable(&self) -> Result<(), StoreError> {
-        self.persistence.store.key_check().await.map(drop)
+        let persistence = self.persistence.clone();
+        self.runtime
+            .spawn(async move { persistence.store.key_check().await.map(drop) })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::new(StoreErrorKind::Unavailable, e.to_string())))
     }
 
     /// The broker's metrics, for the API to count requests in.

@@ -159,6 +159,9 @@ struct Shared {
     demand: AtomicBool,
     /// The highest rejected generation already written to the audit trail.
     rejection_audited: AtomicU64,
+    /// The runtime the slot was started on, which owns the store's connections: a handle
+    /// used from another runtime (the server's workers) reads the store there.
+    runtime: tokio::runtime::Handle,
     /// Whether a rotation drains the other brokers' requests too (`drain`): a
     /// single-session provider on a store that tells of changes.
     drains_across_brokers: bool,
@@ -192,6 +195,7 @@ impl Slot {
             clock: context.clock,
             metrics: context.metrics,
             persistence: context.persistence,
+            runtime: tokio::runtime::Handle::current(),
             view,
             wake: Notify::new(),
             rejected: AtomicU64::new(0),
@@ -338,7 +342,13 @@ impl Slot {
                 .as_ref()
                 .map_or(0, |t| t.generation);
             if g > ours && shared.persistence.sync_every.is_some() {
-                sync::adopt_newer(shared).await;
+                let on_runtime = self.shared.clone();
+                let read = shared
+                    .runtime
+                    .spawn(async move { sync::adopt_newer(&on_runtime).await });
+                if let Err(e) = read.await {
+                    tracing::warn!(provider = %shared.config.name, error = %e, "cannot read the stored token");
+                }
             }
         }
         let generation = {
