@@ -13,6 +13,7 @@ mod table;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Serve HTTPS with these, when set: client keys cross networks.
     pub tls: Option<TlsFiles>,
+    /// How many threads serve HTTP (`workers`); `None`: one per CPU.
+    pub workers: Option<NonZeroUsize>,
 }
 
 /// A PEM certificate chain and its PEM private key.
@@ -171,6 +174,7 @@ impl Config {
             None => Some(ServerConfig {
                 listen: default_listen(),
                 tls: None,
+                workers: None,
             }),
         };
         let store = match top.table("store", &mut problems) {
@@ -242,6 +246,9 @@ fn syntax_problem(text: &str, error: &toml::de::Error) -> Problem {
     )
 }
 
+/// The most HTTP threads `server.workers` may ask for.
+const MAX_WORKERS: usize = 1024;
+
 fn server(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<ServerConfig> {
     let listen = match t.string("listen", problems) {
         Some(text) => match text.parse::<SocketAddr>() {
@@ -270,10 +277,24 @@ fn server(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<ServerConfig>
             None
         }
     };
+    let workers = t.integer("workers", problems).and_then(|n| {
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|n| *n <= MAX_WORKERS)
+            .and_then(NonZeroUsize::new);
+        if n.is_none() {
+            problems.push(Problem::new(
+                t.key("workers"),
+                format!("must be between 1 and {MAX_WORKERS}"),
+            ));
+        }
+        n
+    });
     t.finish(problems);
     Some(ServerConfig {
         listen: listen?,
         tls,
+        workers,
     })
 }
 

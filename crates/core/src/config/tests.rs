@@ -54,6 +54,26 @@ fn defaults_follow_the_spec() {
 }
 
 #[test]
+fn server_workers_default_to_one_per_cpu_and_are_bounded() {
+    let config = Config::parse(PROVIDER).expect("valid");
+    assert_eq!(config.server.workers, None, "unset: one per CPU");
+    let config = Config::parse(&format!("[server]\nworkers = 3\n{PROVIDER}")).expect("valid");
+    assert_eq!(config.server.workers.map(NonZeroUsize::get), Some(3));
+    for bad in ["0", "-1", "1025"] {
+        assert_problem(
+            &format!("[server]\nworkers = {bad}\n{PROVIDER}"),
+            "server.workers",
+            "between 1 and 1024",
+        );
+    }
+    assert_problem(
+        &format!("[server]\nworkers = \"many\"\n{PROVIDER}"),
+        "server.workers",
+        "whole number",
+    );
+}
+
+#[test]
 fn invalid_toml_names_line_and_column() {
     assert_problem("[server]\nlisten = \n", "line 2, column 10", "invalid TOML");
 }
