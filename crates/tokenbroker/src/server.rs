@@ -4,27 +4,42 @@
 //!
 //! [`run`] takes the listener and the shutdown signal from its caller, so `serve` passes a
 //! socket it bound and SIGINT/SIGTERM, and tests pass port 0 and a channel of their own.
+//!
+//! HTTP is served by `workers` threads, each with a single-threaded runtime of its own
+//! that accepts from the shared listener and keeps every connection it accepts, with the
+//! proxy's upstream connections it opens, to itself: a request never changes threads, and
+//! no two workers contend for a lock on the request path. The core (the slots' drivers and
+//! the store) stays on the runtime that called [`run`].
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokenbroker_core::access::Access;
 use tokenbroker_core::broker::StartError;
 use tokenbroker_core::seal::Sealer;
 use tokenbroker_core::slot::Persistence;
 use tokenbroker_core::{Broker, Config};
-
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 
-use crate::api::{self, AppState};
+use crate::api::{AppState, Endpoint};
 use crate::backend::{self, Missing};
 use crate::proxy::{UpstreamError, Upstreams};
 use crate::rendered::RenderCache;
 
 /// How long in-flight requests get to finish after the shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
+
+/// How long a client gets to complete its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,38 +84,195 @@ fn holder_id() -> String {
     format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then drains (bounded) and stops
-/// the slots' drivers.
+/// One worker per CPU: the default of `server.workers`.
+pub fn default_workers() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Serves the API over plain HTTP on `listener` with `workers` threads until `shutdown`
+/// resolves, then drains (bounded) and stops the slots' drivers.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
+    workers: NonZeroUsize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve(listener, state, None, workers, shutdown).await
+}
+
+/// Serves the API over HTTPS, as [`run`] does over plain HTTP.
+pub async fn run_tls(
+    listener: TcpListener,
+    mut state: AppState,
+    tls: Arc<rustls::ServerConfig>,
+    workers: NonZeroUsize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    state.scheme = "https";
+    serve(
+        listener,
+        state,
+        Some(TlsAcceptor::from(tls)),
+        workers,
+        shutdown,
+    )
+    .await
+}
+
+async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<TlsAcceptor>,
+    workers: NonZeroUsize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let broker = state.broker.clone();
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing requests in flight");
-        let _ = stopping_tx.send(());
+    let listener = listener.into_std()?;
+    // Dropped (by a return or by cancellation) it stops the workers as `true` does.
+    let (stop, stopping) = watch::channel(false);
+    let mut finished = Vec::with_capacity(workers.get());
+    for index in 0..workers.get() {
+        let worker = Worker {
+            listener: listener.try_clone()?,
+            endpoint: Endpoint::new(state.for_worker()),
+            tls: tls.clone(),
+            stopping: stopping.clone(),
+        };
+        let (done, result) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("tokenbroker-http-{index}"))
+            .spawn(move || {
+                let _ = done.send(worker.run());
+            })?;
+        finished.push(result);
+    }
+    drop(listener);
+    // Until the signal, or until a worker gives up (it only does when it cannot run).
+    let mut first = futures_util::future::select_all(finished);
+    let early = tokio::select! {
+        () = shutdown => None,
+        (result, _, rest) = &mut first => Some((result, rest)),
     };
-    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-    let result = tokio::select! {
-        result = serve.into_future() => result,
-        // Requests that outlive the drain window are cut.
-        () = async {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(DRAIN).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        } => {
-            tracing::warn!(drain_s = DRAIN.as_secs(), "requests still in flight after the drain window; closing");
-            Ok(())
+    let (mut result, rest) = match early {
+        None => {
+            tracing::info!("shutting down: finishing requests in flight");
+            stop.send_replace(true);
+            let (result, _, rest) = first.await;
+            (result, rest)
+        }
+        Some((result, rest)) => {
+            stop.send_replace(true);
+            (result, rest)
         }
     };
+    for other in rest {
+        let other = other.await;
+        if result.as_ref().is_ok_and(Result::is_ok) {
+            result = other;
+        }
+    }
     broker.shutdown().await;
-    result
+    result.unwrap_or_else(|_| Err(std::io::Error::other("a server worker panicked")))
+}
+
+/// One HTTP thread: its runtime, its handle on the listener, its own upstream clients.
+struct Worker {
+    listener: std::net::TcpListener,
+    endpoint: Endpoint,
+    tls: Option<TlsAcceptor>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Serves on this thread until told to stop, then drains its connections (bounded).
+    fn run(self) -> std::io::Result<()> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(self.serve())
+    }
+
+    async fn serve(mut self) -> std::io::Result<()> {
+        let listener = TcpListener::from_std(self.listener)?;
+        let connections = GracefulShutdown::new();
+        loop {
+            let accepted = tokio::select! {
+                // A dropped sender (the server future cancelled) stops the worker as well.
+                _ = self.stopping.wait_for(|stop| *stop) => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let endpoint = self.endpoint.clone();
+                    let watcher = connections.watcher();
+                    match self.tls.clone() {
+                        None => {
+                            tokio::spawn(connection(stream, peer, endpoint, watcher));
+                        }
+                        Some(acceptor) => {
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await
+                                {
+                                    Ok(Ok(stream)) => {
+                                        connection(stream, peer, endpoint, watcher).await;
+                                    }
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    }
+                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
+                }
+                Err(e) => accept_failed(e).await,
+            }
+        }
+        drop(listener);
+        if tokio::time::timeout(DRAIN, connections.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                drain_s = DRAIN.as_secs(),
+                "requests still in flight after the drain window; closing"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Serves one client connection's requests until it closes, or until the worker stops
+/// (then the request under way finishes and the connection closes).
+async fn connection<I>(io: I, peer: SocketAddr, endpoint: Endpoint, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let endpoint = endpoint.clone();
+        async move { Ok::<_, std::convert::Infallible>(endpoint.handle(peer, request).await) }
+    });
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// An accept error: a connection that died in the backlog is skipped; anything else (out
+/// of file descriptors) is logged and retried a second later, when connections may have
+/// closed.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// A broker served by a background task, for the demo and the tests.
@@ -119,39 +291,15 @@ impl Running {
     }
 }
 
-/// Serves `state` on `listener` in a background task until [`Running::stop`].
+/// Serves `state` on `listener` in a background task until [`Running::stop`], with the
+/// default number of workers.
 pub fn spawn(listener: TcpListener, state: AppState) -> std::io::Result<Running> {
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, state, async {
+    let task = tokio::spawn(run(listener, state, default_workers(), async {
         let _ = stopped.await;
     }));
     Ok(Running { url, stop, task })
-}
-
-/// Serves the API over HTTPS on `listener` until `shutdown` resolves, then drains
-/// (bounded) and stops the slots' drivers, as [`run`] does for plain HTTP.
-pub async fn run_tls(
-    listener: TcpListener,
-    mut state: AppState,
-    tls: Arc<rustls::ServerConfig>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    state.scheme = "https";
-    let broker = state.broker.clone();
-    let handle = axum_server::Handle::new();
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    let server = axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?
-        .handle(handle.clone());
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing requests in flight");
-        handle.graceful_shutdown(Some(DRAIN));
-    });
-    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = server.serve(app).await;
-    broker.shutdown().await;
-    result
 }
 
 /// Resolves on SIGINT or SIGTERM.

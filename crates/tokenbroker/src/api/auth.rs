@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use tokenbroker_core::access::Client;
@@ -18,10 +19,14 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(ApiError::MissingKey)?;
+        Self::from_headers(&parts.headers, state)
+    }
+}
+
+impl Caller {
+    /// The client whose key is in `headers`' `Authorization: Bearer`.
+    pub(crate) fn from_headers(headers: &HeaderMap, state: &AppState) -> Result<Self, ApiError> {
+        let header = headers.get(AUTHORIZATION).ok_or(ApiError::MissingKey)?;
         let text = header.to_str().map_err(|_| ApiError::UnknownKey)?;
         let (scheme, key) = text.split_once(' ').ok_or(ApiError::MissingKey)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -34,9 +39,7 @@ impl FromRequestParts<AppState> for Caller {
             .map(Caller)
             .ok_or(ApiError::UnknownKey)
     }
-}
 
-impl Caller {
     /// The slot of `provider` if this caller may use it. A provider that does not exist
     /// answers like one the caller may not use, so a key learns nothing about providers
     /// outside its scope; only an all-providers client is told it does not exist.

@@ -1,5 +1,10 @@
-//! The broker's HTTP API (SPEC "HTTP API"): routes, the state handlers share, and the
-//! middleware that gives every request a span.
+//! The broker's HTTP API (SPEC "HTTP API"): which handler answers a request, the state
+//! handlers share, and the span every request gets.
+//!
+//! [`Endpoint::handle`] answers the two paths every consumer request takes, a token
+//! (`GET /v1/tokens/{provider}`) and the proxy (`/v1/proxy/…`), itself, and hands every other
+//! request to the axum [`router`]: a route lookup, its extractors and the body conversion cost
+//! more than the rest of a cached token answer (BENCHMARKS.md).
 //!
 //! Handlers stay thin: they authenticate the caller ([`auth`]), ask the core's slot for a
 //! token and shape the answer ([`tokens`]); every failure is an [`ApiError`], which picks
@@ -11,13 +16,18 @@ mod ops;
 mod providers;
 mod tokens;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokenbroker_core::Broker;
 use tokenbroker_core::access::Access;
-use tower_http::trace::TraceLayer;
+use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::proxy::Upstreams;
 use crate::rendered::RenderCache;
@@ -42,8 +52,66 @@ pub struct AppState {
     pub scheme: &'static str,
 }
 
-/// The API's routes over `state`.
-pub fn router(state: AppState) -> Router {
+impl AppState {
+    /// The same state for another of the server's workers: the proxy's upstream clients
+    /// are its own, everything else is shared.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            upstreams: Arc::new(self.upstreams.for_worker()),
+            ..self.clone()
+        }
+    }
+}
+
+/// What answers the requests of one server worker's connections.
+#[derive(Clone)]
+pub struct Endpoint {
+    state: AppState,
+    router: Router,
+}
+
+impl Endpoint {
+    pub fn new(state: AppState) -> Self {
+        let router = router(state.clone());
+        Self { state, router }
+    }
+
+    /// The answer to `request` from the client at `peer`.
+    pub async fn handle<B>(&self, peer: SocketAddr, request: Request<B>) -> Response
+    where
+        B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let span = ops::request_span(&request);
+        let path = request.uri().path();
+        if crate::proxy::provider_of(path).is_some() {
+            crate::proxy::forward(&self.state, peer, request.map(Body::new))
+                .instrument(span)
+                .await
+                .into_response()
+        } else if request.method() == Method::GET
+            && let Some(provider) = tokens::provider_of(path)
+        {
+            tokens::serve(&self.state, request.headers(), provider)
+                .instrument(span)
+                .await
+                .into_response()
+        } else {
+            let router = self.router.clone();
+            match router
+                .oneshot(request.map(Body::new))
+                .instrument(span)
+                .await
+            {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    }
+}
+
+/// The routes of every request that [`Endpoint::handle`] does not answer itself.
+fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/tokens/{provider}", get(tokens::get_token))
         .route("/v1/tokens/{provider}/invalidate", post(tokens::invalidate))
@@ -51,9 +119,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        // `/v1/proxy/{provider}/{path}`, and the 404 of every other unknown path.
-        .fallback(crate::proxy::forward)
+        .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(TraceLayer::new_for_http().make_span_with(ops::request_span))
         .with_state(state)
 }

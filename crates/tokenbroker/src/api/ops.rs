@@ -1,5 +1,5 @@
 //! Operational endpoints that need no key (`/healthz`, `/readyz`, `/metrics`), the JSON
-//! 404 for unknown routes, and the per-request tracing span.
+//! 404 and 405 for unknown routes and methods, and the per-request tracing span.
 
 use axum::Json;
 use axum::extract::State;
@@ -50,6 +50,10 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         )],
         state.broker.render_metrics(),
     )
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::NoRoute
 }
 
 pub(super) async fn method_not_allowed() -> ApiError {

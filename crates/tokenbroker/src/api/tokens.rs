@@ -1,16 +1,14 @@
 //! `GET /v1/tokens/{provider}` and `POST /v1/tokens/{provider}/invalidate`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::FromRequestParts;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokenbroker_core::config::ProviderConfig;
@@ -70,33 +68,55 @@ struct InvalidateRequest {
     access_token: Option<String>,
 }
 
+/// The provider of a `GET /v1/tokens/{provider}` path that needs no decoding, for the
+/// server to answer without the router ([`serve`]); any other path goes through it.
+pub(crate) fn provider_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/tokens/")
+        .filter(|provider| !provider.is_empty() && !provider.contains(['/', '%']))
+}
+
+/// `GET /v1/tokens/{provider}` as the router takes it, with a provider name it decoded.
 pub(super) async fn get_token(
     State(state): State<AppState>,
-    caller: Caller,
     provider: Result<Path<String>, PathRejection>,
-    plain: WantsPlainText,
+    parts: Parts,
 ) -> Result<Response, ApiError> {
     let Path(provider) =
         provider.map_err(|_| ApiError::BadRequest("bad provider name in the path".to_owned()))?;
-    let slot = caller.slot(&state, &provider)?;
+    serve(&state, &parts.headers, &provider).await
+}
+
+/// The token of `provider` for the caller whose key is in `headers`.
+pub(crate) async fn serve(
+    state: &AppState,
+    headers: &HeaderMap,
+    provider: &str,
+) -> Result<Response, ApiError> {
+    let caller = Caller::from_headers(headers, state)?;
+    let slot = caller.slot(state, provider)?;
     let result = slot.get().await;
     count(
-        &state,
-        &provider,
+        state,
+        provider,
         result
             .as_ref()
             .map(|_| ())
             .map_err(|e| ApiError::from(e.clone())),
     );
     let token = result?;
-    Ok(answer(&state, slot.config(), &token, plain))
+    Ok(answer(
+        state,
+        slot.config(),
+        &token,
+        wants_plain_text(headers),
+    ))
 }
 
 pub(super) async fn invalidate(
     State(state): State<AppState>,
     caller: Caller,
     provider: Result<Path<String>, PathRejection>,
-    plain: WantsPlainText,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Path(provider) =
@@ -125,21 +145,21 @@ pub(super) async fn invalidate(
         }
     };
     let (token, _honoured) = slot.invalidate(rejected).await?;
-    Ok(answer(&state, slot.config(), &token, plain))
+    Ok(answer(
+        &state,
+        slot.config(),
+        &token,
+        wants_plain_text(&headers),
+    ))
 }
 
 const JSON: &str = "application/json";
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
 /// The token as JSON, or bare with `Accept: text/plain`.
-fn answer(
-    state: &AppState,
-    config: &ProviderConfig,
-    token: &Arc<Token>,
-    plain: WantsPlainText,
-) -> Response {
+fn answer(state: &AppState, config: &ProviderConfig, token: &Arc<Token>, plain: bool) -> Response {
     let now = SystemTime::now();
-    let mut response = match (state.rendered.get(config, token), plain.0) {
+    let mut response = match (state.rendered.get(config, token), plain) {
         (Some(rendered), true) => (
             [(header::CONTENT_TYPE, HeaderValue::from_static(PLAIN_TEXT))],
             rendered.plain.clone(),
@@ -160,28 +180,20 @@ fn answer(
 }
 
 /// Whether the client prefers `text/plain` (its first listed media type): then it gets
-/// the token bare. (Read from the `Accept` header alone, not a copy of all headers.)
-pub(super) struct WantsPlainText(bool);
-
-impl<S: Sync> FromRequestParts<S> for WantsPlainText {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        let wanted = parts
-            .headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .is_some_and(|first| {
-                first
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("text/plain")
-            });
-        Ok(Self(wanted))
-    }
+/// the token bare.
+fn wants_plain_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|first| {
+            first
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("text/plain")
+        })
 }
 
 fn count(state: &AppState, provider: &str, outcome: Result<(), ApiError>) {

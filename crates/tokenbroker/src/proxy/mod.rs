@@ -18,7 +18,7 @@ mod upstream;
 use std::net::SocketAddr;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Version, header};
 use axum::response::Response;
 use tokenbroker_core::slot::Rejected;
@@ -30,20 +30,20 @@ pub use upstream::{UpstreamError, Upstreams};
 /// The header of a pass-through answer that was not retried, saying why.
 const NO_RETRY: &str = "x-tokenbroker-no-retry";
 
-/// The proxy handler, and the router's fallback: a path under `/v1/proxy/{provider}` is
-/// proxied, any other that no route matched is answered 404. (Being the fallback rather than
-/// a route with `{provider}/{*path}` parameters spares axum collecting parameters that
-/// [`target`] parses anyway: a few percent of a proxied request.)
+/// The provider a path under `/v1/proxy/{provider}` names, if it is one: such a request is
+/// the proxy's ([`forward`]), whatever its method.
+pub(crate) fn provider_of(path: &str) -> Option<&str> {
+    target::split(path).map(|(provider, _)| provider)
+}
+
+/// Forwards a request whose path [`provider_of`] accepted, from the client at `peer`.
 pub(crate) async fn forward(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    state: &AppState,
+    peer: SocketAddr,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (mut parts, body) = request.into_parts();
-    if target::split(parts.uri.path()).is_none() {
-        return Err(ApiError::NoRoute);
-    }
-    let caller = Caller::from_request_parts(&mut parts, &state).await?;
+    let (parts, body) = request.into_parts();
+    let caller = Caller::from_headers(&parts.headers, state)?;
     // An absolute-form request target ("GET http://host/...") is a forward-proxy request;
     // this is a reverse proxy.
     // (HTTP/2 requests always carry a scheme and an authority: that is not the same.)
@@ -52,7 +52,7 @@ pub(crate) async fn forward(
         return Err(ApiError::UnsafePath(UnsafePath::Absolute));
     }
     let (provider, rest) = target::split(parts.uri.path()).ok_or(ApiError::NoRoute)?;
-    let slot = caller.slot(&state, provider)?;
+    let slot = caller.slot(state, provider)?;
     let config = slot.config();
     let upstream = state
         .upstreams

@@ -1,6 +1,10 @@
 //! The proxy's side of the upstream: one pooled keep-alive client per provider with an
 //! `upstream`, its TLS roots, and the parts of its base URL a request URI is built from.
 //!
+//! Each of the server's workers gets clients of its own ([`Upstreams::for_worker`]): a
+//! pooled connection's task runs on the runtime that opened it, so a worker that only uses
+//! its own connections never hands a request to another thread.
+//!
 //! The clients are hyper's own (`hyper-util`'s pooled client over `hyper-rustls`), not
 //! reqwest: a proxied request is already an `http::Request` with a streaming body, and
 //! handing it over as it is saves the conversions and copies a convenience client makes
@@ -26,9 +30,12 @@ const IDLE: Duration = Duration::from_secs(90);
 pub(super) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// One provider's upstream.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Upstream {
     pub(super) client: UpstreamClient,
+    /// What a new client for another worker is built from.
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
     pub(super) scheme: Scheme,
     pub(super) authority: Authority,
     /// The base URL's path without its trailing slash (`""` for the root).
@@ -61,18 +68,7 @@ impl Upstreams {
             };
             let roots = system_roots.get_or_insert_with(tls::system_roots).clone();
             let tls = tls_config(provider, roots)?;
-            let mut http = HttpConnector::new();
-            http.enforce_http(false);
-            http.set_connect_timeout(Some(provider.proxy.upstream_timeout));
-            http.set_nodelay(true);
-            let connector = HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http);
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(IDLE)
-                .build(connector);
+            let connect_timeout = provider.proxy.upstream_timeout;
             let scheme = Scheme::try_from(base.scheme()).map_err(|_| invalid("bad scheme"))?;
             let host = base.host_str().ok_or_else(|| invalid("no host"))?;
             let authority = match base.port() {
@@ -85,7 +81,9 @@ impl Upstreams {
             by_provider.insert(
                 provider.name.clone(),
                 Upstream {
-                    client,
+                    client: client(tls.clone(), connect_timeout),
+                    tls,
+                    connect_timeout,
                     scheme,
                     authority,
                     base_path: base.path().trim_end_matches('/').to_owned(),
@@ -94,6 +92,26 @@ impl Upstreams {
             );
         }
         Ok(Self { by_provider })
+    }
+
+    /// The same upstreams with clients of their own, whose pools share no connection with
+    /// these: for another of the server's workers.
+    pub fn for_worker(&self) -> Self {
+        let by_provider = self
+            .by_provider
+            .iter()
+            .map(|(name, upstream)| {
+                let client = client(upstream.tls.clone(), upstream.connect_timeout);
+                (
+                    name.clone(),
+                    Upstream {
+                        client,
+                        ..upstream.clone()
+                    },
+                )
+            })
+            .collect();
+        Self { by_provider }
     }
 
     /// The upstream of `provider`, if it has one.
@@ -113,6 +131,22 @@ pub enum UpstreamError {
     },
     #[error("{provider}: cannot set up the upstream client: {reason}")]
     Client { provider: String, reason: String },
+}
+
+/// A pooled client over `tls` (or plain TCP, for an `http` upstream).
+fn client(tls: rustls::ClientConfig, connect_timeout: Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(IDLE)
+        .build(connector)
 }
 
 /// The TLS client setup of `provider`: `roots` plus its `upstream_ca`.

@@ -205,6 +205,13 @@ impl TestApp {
         (status, headers, body)
     }
 
+    /// Begins a graceful stop of the broker, as a signal would; the task ends when it has
+    /// stopped.
+    pub(crate) fn begin_stop(&mut self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        let broker = self.broker.take().expect("the broker runs");
+        tokio::spawn(broker.stop())
+    }
+
     /// Stops the broker gracefully and starts a new one on the same store and key.
     pub(crate) async fn restart(&mut self) {
         if let Some(broker) = self.broker.take() {

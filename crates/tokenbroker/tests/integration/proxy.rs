@@ -1,12 +1,14 @@
 //! The reverse proxy end to end: consumers with a static key never see a 401, attacks on
 //! the path are refused, bodies stream, upstream failures answer in the API's error shape.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 
 use crate::helpers::{Options, PROVIDER, TestApp, spawn_app};
 use crate::process::ServeProcess;
@@ -270,6 +272,58 @@ async fn upstream_failures_answer_in_the_error_shape() {
     );
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "upstream_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_finishes_the_request_in_flight_and_takes_no_new_one() {
+    let arrived = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let held = upstream(axum::Router::new().fallback({
+        let (arrived, release) = (arrived.clone(), release.clone());
+        move || async move {
+            arrived.notify_one();
+            release.notified().await;
+            "finished"
+        }
+    }))
+    .await;
+    let mut app = spawn_app(Options {
+        upstream: Some(held),
+        ..Options::default()
+    })
+    .await;
+    let url = format!("{}/v1/proxy/{PROVIDER}/slow", app.url);
+    let in_flight = tokio::spawn(app.http.get(&url).bearer_auth(&app.scoped_key).send());
+    arrived.notified().await;
+    let stopping = app.begin_stop();
+
+    // Every worker lets go of the listener: new connections are refused while the request
+    // in flight is still held. (Polled: nothing outside the broker signals it.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    loop {
+        match fresh.get(&url).bearer_auth(&app.scoped_key).send().await {
+            Err(e) if e.is_connect() => break,
+            answer => assert!(
+                Instant::now() < deadline,
+                "still accepting connections 5 s after the stop began: {answer:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!stopping.is_finished(), "the stop waits for the request");
+
+    release.notify_one();
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "finished");
+    stopping.await.unwrap().expect("the broker stops cleanly");
 }
 
 #[tokio::test]

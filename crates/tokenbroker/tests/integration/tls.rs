@@ -26,9 +26,15 @@ async fn serves_https_with_a_configured_certificate() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tokenbroker::server::run_tls(listener, state, tls, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(tokenbroker::server::run_tls(
+        listener,
+        state,
+        tls,
+        tokenbroker::server::default_workers(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let trusting = reqwest::Client::builder()
         .add_root_certificate(

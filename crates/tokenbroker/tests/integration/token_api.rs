@@ -122,6 +122,42 @@ async fn two_hundred_concurrent_invalidations_of_one_generation_cause_one_login(
 }
 
 #[tokio::test]
+async fn the_token_path_answers_alike_however_it_is_written() {
+    let app = spawn_app(Options::default()).await;
+    let (status, _, direct) = app.get_token(PROVIDER, Some(&app.all_key)).await;
+    assert_eq!(status, StatusCode::OK);
+    // A percent-encoded name takes the router's way (it decodes), not the server's own
+    // shortcut: the same provider, the same token.
+    let encoded = format!("%{:02X}{}", PROVIDER.as_bytes()[0], &PROVIDER[1..]);
+    let (status, _, decoded) = app.get_token(&encoded, Some(&app.all_key)).await;
+    assert_eq!(status, StatusCode::OK, "{decoded}");
+    assert_eq!(decoded["access_token"], direct["access_token"]);
+    assert_eq!(decoded["provider"], PROVIDER);
+
+    let post = app
+        .http
+        .post(format!("{}/v1/tokens/{PROVIDER}", app.url))
+        .bearer_auth(&app.all_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    for path in ["/v1/tokens/", &format!("/v1/tokens/{PROVIDER}/extra")] {
+        let response = app
+            .http
+            .get(format!("{}{path}", app.url))
+            .bearer_auth(&app.all_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"], "not_found", "{path}");
+    }
+    assert_eq!(app.emulator.counters().logins, 1);
+}
+
+#[tokio::test]
 async fn bad_invalidation_bodies_get_the_json_error_shape() {
     let app = spawn_app(Options::default()).await;
     for body in [
