@@ -85,6 +85,7 @@ start_broker() {
         cat >"$WORK/$name.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
+${BROKER_SERVER_EXTRA:-}
 
 [store]
 $store

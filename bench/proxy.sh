@@ -44,6 +44,7 @@
 #   NGINX_WORKERS  worker_processes settings to run, in order        (default "1 auto")
 #   SKIP_BUILD     1 = use the existing release binaries as they are (default 0)
 #   STRICT         1 = also exit 1 when a target of issue 6 is missed (default 0)
+#   BROKER_WORKERS the broker's `server.workers` (HTTP threads)     (default: one per CPU)
 #   BROKER_ENV     extra environment for the broker only, for experiments without a code
 #                  change, e.g. "RUST_LOG=warn" or "TOKIO_WORKER_THREADS=1" or
 #                  "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"  (default none)
@@ -68,6 +69,7 @@ SKIP_BUILD="${SKIP_BUILD:-0}"
 STRICT="${STRICT:-0}"
 PROFILE="${PROFILE:-0}"
 BROKER_ENV="${BROKER_ENV:-}"
+BROKER_WORKERS="${BROKER_WORKERS:-}"
 PROFILE_SECONDS="${PROFILE_SECONDS:-10}"
 PROVIDER=controlroom
 UPSTREAM_BODY='{"ok":true,"items":[1,2,3]}'
@@ -86,6 +88,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ "$PROFILE_SECONDS" =~ ^[0-9]+$ && "$PROFILE_SECONDS" -ge 1 && "$PROFILE_SECONDS" -le 120 ]] \
     || die "PROFILE_SECONDS must be whole seconds between 1 and 120"
 [[ "$THREADS" -le "$CONNECTIONS" ]] || die "THREADS ($THREADS) must not exceed CONNECTIONS ($CONNECTIONS)"
+[[ -z "$BROKER_WORKERS" || "$BROKER_WORKERS" =~ ^[1-9][0-9]?$ ]] || die "BROKER_WORKERS must be 1..99"
+BROKER_SERVER_EXTRA="${BROKER_WORKERS:+workers = $BROKER_WORKERS}"
 read -r -a BROKER_ENV_ARGS <<<"$BROKER_ENV"
 for v in "${BROKER_ENV_ARGS[@]}"; do
     [[ "$v" =~ ^[A-Za-z_][A-Za-z0-9_]*=[^[:space:]]*$ ]] || die "BROKER_ENV: '$v' is not NAME=value"
@@ -592,6 +596,7 @@ if [[ -z "${BENCH_COMMIT:-}" && "$COMMIT" != unknown ]] \
 fi
 echo "==> summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, commit $COMMIT, $("$NGINX" -v 2>&1 | sed 's/.*version: //'))"
 [[ -z "$BROKER_ENV" ]] || echo "    broker started with extra environment: $BROKER_ENV"
+echo "    broker workers: ${BROKER_WORKERS:-one per CPU ($(nproc))}"
 printf '%-5s %-3s %-38s %11s %9s %9s %8s  %s\n' workers "" target "requests/s" p50 p99 non-2xx "socket errors"
 printf '%s\n' "${ROWS[@]}"
 echo
