@@ -1,8 +1,8 @@
 //! `ANY /v1/proxy/{provider}/{path}`: the reverse proxy that injects the provider's token,
 //! so a consumer with a static client key never touches a token (SPEC "HTTP API").
 //!
-//! The request goes to `upstream/{path}?{query}` ([`target`]) through the provider's pooled
-//! client ([`upstream`]), with the client's key removed and the token in the provider's
+//! The request goes to `upstream/{path}?{query}` ([`target`]) on one of the worker's
+//! keep-alive connections to the provider's upstream ([`upstream`], [`pool`]), with the client's key removed and the token in the provider's
 //! header ([`headers`]); bodies stream both ways ([`relay`]). An
 //! upstream answer whose status is in `retry_statuses` (401 by default) invalidates the
 //! generation used and is retried once with the new token, if the request body was small
@@ -11,6 +11,7 @@
 //! single-session rotation can wait for it (the drain of SPEC guarantee 2).
 
 mod headers;
+mod pool;
 mod relay;
 mod target;
 mod upstream;
@@ -58,14 +59,8 @@ pub(crate) async fn forward(
         .upstreams
         .get(provider)
         .ok_or_else(|| ApiError::NoUpstream(provider.to_owned()))?;
-    let uri = target::upstream_uri(
-        &upstream.scheme,
-        &upstream.authority,
-        &upstream.base_path,
-        rest,
-        parts.uri.query(),
-    )
-    .map_err(ApiError::UnsafePath)?;
+    let uri = target::upstream_uri(&upstream.base_path, rest, parts.uri.query())
+        .map_err(ApiError::UnsafePath)?;
 
     // A body small enough to keep can be replayed after a rejection; a larger one streams.
     let length = parts
@@ -89,6 +84,7 @@ pub(crate) async fn forward(
 
     let mut headers = parts.headers;
     headers::to_upstream(&mut headers, &upstream.token_header, peer, state.scheme);
+    headers.insert(header::HOST, upstream.host.clone());
     // Counted "in use" as it is handed out, until the response body is sent (the drain).
     let mut in_use = slot.get_in_use().await?;
     for attempt in 0..2 {
@@ -113,17 +109,18 @@ pub(crate) async fn forward(
             .and_then(|rendered| rendered.header_value.clone())
             .ok_or_else(|| ApiError::NoUpstream(provider.to_owned()))?;
         request.headers_mut().insert(&upstream.token_header, value);
-        let sent = upstream.client.request(request);
-        let answer = match tokio::time::timeout(config.proxy.upstream_timeout, sent).await {
+        let sent = upstream.pool.send(request);
+        let (answer, lease) = match tokio::time::timeout(config.proxy.upstream_timeout, sent).await
+        {
             Err(_) => return Err(ApiError::UpstreamTimeout(provider.to_owned())),
-            Ok(Err(e)) if relay::timed_out(&e) => {
+            Ok(Err(e)) if relay::timed_out(&*e) => {
                 return Err(ApiError::UpstreamTimeout(provider.to_owned()));
             }
             Ok(Err(e)) => {
-                tracing::warn!(provider, error = %relay::describe(&e), "upstream request failed");
+                tracing::warn!(provider, error = %relay::describe(&*e), "upstream request failed");
                 return Err(ApiError::UpstreamUnreachable(provider.to_owned()));
             }
-            Ok(Ok(answer)) => answer,
+            Ok(Ok(sent)) => sent,
         };
         let rejected = config
             .proxy
@@ -134,10 +131,11 @@ pub(crate) async fn forward(
             slot.invalidate(Rejected::Generation(token.generation))
                 .await?;
             if replayable {
+                relay::discard(answer, lease);
                 in_use = slot.get_in_use().await?;
                 continue;
             }
-            let mut response = relay::respond(answer, None, config.proxy.upstream_timeout);
+            let mut response = relay::respond(answer, lease, None, config.proxy.upstream_timeout);
             response.headers_mut().insert(
                 NO_RETRY,
                 HeaderValue::from_static("request body too large to replay"),
@@ -148,6 +146,7 @@ pub(crate) async fn forward(
         // not reported again, so one request causes at most one reissue.
         return Ok(relay::respond(
             answer,
+            lease,
             Some(in_use),
             config.proxy.upstream_timeout,
         ));

@@ -1,6 +1,7 @@
 //! The bodies of a proxied exchange on their way through: the client's request body cut
 //! off past `max_request_body`, and the upstream's answer relayed as it arrives, held
-//! "in use" until its last byte and cut off when the upstream goes silent mid-body.
+//! "in use" until its last byte, cut off when the upstream goes silent mid-body, and its
+//! connection given back to the pool once read to the end.
 
 use std::error::Error;
 use std::future::Future;
@@ -10,12 +11,13 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::response::Response;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokenbroker_core::token::InUse;
 use tokio::time::{Instant, Sleep};
 
 use super::headers;
+use super::pool::Lease;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -30,24 +32,34 @@ pub(super) fn limited(body: Body, max: u64) -> Body {
 /// The upstream's answer for the client: its end-to-end headers, its body relayed as it
 /// arrives. `in_use` keeps the token counted until the last byte is sent; a silence of
 /// `idle` between two parts of the body ends it with an error (the client sees the
-/// connection cut, as it would from the upstream).
+/// connection cut, as it would from the upstream). `lease`, the connection the answer came
+/// on, goes back to its pool once the body has been read to its end.
 pub(super) fn respond(
     answer: hyper::Response<Incoming>,
+    lease: Lease,
     in_use: Option<InUse>,
     idle: Duration,
 ) -> Response {
     let (mut parts, body) = answer.into_parts();
     headers::to_client(&mut parts.headers);
-    Response::from_parts(
-        parts,
-        Body::new(Relay {
-            body,
-            idle,
-            silence: None,
-            armed: false,
-            _in_use: in_use,
-        }),
-    )
+    let mut relay = Relay {
+        body,
+        lease: Some(lease),
+        idle,
+        silence: None,
+        armed: false,
+        _in_use: in_use,
+    };
+    relay.release_if_read();
+    Response::from_parts(parts, Body::new(relay))
+}
+
+/// Drops an answer that is not relayed (a rejection about to be retried), giving its
+/// connection back when the answer had no body left to read.
+pub(super) fn discard(answer: hyper::Response<Incoming>, lease: Lease) {
+    if answer.body().is_end_stream() {
+        lease.release();
+    }
 }
 
 /// Whether a failed upstream request failed by a timeout (of the connection attempt).
@@ -75,6 +87,8 @@ fn sources<'a>(
 /// The upstream's body on its way to the client.
 struct Relay {
     body: Incoming,
+    /// The connection it comes on, until it has been read to the end.
+    lease: Option<Lease>,
     /// How long the upstream may stay silent mid-body.
     idle: Duration,
     /// The deadline of the current silence, made only once the body first has to wait.
@@ -82,6 +96,18 @@ struct Relay {
     /// Whether `silence` counts from the current wait (else it is left from an earlier one).
     armed: bool,
     _in_use: Option<InUse>,
+}
+
+impl Relay {
+    /// Gives the connection back as soon as the body is known to be read to its end (an
+    /// answer of known length, read whole), before anyone polls for the end.
+    fn release_if_read(&mut self) {
+        if self.body.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
+    }
 }
 
 impl http_body::Body for Relay {
@@ -96,6 +122,17 @@ impl http_body::Body for Relay {
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.armed = false;
+                match &frame {
+                    // The end: the connection is free for the next request.
+                    None => {
+                        if let Some(lease) = this.lease.take() {
+                            lease.release();
+                        }
+                    }
+                    Some(Ok(_)) => this.release_if_read(),
+                    // A broken body leaves the connection with hyper, which closes it.
+                    Some(Err(_)) => {}
+                }
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
             Poll::Pending => {

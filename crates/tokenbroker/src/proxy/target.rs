@@ -4,11 +4,12 @@
 //! The path is checked as it arrived (percent-encoded), segment by segment: dot segments,
 //! encoded dots, slashes and backslashes, `@`, control characters (CR, LF, NUL) and
 //! anything that would make the result an absolute URL are refused, never "fixed". What
-//! remains is appended to the upstream's base path; the scheme and host are the upstream's,
-//! set apart from the path, so no path can change them.
+//! remains is appended to the upstream's base path and sent in origin form (path and query
+//! only); the connection and the `Host` header are the upstream's, set apart from the path,
+//! so no path can change them.
 
 use axum::http::Uri;
-use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::uri::PathAndQuery;
 
 /// The route prefix of the proxy.
 pub(super) const PREFIX: &str = "/v1/proxy/";
@@ -39,11 +40,9 @@ pub(super) fn split(path: &str) -> Option<(&str, &str)> {
     Some(rest.split_once('/').unwrap_or((rest, ""))).filter(|(provider, _)| !provider.is_empty())
 }
 
-/// The upstream URI for `path` (encoded, after the provider) and `query`, under `base_path`
-/// of the upstream at `scheme://authority`.
+/// The upstream request target (origin form: path and query; the host goes in `Host`) for
+/// `path` (encoded, after the provider) and `query`, under the upstream's `base_path`.
 pub(super) fn upstream_uri(
-    scheme: &Scheme,
-    authority: &Authority,
     base_path: &str,
     path: &str,
     query: Option<&str>,
@@ -59,12 +58,8 @@ pub(super) fn upstream_uri(
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
-    let path_and_query = PathAndQuery::try_from(path_and_query).map_err(|_| UnsafePath::Invalid)?;
-    Uri::builder()
-        .scheme(scheme.clone())
-        .authority(authority.clone())
-        .path_and_query(path_and_query)
-        .build()
+    PathAndQuery::try_from(path_and_query)
+        .map(Uri::from)
         .map_err(|_| UnsafePath::Invalid)
 }
 
@@ -139,31 +134,17 @@ fn percent_decoded(text: &str) -> impl Iterator<Item = Result<u8, UnsafePath>> +
 mod tests {
     use super::*;
 
-    fn under(base: &str, path: &str, query: Option<&str>) -> Result<Uri, UnsafePath> {
-        let base: Uri = base.parse().unwrap();
-        let base_path = base.path().trim_end_matches('/');
-        upstream_uri(
-            base.scheme().unwrap(),
-            base.authority().unwrap(),
-            base_path,
-            path,
-            query,
-        )
-    }
-
     fn uri(path: &str, query: Option<&str>) -> Result<Uri, UnsafePath> {
-        under("https://api.example.com/base/", path, query)
+        upstream_uri("/base", path, query)
     }
 
     #[test]
     fn joins_path_and_query_under_the_base() {
         let url = uri("v3/items/7", Some("a=1&b=x%20y")).unwrap();
-        assert_eq!(
-            url.to_string(),
-            "https://api.example.com/base/v3/items/7?a=1&b=x%20y"
-        );
-        let root = under("http://h:8080", "", None).unwrap();
-        assert_eq!(root.to_string(), "http://h:8080/");
+        assert_eq!(url.to_string(), "/base/v3/items/7?a=1&b=x%20y");
+        assert_eq!((url.scheme(), url.authority()), (None, None));
+        let root = upstream_uri("", "", None).unwrap();
+        assert_eq!(root.to_string(), "/");
         let dotted = uri("files/report.v2.json", None).unwrap();
         assert_eq!(dotted.path(), "/base/files/report.v2.json");
     }

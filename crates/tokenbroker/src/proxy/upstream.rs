@@ -1,43 +1,30 @@
-//! The proxy's side of the upstream: one pooled keep-alive client per provider with an
-//! `upstream`, its TLS roots, and the parts of its base URL a request URI is built from.
+//! The proxy's side of the upstream: per provider with an `upstream`, how to reach it (its
+//! host, port and TLS roots), the `Host` and base path a request is sent with, and a pool
+//! of keep-alive connections ([`pool`](super::pool)).
 //!
-//! Each of the server's workers gets clients of its own ([`Upstreams::for_worker`]): a
-//! pooled connection's task runs on the runtime that opened it, so a worker that only uses
-//! its own connections never hands a request to another thread.
-//!
-//! The clients are hyper's own (`hyper-util`'s pooled client over `hyper-rustls`), not
-//! reqwest: a proxied request is already an `http::Request` with a streaming body, and
-//! handing it over as it is saves the conversions and copies a convenience client makes
-//! (measured in BENCHMARKS.md).
+//! Each of the server's workers gets pools of its own ([`Upstreams::for_worker`]): a
+//! connection's task runs on the runtime that opened it, so a worker that only uses its
+//! own connections never hands a request to another thread, and no two workers share a
+//! lock.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::HeaderName;
-use axum::http::uri::{Authority, Scheme};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use axum::http::{HeaderName, HeaderValue};
+use rustls::pki_types::ServerName;
 use tokenbroker_core::config::ProviderConfig;
 use tokenbroker_core::tls;
+use tokio_rustls::TlsConnector;
 
-/// How long an idle upstream connection is kept for the next request.
-const IDLE: Duration = Duration::from_secs(90);
-
-/// The pooled client every upstream request of a provider goes through.
-pub(super) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+use super::pool::{Endpoint, Pool};
 
 /// One provider's upstream.
-#[derive(Debug, Clone)]
 pub(super) struct Upstream {
-    pub(super) client: UpstreamClient,
-    /// What a new client for another worker is built from.
-    tls: rustls::ClientConfig,
-    connect_timeout: Duration,
-    pub(super) scheme: Scheme,
-    pub(super) authority: Authority,
+    /// This worker's connections to it.
+    pub(super) pool: Arc<Pool>,
+    endpoint: Arc<Endpoint>,
+    /// The `Host` every request to it carries.
+    pub(super) host: HeaderValue,
     /// The base URL's path without its trailing slash (`""` for the root).
     pub(super) base_path: String,
     /// The header the provider's token goes in.
@@ -45,14 +32,15 @@ pub(super) struct Upstream {
 }
 
 /// The upstreams of every provider that has one.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Upstreams {
     by_provider: BTreeMap<String, Upstream>,
 }
 
 impl Upstreams {
-    /// Clients for every provider of `providers` that has an `upstream`: the system's
-    /// trusted roots and the bundled Mozilla ones, plus the provider's `upstream_ca`.
+    /// The upstream of every provider of `providers` that has one; an `https` one is
+    /// trusted through the system's roots and the bundled Mozilla ones, plus the provider's
+    /// `upstream_ca`.
     pub fn new<'a>(
         providers: impl Iterator<Item = &'a ProviderConfig>,
     ) -> Result<Self, UpstreamError> {
@@ -66,49 +54,64 @@ impl Upstreams {
                 provider: provider.name.clone(),
                 reason: reason.to_owned(),
             };
-            let roots = system_roots.get_or_insert_with(tls::system_roots).clone();
-            let tls = tls_config(provider, roots)?;
-            let connect_timeout = provider.proxy.upstream_timeout;
-            let scheme = Scheme::try_from(base.scheme()).map_err(|_| invalid("bad scheme"))?;
             let host = base.host_str().ok_or_else(|| invalid("no host"))?;
+            let port = base
+                .port_or_known_default()
+                .ok_or_else(|| invalid("no port"))?;
+            // An IPv6 address is written in brackets in a URL and without them on a socket.
+            let bare_host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let tls = match base.scheme() {
+                "http" => None,
+                "https" => {
+                    let roots = system_roots.get_or_insert_with(tls::system_roots).clone();
+                    let name = ServerName::try_from(bare_host.clone())
+                        .map_err(|_| invalid("bad host name for TLS"))?;
+                    Some((TlsConnector::from(tls_config(provider, roots)?), name))
+                }
+                _ => return Err(invalid("the scheme is neither http nor https")),
+            };
             let authority = match base.port() {
                 Some(port) => format!("{host}:{port}"),
                 None => host.to_owned(),
             };
-            let authority = Authority::try_from(authority).map_err(|_| invalid("bad host"))?;
-            let token_header = HeaderName::from_bytes(provider.header.as_bytes())
-                .map_err(|_| invalid("bad header name"))?;
+            let endpoint = Arc::new(Endpoint {
+                host: bare_host,
+                port,
+                tls,
+            });
             by_provider.insert(
                 provider.name.clone(),
                 Upstream {
-                    client: client(tls.clone(), connect_timeout),
-                    tls,
-                    connect_timeout,
-                    scheme,
-                    authority,
+                    pool: Arc::new(Pool::new(endpoint.clone())),
+                    endpoint,
+                    host: HeaderValue::try_from(authority).map_err(|_| invalid("bad host"))?,
                     base_path: base.path().trim_end_matches('/').to_owned(),
-                    token_header,
+                    token_header: HeaderName::from_bytes(provider.header.as_bytes())
+                        .map_err(|_| invalid("bad header name"))?,
                 },
             );
         }
         Ok(Self { by_provider })
     }
 
-    /// The same upstreams with clients of their own, whose pools share no connection with
-    /// these: for another of the server's workers.
+    /// The same upstreams with pools of their own, which share no connection with these:
+    /// for another of the server's workers.
     pub fn for_worker(&self) -> Self {
         let by_provider = self
             .by_provider
             .iter()
             .map(|(name, upstream)| {
-                let client = client(upstream.tls.clone(), upstream.connect_timeout);
-                (
-                    name.clone(),
-                    Upstream {
-                        client,
-                        ..upstream.clone()
-                    },
-                )
+                let upstream = Upstream {
+                    pool: Arc::new(Pool::new(upstream.endpoint.clone())),
+                    endpoint: upstream.endpoint.clone(),
+                    host: upstream.host.clone(),
+                    base_path: upstream.base_path.clone(),
+                    token_header: upstream.token_header.clone(),
+                };
+                (name.clone(), upstream)
             })
             .collect();
         Self { by_provider }
@@ -133,27 +136,11 @@ pub enum UpstreamError {
     Client { provider: String, reason: String },
 }
 
-/// A pooled client over `tls` (or plain TCP, for an `http` upstream).
-fn client(tls: rustls::ClientConfig, connect_timeout: Duration) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(IDLE)
-        .build(connector)
-}
-
-/// The TLS client setup of `provider`: `roots` plus its `upstream_ca`.
+/// The TLS client setup of `provider`: `roots` plus its `upstream_ca`, HTTP/1.1 only.
 fn tls_config(
     provider: &ProviderConfig,
     mut roots: rustls::RootCertStore,
-) -> Result<rustls::ClientConfig, UpstreamError> {
+) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
     if let Some(path) = &provider.proxy.upstream_ca {
         tls::add_pem_file(&mut roots, path).map_err(|e| UpstreamError::Ca {
             provider: provider.name.clone(),
@@ -161,8 +148,10 @@ fn tls_config(
             reason: e.to_string(),
         })?;
     }
-    tls::client_config(roots).map_err(|e| UpstreamError::Client {
+    let mut config = tls::client_config(roots).map_err(|e| UpstreamError::Client {
         provider: provider.name.clone(),
         reason: e.to_string(),
-    })
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

@@ -1,9 +1,11 @@
 //! The reverse proxy end to end: consumers with a static key never see a 401, attacks on
 //! the path are refused, bodies stream, upstream failures answer in the API's error shape.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::ConnectInfo;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
@@ -424,7 +426,7 @@ async fn the_upstream_sees_the_token_and_forwarding_headers_but_never_the_client
     ))
     .await;
     let app = spawn_app(Options {
-        upstream: Some(echo),
+        upstream: Some(echo.clone()),
         ..Options::default()
     })
     .await;
@@ -456,6 +458,101 @@ async fn the_upstream_sees_the_token_and_forwarding_headers_but_never_the_client
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["via"], "1.1 tokenbroker");
+    assert_eq!(
+        seen["host"],
+        echo.trim_start_matches("http://"),
+        "the upstream's own host, not the broker's"
+    );
+}
+
+#[tokio::test]
+async fn answers_read_to_the_end_give_their_upstream_connection_back() {
+    let peers = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = axum::Router::new()
+        .route("/fixed", axum::routing::get(|| async { "fixed" }))
+        .route(
+            "/chunked",
+            axum::routing::get(|| async {
+                let parts = ["chun", "ked"].map(|p| Ok::<_, std::io::Error>(p.to_owned()));
+                axum::body::Body::from_stream(futures_util::stream::iter(parts))
+            }),
+        )
+        .layer(axum::middleware::from_fn({
+            let peers = peers.clone();
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                  request: axum::extract::Request,
+                  next: axum::middleware::Next| {
+                peers.lock().unwrap().insert(peer);
+                next.run(request)
+            }
+        }));
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let app = spawn_app(Options {
+        upstream: Some(url),
+        ..Options::default()
+    })
+    .await;
+    // One client connection, so one broker worker: its requests, one after the other, all
+    // go over the one upstream connection, whether the answers are sized or chunked.
+    for _ in 0..10 {
+        for (path, body) in [("fixed", "fixed"), ("chunked", "chunked")] {
+            let response = proxied_get(&app, path).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.text().await.unwrap(), body);
+        }
+    }
+    let peers = peers.lock().unwrap();
+    assert_eq!(peers.len(), 1, "upstream connections: {peers:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_every_connection_after_answering_is_still_answered() {
+    // Answers one request per connection and closes it without saying so: every pooled
+    // connection the broker keeps is dead by the next request, or dies as it is sent.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                });
+            }
+        }
+    });
+    let app = spawn_app(Options {
+        upstream: Some(url),
+        ..Options::default()
+    })
+    .await;
+    for n in 0..20 {
+        let response = proxied_get(&app, "once").await;
+        assert_eq!(response.status(), StatusCode::OK, "request {n}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 20);
 }
 
 #[tokio::test]
