@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::api::{AppState, Endpoint};
+use crate::api::{AppState, Endpoint, Peer};
 use crate::backend::{self, Missing};
 use crate::proxy::{UpstreamError, Upstreams};
 use crate::rendered::RenderCache;
@@ -249,9 +249,13 @@ async fn connection<I>(io: I, peer: SocketAddr, endpoint: Endpoint, watcher: Wat
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let both = Arc::new((endpoint, Peer::new(peer)));
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let endpoint = endpoint.clone();
-        async move { Ok::<_, std::convert::Infallible>(endpoint.handle(peer, request).await) }
+        let both = both.clone();
+        async move {
+            let (endpoint, client) = &*both;
+            Ok::<_, std::convert::Infallible>(endpoint.handle(client, request).await)
+        }
     });
     let connection =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request};
+use axum::http::{HeaderValue, Method, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokenbroker_core::Broker;
@@ -63,6 +63,20 @@ impl AppState {
     }
 }
 
+/// The client at the other end of a connection, as much of it as requests need.
+pub struct Peer {
+    /// Its IP address as `X-Forwarded-For` names it.
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            forwarded_for: crate::proxy::forwarded_for(address),
+        }
+    }
+}
+
 /// What answers the requests of one server worker's connections.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -76,8 +90,8 @@ impl Endpoint {
         Self { state, router }
     }
 
-    /// The answer to `request` from the client at `peer`.
-    pub async fn handle<B>(&self, peer: SocketAddr, request: Request<B>) -> Response
+    /// The answer to `request` from `client`.
+    pub async fn handle<B>(&self, client: &Peer, request: Request<B>) -> Response
     where
         B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -85,7 +99,7 @@ impl Endpoint {
         let span = ops::request_span(&request);
         let path = request.uri().path();
         if crate::proxy::provider_of(path).is_some() {
-            crate::proxy::forward(&self.state, peer, request.map(Body::new))
+            crate::proxy::forward(&self.state, &client.forwarded_for, request.map(Body::new))
                 .instrument(span)
                 .await
                 .into_response()

@@ -5,11 +5,11 @@
 
 use std::net::SocketAddr;
 
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus
 /// `Proxy-Connection`, which some clients still send.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -21,6 +21,8 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+const HOPS: usize = 9;
+
 /// The `Via` entry this proxy adds.
 const VIA: &str = "1.1 tokenbroker";
 
@@ -29,15 +31,16 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 
 /// Removes the hop-by-hop headers, including those the `Connection` header names. Only the
 /// ones present are removed: most messages have none, and an answer usually has only
-/// `Connection: keep-alive`, so this costs a pass over the names rather than a lookup for
-/// every hop-by-hop name.
+/// `Connection: keep-alive`, so this costs a pass over the names (and no allocation) rather
+/// than a lookup for every hop-by-hop name.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(name))
-        .cloned()
-        .collect();
-    if present.is_empty() {
+    let mut present = [false; HOPS];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -55,9 +58,18 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         })
         .filter_map(|name| HeaderName::try_from(name).ok())
         .collect();
-    for name in present.into_iter().chain(named) {
+    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(hop);
+    }
+    for name in named {
         headers.remove(name);
     }
+}
+
+/// The value of `X-Forwarded-For` for a client at `peer`: its IP address. Made once per
+/// connection.
+pub(crate) fn forwarded_for(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value")
 }
 
 /// Makes the client's headers the ones to send upstream: its end-to-end headers without
@@ -67,7 +79,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 pub(super) fn to_upstream(
     headers: &mut HeaderMap,
     token_header: &HeaderName,
-    peer: SocketAddr,
+    client_ip: &HeaderValue,
     proto: &'static str,
 ) {
     remove_hop_by_hop(headers);
@@ -75,9 +87,7 @@ pub(super) fn to_upstream(
         headers.remove(name);
     }
     headers.remove(token_header);
-    if let Ok(peer) = HeaderValue::try_from(peer.ip().to_string()) {
-        append(headers, X_FORWARDED_FOR, peer);
-    }
+    append(headers, X_FORWARDED_FOR, client_ip.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     append(headers, header::VIA, HeaderValue::from_static(VIA));
 }
@@ -98,17 +108,22 @@ pub(super) fn to_client(headers: &mut HeaderMap) {
 
 /// Adds `value` to a list-valued header, after what is there.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
-    let joined = match headers.get(&name).map(HeaderValue::to_str) {
-        None => Some(value),
-        Some(Ok(existing)) => value
-            .to_str()
-            .ok()
-            .and_then(|value| HeaderValue::try_from(format!("{existing}, {value}")).ok()),
-        // Not text: replaced rather than joined.
-        Some(Err(_)) => Some(value),
-    };
-    if let Some(value) = joined {
-        headers.insert(name, value);
+    match headers.entry(name) {
+        Entry::Vacant(entry) => {
+            entry.insert(value);
+        }
+        Entry::Occupied(mut entry) => {
+            let joined = match (entry.get().to_str(), value.to_str()) {
+                (Ok(existing), Ok(added)) => {
+                    HeaderValue::try_from(format!("{existing}, {added}")).ok()
+                }
+                // Not text: replaced rather than joined.
+                _ => Some(value),
+            };
+            if let Some(joined) = joined {
+                entry.insert(joined);
+            }
+        }
     }
 }
 
@@ -157,7 +172,7 @@ mod tests {
         to_upstream(
             &mut out,
             &HeaderName::from_static("x-authorization"),
-            peer,
+            &forwarded_for(peer),
             "http",
         );
         assert!(

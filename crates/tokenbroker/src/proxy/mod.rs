@@ -16,8 +16,6 @@ mod relay;
 mod target;
 mod upstream;
 
-use std::net::SocketAddr;
-
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{HeaderValue, Version, header};
@@ -25,6 +23,7 @@ use axum::response::Response;
 use tokenbroker_core::slot::Rejected;
 
 use crate::api::{ApiError, AppState, Caller};
+pub(crate) use headers::forwarded_for;
 pub use target::UnsafePath;
 pub use upstream::{UpstreamError, Upstreams};
 
@@ -37,10 +36,11 @@ pub(crate) fn provider_of(path: &str) -> Option<&str> {
     target::split(path).map(|(provider, _)| provider)
 }
 
-/// Forwards a request whose path [`provider_of`] accepted, from the client at `peer`.
+/// Forwards a request whose path [`provider_of`] accepted, from the client whose address
+/// is `forwarded_for` ([`forwarded_for`]).
 pub(crate) async fn forward(
     state: &AppState,
-    peer: SocketAddr,
+    forwarded_for: &HeaderValue,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
@@ -83,7 +83,12 @@ pub(crate) async fn forward(
     };
 
     let mut headers = parts.headers;
-    headers::to_upstream(&mut headers, &upstream.token_header, peer, state.scheme);
+    headers::to_upstream(
+        &mut headers,
+        &upstream.token_header,
+        forwarded_for,
+        state.scheme,
+    );
     headers.insert(header::HOST, upstream.host.clone());
     // Counted "in use" as it is handed out, until the response body is sent (the drain).
     let mut in_use = slot.get_in_use().await?;
