@@ -5,16 +5,17 @@
 //! [`run`] takes the listener and the shutdown signal from its caller, so `serve` passes a
 //! socket it bound and SIGINT/SIGTERM, and tests pass port 0 and a channel of their own.
 //!
-//! HTTP is served by `workers` threads, each with a single-threaded runtime of its own
-//! that accepts from the shared listener and keeps every connection it accepts, with the
-//! proxy's upstream connections it opens, to itself: a request never changes threads, and
-//! no two workers contend for a lock on the request path. The core (the slots' drivers and
-//! the store) stays on the runtime that called [`run`].
+//! HTTP is served by `workers` threads, each with a single-threaded runtime of its own.
+//! [`run`] accepts and hands each new connection to the worker serving the fewest; the
+//! worker keeps it, with the proxy's upstream connections it opens, to itself: a request
+//! never changes threads, and no two workers contend for a lock on the request path. The
+//! core (the slots' drivers and the store) stays on the runtime that called [`run`].
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -26,8 +27,8 @@ use tokenbroker_core::seal::Sealer;
 use tokenbroker_core::slot::Persistence;
 use tokenbroker_core::{Broker, Config};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{AppState, Endpoint, Peer};
@@ -127,16 +128,16 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let broker = state.broker.clone();
-    let listener = listener.into_std()?;
-    // Dropped (by a return or by cancellation) it stops the workers as `true` does.
-    let (stop, stopping) = watch::channel(false);
+    let mut lanes = Vec::with_capacity(workers.get());
     let mut finished = Vec::with_capacity(workers.get());
     for index in 0..workers.get() {
+        let (handoff, accepted) = mpsc::unbounded_channel();
+        let load = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
-            listener: listener.try_clone()?,
+            accepted,
+            load: load.clone(),
             endpoint: Endpoint::new(state.for_worker()),
             tls: tls.clone(),
-            stopping: stopping.clone(),
         };
         let (done, result) = oneshot::channel();
         std::thread::Builder::new()
@@ -144,26 +145,32 @@ async fn serve(
             .spawn(move || {
                 let _ = done.send(worker.run());
             })?;
+        lanes.push(Lane { handoff, load });
         finished.push(result);
     }
-    drop(listener);
-    // Until the signal, or until a worker gives up (it only does when it cannot run).
+    // Accept until the signal, or until a worker gives up (it only does when it cannot run).
     let mut first = futures_util::future::select_all(finished);
-    let early = tokio::select! {
-        () = shutdown => None,
-        (result, _, rest) = &mut first => Some((result, rest)),
+    let mut shutdown = std::pin::pin!(shutdown);
+    let early = loop {
+        tokio::select! {
+            () = &mut shutdown => break None,
+            (result, _, rest) = &mut first => break Some((result, rest)),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => hand_over(&lanes, stream, peer),
+                Err(e) => accept_failed(e).await,
+            },
+        }
     };
+    // No more connections: each worker finishes those it has (bounded) and ends.
+    drop(listener);
+    drop(lanes);
     let (mut result, rest) = match early {
         None => {
             tracing::info!("shutting down: finishing requests in flight");
-            stop.send_replace(true);
             let (result, _, rest) = first.await;
             (result, rest)
         }
-        Some((result, rest)) => {
-            stop.send_replace(true);
-            (result, rest)
-        }
+        Some((result, rest)) => (result, rest),
     };
     for other in rest {
         let other = other.await;
@@ -175,16 +182,55 @@ async fn serve(
     result.unwrap_or_else(|_| Err(std::io::Error::other("a server worker panicked")))
 }
 
-/// One HTTP thread: its runtime, its handle on the listener, its own upstream clients.
+/// The way to one worker: where its new connections go, and how many it is serving.
+struct Lane {
+    handoff: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    load: Arc<AtomicUsize>,
+}
+
+/// Gives a new connection to the worker serving the fewest. (Left to accept for
+/// themselves, the worker that happened to be awake took every connection of a burst.)
+fn hand_over(lanes: &[Lane], stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let Some(lane) = lanes
+        .iter()
+        .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
+    else {
+        return;
+    };
+    match stream.into_std() {
+        Ok(stream) => {
+            lane.load.fetch_add(1, Ordering::Relaxed);
+            if lane.handoff.send((stream, peer)).is_err() {
+                // The worker has ended; the connection closes with the stream.
+                lane.load.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Err(e) => tracing::warn!(%peer, error = %e, "cannot hand a connection to a worker"),
+    }
+}
+
+/// One HTTP thread: its runtime, the connections handed to it, its own upstream pools.
 struct Worker {
-    listener: std::net::TcpListener,
+    accepted: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    /// How many connections it is serving, for [`hand_over`].
+    load: Arc<AtomicUsize>,
     endpoint: Endpoint,
     tls: Option<TlsAcceptor>,
-    stopping: watch::Receiver<bool>,
+}
+
+/// Counts a connection in its worker's load while it lives.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Worker {
-    /// Serves on this thread until told to stop, then drains its connections (bounded).
+    /// Serves on this thread until no connection can come any more, then drains its
+    /// connections (bounded).
     fn run(self) -> std::io::Result<()> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -193,43 +239,39 @@ impl Worker {
     }
 
     async fn serve(mut self) -> std::io::Result<()> {
-        let listener = TcpListener::from_std(self.listener)?;
         let connections = GracefulShutdown::new();
-        loop {
-            let accepted = tokio::select! {
-                // A dropped sender (the server future cancelled) stops the worker as well.
-                _ = self.stopping.wait_for(|stop| *stop) => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let endpoint = self.endpoint.clone();
-                    let watcher = connections.watcher();
-                    match self.tls.clone() {
-                        None => {
-                            tokio::spawn(connection(stream, peer, endpoint, watcher));
-                        }
-                        Some(acceptor) => {
-                            tokio::spawn(async move {
-                                match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await
-                                {
-                                    Ok(Ok(stream)) => {
-                                        connection(stream, peer, endpoint, watcher).await;
-                                    }
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    }
-                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                                }
-                            });
-                        }
-                    }
+        while let Some((stream, peer)) = self.accepted.recv().await {
+            let counted = Counted(self.load.clone());
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot take up a connection");
+                    continue;
                 }
-                Err(e) => accept_failed(e).await,
+            };
+            let endpoint = self.endpoint.clone();
+            let watcher = connections.watcher();
+            match self.tls.clone() {
+                None => {
+                    tokio::spawn(async move {
+                        connection(stream, peer, endpoint, watcher).await;
+                        drop(counted);
+                    });
+                }
+                Some(acceptor) => {
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => connection(stream, peer, endpoint, watcher).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                        drop(counted);
+                    });
+                }
             }
         }
-        drop(listener);
         if tokio::time::timeout(DRAIN, connections.shutdown())
             .await
             .is_err()
@@ -327,5 +369,59 @@ pub async fn signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `count` connected streams, as a listener accepts them.
+    async fn accepted(count: usize) -> Vec<(TcpStream, SocketAddr, std::net::TcpStream)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut streams = Vec::new();
+        for _ in 0..count {
+            let client = std::net::TcpStream::connect(address).unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
+            streams.push((stream, peer, client));
+        }
+        streams
+    }
+
+    #[tokio::test]
+    async fn new_connections_go_to_the_worker_serving_the_fewest() {
+        let mut receivers = Vec::new();
+        let lanes: Vec<Lane> = (0..2)
+            .map(|_| {
+                let (handoff, accepted) = mpsc::unbounded_channel();
+                receivers.push(accepted);
+                Lane {
+                    handoff,
+                    load: Arc::new(AtomicUsize::new(0)),
+                }
+            })
+            .collect();
+        // A worker already busy with three connections gets none of the next three.
+        lanes[0].load.store(3, Ordering::Relaxed);
+        let mut clients = Vec::new();
+        for (stream, peer, client) in accepted(5).await {
+            hand_over(&lanes, stream, peer);
+            clients.push(client);
+        }
+        let loads: Vec<usize> = lanes
+            .iter()
+            .map(|l| l.load.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(loads, [4, 4], "three to the idle worker, then one each");
+        let handed: Vec<usize> = receivers.iter_mut().map(|r| r.len()).collect();
+        assert_eq!(handed, [1, 4]);
+
+        // A connection that ends lowers its worker's load: the next goes there.
+        let (_, _) = receivers[1].try_recv().unwrap();
+        drop(Counted(lanes[1].load.clone()));
+        let (stream, peer, _client) = accepted(1).await.pop().unwrap();
+        hand_over(&lanes, stream, peer);
+        assert_eq!(receivers[1].len(), 4);
     }
 }
