@@ -27,7 +27,7 @@ function owner(sym,    s) {
 }
 
 function user_bucket(o) {
-    if (o ~ /^(tracing_subscriber|tracing_core|tracing|tower_http::trace)(::|$)/) return "tracing (TraceLayer span, subscriber)"
+    if (o ~ /^(tracing_subscriber|tracing_core|tracing|tower_http::trace)(::|$)/) return "tracing (request span, subscriber)"
     if (o ~ /^(url|idna|form_urlencoded|percent_encoding)::/) return "URL building and parsing (url, idna)"
     if (o ~ /^tokenbroker::proxy::headers/) return "tokenbroker proxy header copies (proxy::headers)"
     if (o ~ /^tokenbroker::proxy::target/) return "tokenbroker upstream URL (proxy::target)"
