@@ -3,8 +3,8 @@
 //!
 //! [`Endpoint::handle`] answers the two paths every consumer request takes, a token
 //! (`GET /v1/tokens/{provider}`) and the proxy (`/v1/proxy/…`), itself, and hands every other
-//! request to the axum [`router`]: a route lookup, its extractors and the body conversion cost
-//! more than the rest of a cached token answer (BENCHMARKS.md).
+//! request to the axum [`router`]: a route lookup, its extractors and the body conversion
+//! cost more than all our own work on a cached token answer (profiled: BENCHMARKS.md).
 //!
 //! Handlers stay thin: they authenticate the caller ([`auth`]), ask the core's slot for a
 //! token and shape the answer ([`tokens`]); every failure is an [`ApiError`], which picks
@@ -53,8 +53,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The same state for another of the server's workers: the proxy's upstream clients
-    /// are its own, everything else is shared.
+    /// The same state for another of the server's workers: the proxy's upstream pools are
+    /// its own, everything else is shared.
     pub fn for_worker(&self) -> Self {
         Self {
             upstreams: Arc::new(self.upstreams.for_worker()),
