@@ -24,7 +24,8 @@
 #      through (b) and the broker's current token through (c); (d) answers as many bytes as (e));
 #   5. for each nginx worker setting in NGINX_WORKERS (default "1 auto"), (re)starts the three
 #      nginx instances with that `worker_processes`, and runs the same wrk command against
-#      (a) to (e), each after a short unmeasured warm-up;
+#      (a) to (e), each after a short unmeasured warm-up, RUNS times in turn; with RUNS > 1
+#      the verdicts compare the medians (requests/s and p99) and each run's ratio is listed;
 #   6. with PROFILE=1, counts the servers' system calls per request and samples where their
 #      CPU goes under (b) to (e) with perf (bucketed by bench/perf-buckets.awk);
 #   7. checks through /metrics that the broker logged in exactly once in the whole benchmark.
@@ -38,6 +39,7 @@
 #
 # Knobs (environment variables):
 #   DURATION       seconds per measured wrk run                      (default 15)
+#   RUNS           rounds of (a) to (e) per nginx setting; verdicts on medians (default 1)
 #   WARMUP         seconds of unmeasured wrk before each run, 0 = none (default 2)
 #   CONNECTIONS    wrk connections                                   (default 64)
 #   THREADS        wrk threads                                       (default 2)
@@ -61,6 +63,7 @@
 set -euo pipefail
 
 DURATION="${DURATION:-15}"
+RUNS="${RUNS:-1}"
 WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
@@ -82,6 +85,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 && "$DURATION" -le 600 ]] \
     || die "DURATION must be whole seconds between 1 and 600 (got '$DURATION')"
+[[ "$RUNS" =~ ^[1-9]$ ]] || die "RUNS must be 1 to 9 (got '$RUNS')"
 [[ "$WARMUP" =~ ^[0-9]+$ && "$WARMUP" -le 60 ]] || die "WARMUP must be whole seconds between 0 and 60"
 [[ "$CONNECTIONS" =~ ^[0-9]+$ && "$CONNECTIONS" -ge 1 ]] || die "CONNECTIONS must be a positive integer"
 [[ "$THREADS" =~ ^[0-9]+$ && "$THREADS" -ge 1 ]] || die "THREADS must be a positive integer"
@@ -339,14 +343,14 @@ NOISY=()
 COMMANDS=()
 ROWS=()
 CPU_ROWS=()
-declare -A RPS=() P50=() P99=()
+declare -A RPS=() P99=()
 
 # Runs wrk against URL for target LABEL (a..e); SERVER_NAMES name the processes whose CPU
 # counts as "server" for it (broker, nginx:NAME).
 run_wrk() {   # label description url servers...
     local label="$1" what="$2" url="$3"; shift 3
     local -a servers=("$@")
-    local out="$WORK/wrk-$CUR_WORKERS-$label.txt"
+    local out="$WORK/wrk-$CUR_WORKERS-$label-$RUN.txt"
     local -a opts=("-t$THREADS" "-c$CONNECTIONS" --latency --timeout 5s -H "Authorization: Bearer $KEY")
     local -a cmd=(wrk "${opts[@]:0:2}" "-d${DURATION}s" "${opts[@]:2}" "$url")
     local shown="" arg
@@ -369,7 +373,9 @@ run_wrk() {   # label description url servers...
         local wn; wn="$(awk -F': *' '/Non-2xx or 3xx responses/ { print $2 }' "$out.warmup")"
         [[ -z "$wn" ]] || echo "    note: $wn non-2xx answers during the unmeasured warm-up of ($label)" >&2
     fi
-    echo "==> ($label) $what, nginx worker_processes $CUR_WORKERS"
+    local tag="$label"   # the row's label: c, or c2 for the second of several runs
+    ((RUNS == 1)) || tag+="$RUN"
+    echo "==> ($tag) $what, nginx worker_processes $CUR_WORKERS"
     echo "    $shown"
     local m0 i0 s0 c0 m1 i1 s1 c1
     local -A p0=() p1=()
@@ -410,7 +416,9 @@ run_wrk() {   # label description url servers...
     if [[ "$non2xx" != 0 ]]; then echo "    FAIL: $non2xx non-2xx answers" >&2; FAILED=1; fi
     if [[ -n "$sockerr" ]]; then echo "    FAIL: socket errors: $sockerr" >&2; FAILED=1; fi
 
-    RPS[$CUR_WORKERS$label]="$rps"; P50[$CUR_WORKERS$label]="$p50"; P99[$CUR_WORKERS$label]="$p99"
+    # Each run's figures, space-separated, in run order (p99 in microseconds).
+    local key="$CUR_WORKERS$label"
+    RPS[$key]+="${RPS[$key]:+ }$rps"; P99[$key]+="${P99[$key]:+ }$(to_us "$p99")"
     # Server CPU: the total, and each server's share in microseconds per request.
     local sv=0 parts="" us
     for s in "${servers[@]}"; do
@@ -428,9 +436,9 @@ run_wrk() {   # label description url servers...
                  if (100 * (o + s1 - s0) / (d * cpus) > 5) printf " NOISY" }')"
     [[ "$cpu" != *NOISY* ]] || NOISY+=("($label) with nginx worker_processes $CUR_WORKERS")
     cpu+="  = $parts$conns"
-    ROWS+=("$(printf '%-5s %-3s %-38s %11s %9s %9s %8s  %s' "$CUR_WORKERS" "$label" "$what" "$rps" "$p50" "$p99" "$non2xx" "${sockerr:-none}")")
-    CPU_ROWS+=("$(printf '%-5s %-3s %11s  %s' "$CUR_WORKERS" "$label" "$total" "$cpu")")
-    COMMANDS+=("($label) $shown")
+    ROWS+=("$(printf '%-5s %-3s %-38s %11s %9s %9s %8s  %s' "$CUR_WORKERS" "$tag" "$what" "$rps" "$p50" "$p99" "$non2xx" "${sockerr:-none}")")
+    CPU_ROWS+=("$(printf '%-5s %-3s %11s  %s' "$CUR_WORKERS" "$tag" "$total" "$cpu")")
+    ((RUN > 1)) || COMMANDS+=("($label) $shown")
 }
 
 # What each target must answer before it is measured.
@@ -454,6 +462,15 @@ check_targets() {
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
+median() {   # space-separated numbers
+    tr ' ' '\n' <<<"$1" | sort -g | awk '{ v[NR] = $1 }
+        END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+per_run_ratios() {   # two space-separated lists of the same length
+    paste -d' ' <(tr ' ' '\n' <<<"$1") <(tr ' ' '\n' <<<"$2") \
+        | awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), ($2 > 0 ? $1 / $2 : 0) }'
+}
+ms() { awk -v u="$1" 'BEGIN { printf "%.2fms", u / 1000 }'; }
 RATIO_LINES=()
 for CUR_WORKERS in "${WORKER_SETTINGS[@]}"; do
     # The upstream keeps its port (the broker's config names it); the others get new ones.
@@ -472,21 +489,26 @@ for CUR_WORKERS in "${WORKER_SETTINGS[@]}"; do
     n_workers="$(pgrep -P "${NGINX_PID[upstream]}" | wc -l)"
     echo "    nginx worker_processes $CUR_WORKERS = $n_workers worker(s) per instance"
 
-    run_wrk a "upstream nginx, direct" "$UPSTREAM$BENCH_PATH" nginx:upstream
-    run_wrk b "nginx proxy_pass -> upstream" "$PROXY$BENCH_PATH" nginx:proxy nginx:upstream
-    run_wrk c "tokenbroker /v1/proxy -> upstream" "$BROKER/v1/proxy/$PROVIDER$BENCH_PATH" broker nginx:upstream
-    run_wrk d "nginx return 200 token JSON" "$TOKEN_URL" nginx:token
-    run_wrk e "tokenbroker /v1/tokens" "$BROKER/v1/tokens/$PROVIDER" broker
+    for ((RUN = 1; RUN <= RUNS; RUN++)); do
+        run_wrk a "upstream nginx, direct" "$UPSTREAM$BENCH_PATH" nginx:upstream
+        run_wrk b "nginx proxy_pass -> upstream" "$PROXY$BENCH_PATH" nginx:proxy nginx:upstream
+        run_wrk c "tokenbroker /v1/proxy -> upstream" "$BROKER/v1/proxy/$PROVIDER$BENCH_PATH" broker nginx:upstream
+        run_wrk d "nginx return 200 token JSON" "$TOKEN_URL" nginx:token
+        run_wrk e "tokenbroker /v1/tokens" "$BROKER/v1/tokens/$PROVIDER" broker
+    done
 
     W="$CUR_WORKERS"
     for pair in "c b 0.9 proxy" "e d 1.0 token API"; do
         read -r ours theirs target what <<<"$pair"
-        r="$(ratio "${RPS[$W$ours]}" "${RPS[$W$theirs]}")"
-        p99_ours="$(to_us "${P99[$W$ours]}")"; p99_theirs="$(to_us "${P99[$W$theirs]}")"
+        r="$(ratio "$(median "${RPS[$W$ours]}")" "$(median "${RPS[$W$theirs]}")")"
+        p99_ours="$(median "${P99[$W$ours]}")"; p99_theirs="$(median "${P99[$W$theirs]}")"
         verdict_rps="met"; awk -v r="$r" -v t="$target" 'BEGIN { exit !(r >= t) }' || { verdict_rps="MISSED"; MISSED=1; }
         verdict_p99="met"; awk -v a="$p99_ours" -v b="$p99_theirs" 'BEGIN { exit !(a <= b) }' || { verdict_p99="MISSED"; MISSED=1; }
-        RATIO_LINES+=("$(printf 'workers %-4s (%s)/(%s) %-9s requests/s ratio %s (target >= %s: %s); p99 %s vs %s (no worse: %s)' \
-            "$W" "$ours" "$theirs" "$what" "$r" "$target" "$verdict_rps" "${P99[$W$ours]}" "${P99[$W$theirs]}" "$verdict_p99")")
+        of=""; ((RUNS == 1)) || of="median "
+        RATIO_LINES+=("$(printf 'workers %-4s (%s)/(%s) %-9s %srequests/s ratio %s (target >= %s: %s); %sp99 %s vs %s (no worse: %s)' \
+            "$W" "$ours" "$theirs" "$what" "$of" "$r" "$target" "$verdict_rps" "$of" "$(ms "$p99_ours")" "$(ms "$p99_theirs")" "$verdict_p99")")
+        ((RUNS == 1)) || RATIO_LINES+=("$(printf '             each run: ratio %s; p99 %s vs %s (us)' \
+            "$(per_run_ratios "${RPS[$W$ours]}" "${RPS[$W$theirs]}")" "${P99[$W$ours]}" "${P99[$W$theirs]}")")
     done
 done
 
