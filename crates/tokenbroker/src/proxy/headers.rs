@@ -21,6 +21,7 @@ const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::UPGRADE,
 ];
 
+/// How many names [`HOP_BY_HOP`] has.
 const HOPS: usize = 9;
 
 /// The `Via` entry this proxy adds.
