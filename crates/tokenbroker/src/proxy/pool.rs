@@ -78,6 +78,11 @@ impl Pool {
         }
     }
 
+    /// An empty pool to the same upstream, for another worker.
+    pub(super) fn for_worker(&self) -> Self {
+        Self::new(self.endpoint.clone())
+    }
+
     /// Sends `request` (origin-form URI, `Host` set) on an idle connection, or on a new
     /// one when none is left; answers the response head and the connection it came on.
     pub(super) async fn send(

@@ -50,7 +50,9 @@ pub(super) fn respond(
         armed: false,
         _in_use: in_use,
     };
-    relay.release_if_read();
+    if relay.body.is_end_stream() {
+        relay.release();
+    }
     Response::from_parts(parts, Body::new(relay))
 }
 
@@ -99,12 +101,9 @@ struct Relay {
 }
 
 impl Relay {
-    /// Gives the connection back as soon as the body is known to be read to its end (an
-    /// answer of known length, read whole), before anyone polls for the end.
-    fn release_if_read(&mut self) {
-        if self.body.is_end_stream()
-            && let Some(lease) = self.lease.take()
-        {
+    /// Gives the connection back; called once the body has been read to its end.
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
             lease.release();
         }
     }
@@ -122,16 +121,13 @@ impl http_body::Body for Relay {
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.armed = false;
+                // At the end, or known to be there (an answer of known length read whole,
+                // before anyone polls for the end), the connection is free for the next
+                // request. A broken body leaves it with hyper, which closes it.
                 match &frame {
-                    // The end: the connection is free for the next request.
-                    None => {
-                        if let Some(lease) = this.lease.take() {
-                            lease.release();
-                        }
-                    }
-                    Some(Ok(_)) => this.release_if_read(),
-                    // A broken body leaves the connection with hyper, which closes it.
-                    Some(Err(_)) => {}
+                    None => this.release(),
+                    Some(Ok(_)) if this.body.is_end_stream() => this.release(),
+                    Some(_) => {}
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }

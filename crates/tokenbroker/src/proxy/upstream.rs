@@ -22,7 +22,6 @@ use super::pool::{Endpoint, Pool};
 pub(super) struct Upstream {
     /// This worker's connections to it.
     pub(super) pool: Arc<Pool>,
-    endpoint: Arc<Endpoint>,
     /// The `Host` every request to it carries.
     pub(super) host: HeaderValue,
     /// The base URL's path without its trailing slash (`""` for the root).
@@ -85,8 +84,7 @@ impl Upstreams {
             by_provider.insert(
                 provider.name.clone(),
                 Upstream {
-                    pool: Arc::new(Pool::new(endpoint.clone())),
-                    endpoint,
+                    pool: Arc::new(Pool::new(endpoint)),
                     host: HeaderValue::try_from(authority).map_err(|_| invalid("bad host"))?,
                     base_path: base.path().trim_end_matches('/').to_owned(),
                     token_header: HeaderName::from_bytes(provider.header.as_bytes())
@@ -105,8 +103,7 @@ impl Upstreams {
             .iter()
             .map(|(name, upstream)| {
                 let upstream = Upstream {
-                    pool: Arc::new(Pool::new(upstream.endpoint.clone())),
-                    endpoint: upstream.endpoint.clone(),
+                    pool: Arc::new(upstream.pool.for_worker()),
                     host: upstream.host.clone(),
                     base_path: upstream.base_path.clone(),
                     token_header: upstream.token_header.clone(),
