@@ -7,7 +7,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -79,11 +78,11 @@ pub(crate) fn provider_of(path: &str) -> Option<&str> {
 pub(super) async fn get_token(
     State(state): State<AppState>,
     provider: Result<Path<String>, PathRejection>,
-    parts: Parts,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(provider) =
         provider.map_err(|_| ApiError::BadRequest("bad provider name in the path".to_owned()))?;
-    serve(&state, &parts.headers, &provider).await
+    serve(&state, &headers, &provider).await
 }
 
 /// The token of `provider` for the caller whose key is in `headers`.
