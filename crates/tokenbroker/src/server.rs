@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokenbroker_core::access::Access;
 use tokenbroker_core::broker::StartError;
+use tokenbroker_core::config::ServerConfig;
 use tokenbroker_core::seal::Sealer;
 use tokenbroker_core::slot::Persistence;
 use tokenbroker_core::{Broker, Config};
@@ -85,20 +86,43 @@ fn holder_id() -> String {
     format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
 }
 
-/// One worker per CPU: the default of `server.workers`.
-pub fn default_workers() -> NonZeroUsize {
-    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+/// How the server serves its connections: `[server]`'s `workers` and `idle_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    /// How many threads serve HTTP.
+    pub workers: NonZeroUsize,
+    /// How long a connection may go without sending a complete request head.
+    pub idle_timeout: Duration,
 }
 
-/// Serves the API over plain HTTP on `listener` with `workers` threads until `shutdown`
-/// resolves, then drains (bounded) and stops the slots' drivers.
+impl Serving {
+    /// What `config` asks for, with one worker per CPU unless it says otherwise.
+    pub fn new(config: &ServerConfig) -> Self {
+        Self {
+            workers: config.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+            }),
+            idle_timeout: config.idle_timeout,
+        }
+    }
+}
+
+impl Default for Serving {
+    /// What a config without a `[server]` table gets.
+    fn default() -> Self {
+        Self::new(&ServerConfig::default())
+    }
+}
+
+/// Serves the API over plain HTTP on `listener` until `shutdown` resolves, then drains
+/// (bounded) and stops the slots' drivers.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
-    workers: NonZeroUsize,
+    serving: Serving,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve(listener, state, None, workers, shutdown).await
+    serve(listener, state, None, serving, shutdown).await
 }
 
 /// Serves the API over HTTPS, as [`run`] does over plain HTTP.
@@ -106,7 +130,7 @@ pub async fn run_tls(
     listener: TcpListener,
     mut state: AppState,
     tls: Arc<rustls::ServerConfig>,
-    workers: NonZeroUsize,
+    serving: Serving,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     state.scheme = "https";
@@ -114,7 +138,7 @@ pub async fn run_tls(
         listener,
         state,
         Some(TlsAcceptor::from(tls)),
-        workers,
+        serving,
         shutdown,
     )
     .await
@@ -124,13 +148,14 @@ async fn serve(
     listener: TcpListener,
     state: AppState,
     tls: Option<TlsAcceptor>,
-    workers: NonZeroUsize,
+    serving: Serving,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let broker = state.broker.clone();
-    let mut lanes = Vec::with_capacity(workers.get());
-    let mut finished = Vec::with_capacity(workers.get());
-    for index in 0..workers.get() {
+    let workers = serving.workers.get();
+    let mut lanes = Vec::with_capacity(workers);
+    let mut finished = Vec::with_capacity(workers);
+    for index in 0..workers {
         let (handoff, accepted) = mpsc::unbounded_channel();
         let load = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
@@ -138,6 +163,7 @@ async fn serve(
             load: load.clone(),
             endpoint: Endpoint::new(state.for_worker()),
             tls: tls.clone(),
+            idle_timeout: serving.idle_timeout,
         };
         let (done, result) = oneshot::channel();
         std::thread::Builder::new()
@@ -217,6 +243,7 @@ struct Worker {
     load: Arc<AtomicUsize>,
     endpoint: Endpoint,
     tls: Option<TlsAcceptor>,
+    idle_timeout: Duration,
 }
 
 /// Counts a connection in its worker's load while it lives.
@@ -251,17 +278,20 @@ impl Worker {
             };
             let endpoint = self.endpoint.clone();
             let watcher = connections.watcher();
+            let idle_timeout = self.idle_timeout;
             match self.tls.clone() {
                 None => {
                     tokio::spawn(async move {
-                        connection(stream, peer, endpoint, watcher).await;
+                        connection(stream, peer, endpoint, watcher, idle_timeout).await;
                         drop(counted);
                     });
                 }
                 Some(acceptor) => {
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => connection(stream, peer, endpoint, watcher).await,
+                            Ok(Ok(stream)) => {
+                                connection(stream, peer, endpoint, watcher, idle_timeout).await
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             }
@@ -285,10 +315,16 @@ impl Worker {
     }
 }
 
-/// Serves one client connection's requests until it closes, or until the worker stops
-/// (then the request under way finishes and the connection closes).
-async fn connection<I>(io: I, peer: SocketAddr, endpoint: Endpoint, watcher: Watcher)
-where
+/// Serves one client connection's requests until it closes, goes `idle_timeout` without
+/// a complete request head, or until the worker stops (then the request under way
+/// finishes and the connection closes).
+async fn connection<I>(
+    io: I,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+    watcher: Watcher,
+    idle_timeout: Duration,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let both = Arc::new((endpoint, Peer::new(peer)));
@@ -301,8 +337,12 @@ where
     });
     // An answer's head and body go out in one buffer, with one `send`: measured, a
     // `writev` of the two cost more in the kernel than the copy it saves (BENCHMARKS.md).
+    // hyper's header-read timeout runs from when the connection waits for a request head
+    // (idle included) until the head is complete, so it is our idle timeout too.
     let connection = hyper::server::conn::http1::Builder::new()
         .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout)
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -340,12 +380,11 @@ impl Running {
     }
 }
 
-/// Serves `state` on `listener` in a background task until [`Running::stop`], with the
-/// default number of workers.
-pub fn spawn(listener: TcpListener, state: AppState) -> std::io::Result<Running> {
+/// Serves `state` on `listener` in a background task until [`Running::stop`].
+pub fn spawn(listener: TcpListener, state: AppState, serving: Serving) -> std::io::Result<Running> {
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, state, default_workers(), async {
+    let task = tokio::spawn(run(listener, state, serving, async {
         let _ = stopped.await;
     }));
     Ok(Running { url, stop, task })

@@ -46,7 +46,25 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// How many threads serve HTTP (`workers`); `None`: one per CPU.
     pub workers: Option<NonZeroUsize>,
+    /// How long a client connection may go without sending a complete request head
+    /// (`idle_timeout`): an idle keep-alive connection, or one that sends its head slowly,
+    /// is closed after that. A request being answered is not bound by it.
+    pub idle_timeout: Duration,
 }
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            tls: None,
+            workers: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// `server.idle_timeout` when unset: as long as nginx's `client_header_timeout`.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A PEM certificate chain and its PEM private key.
 #[derive(Debug, Clone)]
@@ -171,11 +189,7 @@ impl Config {
 
         let server = match top.table("server", &mut problems) {
             Some(t) => server(t, &mut problems),
-            None => Some(ServerConfig {
-                listen: default_listen(),
-                tls: None,
-                workers: None,
-            }),
+            None => Some(ServerConfig::default()),
         };
         let store = match top.table("store", &mut problems) {
             Some(t) => store(t, &mut problems),
@@ -290,11 +304,24 @@ fn server(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<ServerConfig>
         }
         n
     });
+    let idle_timeout = match t.duration("idle_timeout", problems) {
+        Some(Duration::ZERO) => {
+            problems.push(Problem::new(
+                t.key("idle_timeout"),
+                "must be longer than 0: a connection needs time to send its request",
+            ));
+            None
+        }
+        Some(timeout) => Some(timeout),
+        None if !t.has("idle_timeout") => Some(DEFAULT_IDLE_TIMEOUT),
+        None => None,
+    };
     t.finish(problems);
     Some(ServerConfig {
         listen: listen?,
         tls,
         workers,
+        idle_timeout: idle_timeout?,
     })
 }
 

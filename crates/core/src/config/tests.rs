@@ -74,6 +74,25 @@ fn server_workers_default_to_one_per_cpu_and_are_bounded() {
 }
 
 #[test]
+fn server_idle_timeout_defaults_to_a_minute_and_must_be_positive() {
+    let config = Config::parse(PROVIDER).expect("valid");
+    assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
+    let config =
+        Config::parse(&format!("[server]\nidle_timeout = \"5s\"\n{PROVIDER}")).expect("valid");
+    assert_eq!(config.server.idle_timeout, Duration::from_secs(5));
+    assert_problem(
+        &format!("[server]\nidle_timeout = \"0s\"\n{PROVIDER}"),
+        "server.idle_timeout",
+        "longer than 0",
+    );
+    assert_problem(
+        &format!("[server]\nidle_timeout = \"soon\"\n{PROVIDER}"),
+        "server.idle_timeout",
+        "bad duration",
+    );
+}
+
+#[test]
 fn invalid_toml_names_line_and_column() {
     assert_problem("[server]\nlisten = \n", "line 2, column 10", "invalid TOML");
 }

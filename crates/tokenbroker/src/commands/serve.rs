@@ -24,10 +24,7 @@ pub async fn run(path: &Path) -> Result<u8, Exit> {
     };
     crate::cli::init_logging("tokenbroker=info,tokenbroker_core=info");
     let listen = config.server.listen;
-    let workers = config
-        .server
-        .workers
-        .unwrap_or_else(server::default_workers);
+    let serving = server::Serving::new(&config.server);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -37,10 +34,17 @@ pub async fn run(path: &Path) -> Result<u8, Exit> {
         .await
         .map_err(|e| Exit::new(exit::FAILURE, format!("cannot start: {e}")))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%listen, scheme, providers, workers, "tokenbroker serving");
+    tracing::info!(
+        %listen,
+        scheme,
+        providers,
+        workers = serving.workers,
+        idle_timeout_s = serving.idle_timeout.as_secs_f64(),
+        "tokenbroker serving"
+    );
     match tls {
-        Some(tls) => server::run_tls(listener, state, tls, workers, server::signal()).await,
-        None => server::run(listener, state, workers, server::signal()).await,
+        Some(tls) => server::run_tls(listener, state, tls, serving, server::signal()).await,
+        None => server::run(listener, state, serving, server::signal()).await,
     }
     .context("server failed")?;
     tracing::info!("stopped");

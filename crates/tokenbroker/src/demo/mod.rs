@@ -254,7 +254,8 @@ admin = true
     let state = AppState::start(config, sealer)
         .await
         .context("cannot start the broker")?;
-    Ok(server::spawn(listener, state).context("cannot serve the broker")?)
+    Ok(server::spawn(listener, state, server::Serving::default())
+        .context("cannot serve the broker")?)
 }
 
 fn progress(bars: &MultiProgress, label: &str, duration: Duration) -> ProgressBar {

@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use secrecy::SecretString;
 use tokenbroker::api::AppState;
 use tokenbroker::client::BrokerClient;
+use tokenbroker::server::Serving;
 use tokenbroker_core::Config;
 use tokenbroker_core::access::{hex, key_sha256, new_client_key};
 use tokenbroker_core::seal::{Sealer, new_master_key};
@@ -29,6 +30,8 @@ pub(crate) struct Options {
     pub(crate) logout_on_shutdown: bool,
     /// The API key the broker logs in to `other` with (the emulator knows `other-k3y`).
     pub(crate) other_api_key: &'static str,
+    /// Lines for `[server]` (the listener is the test's own).
+    pub(crate) server_extra: String,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
             upstream: None,
             logout_on_shutdown: false,
             other_api_key: "other-k3y",
+            server_extra: String::new(),
         }
     }
 }
@@ -119,10 +123,11 @@ pub(crate) async fn start_broker(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
+    let serving = Serving::new(&config.server);
     let state = AppState::start(config, sealer(master_key))
         .await
         .expect("the broker starts");
-    tokenbroker::server::spawn(listener, state).expect("the broker serves")
+    tokenbroker::server::spawn(listener, state, serving).expect("the broker serves")
 }
 
 /// The most logins a run of `duration` may cause with tokens of `lifetime`: one per token
@@ -141,6 +146,9 @@ fn config_text(
 ) -> String {
     format!(
         r#"
+[server]
+{server}
+
 [store]
 path = "{store}/tokenbroker.db"
 
@@ -174,6 +182,7 @@ providers = ["{PROVIDER}"]
 "#,
         all = hex(&key_sha256(all_key)),
         scoped = hex(&key_sha256(scoped_key)),
+        server = options.server_extra,
         extra = options.provider_extra,
         upstream = options.upstream.as_deref().unwrap_or(emulator),
         logout = options.logout_on_shutdown,

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cluster;
+mod connections;
 mod consumers;
 mod drain;
 mod helpers;

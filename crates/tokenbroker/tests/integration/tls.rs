@@ -30,7 +30,7 @@ async fn serves_https_with_a_configured_certificate() {
         listener,
         state,
         tls,
-        tokenbroker::server::default_workers(),
+        tokenbroker::server::Serving::default(),
         async {
             let _ = stopped.await;
         },

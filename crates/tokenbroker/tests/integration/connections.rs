@@ -1,0 +1,121 @@
+//! Client connections: one that never completes its request head, or sits idle between
+//! requests, is closed after `server.idle_timeout`; a request the broker takes longer than
+//! that to answer is not cut by it.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{Options, PROVIDER, TestApp, spawn_app};
+
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A broker that closes connections after [`IDLE_TIMEOUT`] without a request head.
+async fn app(options: Options) -> TestApp {
+    spawn_app(Options {
+        server_extra: format!("idle_timeout = \"{}ms\"", IDLE_TIMEOUT.as_millis()),
+        ..options
+    })
+    .await
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    let address = app
+        .url
+        .strip_prefix("http://")
+        .expect("a plain HTTP broker");
+    TcpStream::connect(address)
+        .await
+        .expect("the broker accepts")
+}
+
+/// A request head without the blank line that ends it.
+const UNFINISHED_HEAD: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: broker\r\n";
+
+/// Everything the broker sends until it closes the connection, which must come after
+/// [`IDLE_TIMEOUT`] (not before: then something else closed it) and well before ten of
+/// them (a broker that keeps the connection open fails the test).
+async fn closed_by_the_idle_timeout(stream: &mut TcpStream) -> String {
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(IDLE_TIMEOUT * 10, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    let received = String::from_utf8_lossy(&received).into_owned();
+    assert!(
+        closed.is_ok(),
+        "the broker kept the connection open; it sent {received:?}"
+    );
+    assert!(
+        started.elapsed() >= IDLE_TIMEOUT.mul_f32(0.9),
+        "closed after {:?}, before the idle timeout; it sent {received:?}",
+        started.elapsed()
+    );
+    received
+}
+
+#[tokio::test]
+async fn a_request_head_that_never_ends_is_cut_off_after_the_idle_timeout() {
+    let app = app(Options::default()).await;
+
+    // The same head, finished, is answered: the broker has nothing against it.
+    let mut prompt = connect(&app).await;
+    prompt.write_all(UNFINISHED_HEAD).await.unwrap();
+    prompt.write_all(b"\r\n").await.unwrap();
+    let mut answer = [0u8; 12];
+    prompt.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    let mut slow = connect(&app).await;
+    slow.write_all(UNFINISHED_HEAD).await.unwrap();
+    let received = closed_by_the_idle_timeout(&mut slow).await;
+    assert!(
+        !received.contains("200"),
+        "an unfinished head was answered: {received:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let app = app(Options::default()).await;
+    let mut idle = connect(&app).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n")
+        .await
+        .unwrap();
+    let received = closed_by_the_idle_timeout(&mut idle).await;
+    assert!(
+        received.starts_with("HTTP/1.1 200"),
+        "the request was not answered: {received:?}"
+    );
+    assert!(
+        !received.to_ascii_lowercase().contains("connection: close"),
+        "the broker meant to close it anyway: {received:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_that_takes_longer_than_the_idle_timeout_still_arrives() {
+    // The first token request waits for the login, which takes twice the idle timeout.
+    let app = app(Options {
+        login_latency: IDLE_TIMEOUT * 2,
+        ..Options::default()
+    })
+    .await;
+    let started = Instant::now();
+    let (status, _, body) = app.get_token(PROVIDER, Some(&app.scoped_key)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        started.elapsed() >= IDLE_TIMEOUT * 2,
+        "the login did not take its latency ({:?}), so this proves nothing",
+        started.elapsed()
+    );
+}
