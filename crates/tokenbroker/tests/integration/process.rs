@@ -36,13 +36,18 @@ pub(crate) async fn output(mut command: Command) -> Output {
 }
 
 impl ServeProcess {
-    /// Starts `serve` with `config` (without a `[server]` table) and `master_key`, on a
-    /// port the OS picks; [`ServeProcess::ready`] learns it from the broker's log.
+    /// Starts `serve` with `config` (with no `listen`) and `master_key`, on a port the OS
+    /// picks; [`ServeProcess::ready`] learns it from the broker's log.
     pub(crate) fn start(config: &str, master_key: &str) -> Self {
         let files = tempfile::tempdir().expect("a temporary directory");
         let path = files.path().join("tokenbroker.toml");
         let mut file = std::fs::File::create(&path).expect("config file");
-        write!(file, "[server]\nlisten = \"127.0.0.1:0\"\n{config}").expect("write config");
+        const LISTEN: &str = "[server]\nlisten = \"127.0.0.1:0\"\n";
+        let config = match config.split_once("[server]\n") {
+            Some((before, after)) => format!("{before}{LISTEN}{after}"),
+            None => format!("{LISTEN}{config}"),
+        };
+        file.write_all(config.as_bytes()).expect("write config");
         let log = files.path().join("stderr.log");
         let child = tokenbroker()
             .args(["serve", "--config"])
