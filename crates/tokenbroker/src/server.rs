@@ -32,7 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 
-use crate::api::{AppState, Endpoint, Peer};
+use crate::api::{AppState, Endpoint, Peer, ServedCounters};
 use crate::backend::{self, Missing};
 use crate::proxy::{UpstreamError, Upstreams};
 use crate::rendered::RenderCache;
@@ -71,11 +71,16 @@ impl AppState {
             config.providers.keys().map(String::as_str),
         ));
         let broker = Arc::new(Broker::start(config.providers, persistence).await?);
+        let served = Arc::new(ServedCounters::new(
+            broker.metrics(),
+            broker.slots().map(|slot| slot.config().name.as_str()),
+        ));
         Ok(Self {
             broker,
             access,
             upstreams,
             rendered,
+            served,
             scheme: "http",
         })
     }

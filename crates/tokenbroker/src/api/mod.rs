@@ -36,7 +36,7 @@ use crate::rendered::RenderCache;
 pub(crate) use auth::Caller;
 pub use error::{ApiError, BROKER_ERROR};
 pub use providers::{LastError, ProviderStatus};
-pub use tokens::TokenBody;
+pub use tokens::{ServedCounters, TokenBody};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -49,6 +49,8 @@ pub struct AppState {
     pub upstreams: Arc<Upstreams>,
     /// Each provider's current token as the broker sends it.
     pub rendered: Arc<RenderCache>,
+    /// Each provider's count of tokens served.
+    pub served: Arc<ServedCounters>,
     /// `http` or `https`: what this listener speaks, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
 }

@@ -1,5 +1,6 @@
 //! `GET /v1/tokens/{provider}` and `POST /v1/tokens/{provider}/invalidate`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -9,9 +10,10 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use tokenbroker_core::config::ProviderConfig;
-use tokenbroker_core::metrics::OutcomeLabels;
+use tokenbroker_core::metrics::{Metrics, OutcomeLabels};
 use tokenbroker_core::slot::Rejected;
 use tokenbroker_core::token::Token;
 
@@ -196,17 +198,50 @@ fn wants_plain_text(headers: &HeaderMap) -> bool {
 }
 
 fn count(state: &AppState, provider: &str, outcome: Result<(), ApiError>) {
-    let outcome = match &outcome {
-        Ok(()) => "served",
-        Err(e) => e.code(),
-    };
-    state
-        .broker
-        .metrics()
-        .token_requests
-        .get_or_create(&OutcomeLabels {
-            provider: provider.to_owned(),
-            outcome,
-        })
-        .inc();
+    match outcome {
+        Ok(()) => state.served.count(provider),
+        Err(e) => {
+            state
+                .broker
+                .metrics()
+                .token_requests
+                .get_or_create(&OutcomeLabels {
+                    provider: provider.to_owned(),
+                    outcome: e.code(),
+                })
+                .inc();
+        }
+    }
+}
+
+const SERVED: &str = "served";
+
+/// Each provider's count of tokens served (`token_requests{outcome="served"}`), taken
+/// from the metric family once: through the family, counting cost an allocated label and
+/// a hash on every token request (about 600 instructions, 3% of one).
+pub struct ServedCounters(BTreeMap<String, Counter>);
+
+impl ServedCounters {
+    /// The counters of `providers` in `metrics`.
+    pub fn new<'a>(metrics: &Metrics, providers: impl Iterator<Item = &'a str>) -> Self {
+        Self(
+            providers
+                .map(|provider| {
+                    let labels = OutcomeLabels {
+                        provider: provider.to_owned(),
+                        outcome: SERVED,
+                    };
+                    let counter = metrics.token_requests.get_or_create(&labels).clone();
+                    (provider.to_owned(), counter)
+                })
+                .collect(),
+        )
+    }
+
+    /// One more token of `provider` served (a provider the broker serves, so one of these).
+    fn count(&self, provider: &str) {
+        if let Some(served) = self.0.get(provider) {
+            served.inc();
+        }
+    }
 }
