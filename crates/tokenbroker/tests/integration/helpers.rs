@@ -130,6 +130,14 @@ pub(crate) async fn start_broker(
     tokenbroker::server::spawn(listener, state, serving).expect("the broker serves")
 }
 
+/// Serves `router` on a loopback port for the test's lifetime: an upstream for the proxy.
+pub(crate) async fn upstream(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
 /// The most logins a run of `duration` may cause with tokens of `lifetime`: one per token
 /// life, with the default `refresh_before` (a fifth), plus the first and one for rounding.
 pub(crate) fn login_bound(lifetime: Duration, duration: Duration) -> u64 {
@@ -192,6 +200,16 @@ providers = ["{PROVIDER}"]
 }
 
 impl TestApp {
+    /// `GET /v1/proxy/controlroom/{path}` with the scoped key.
+    pub(crate) async fn proxied_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/v1/proxy/{PROVIDER}/{path}", self.url))
+            .bearer_auth(&self.scoped_key)
+            .send()
+            .await
+            .expect("the broker answers")
+    }
+
     /// A broker client with the all-providers key.
     pub(crate) fn client(&self) -> BrokerClient {
         BrokerClient::new(&self.url, SecretString::from(self.all_key.clone())).expect("valid URL")

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use crate::helpers::{Options, PROVIDER, TestApp, spawn_app};
+use crate::helpers::{Options, PROVIDER, TestApp, spawn_app, upstream};
 use crate::process::ServeProcess;
 
 /// `POST /v1/proxy/controlroom/v3/wlm/queues/1/workitems` with the scoped key.
@@ -24,16 +24,6 @@ async fn create_work_item(app: &TestApp) -> reqwest::Response {
         ))
         .bearer_auth(&app.scoped_key)
         .json(&serde_json::json!({ "workItems": [{ "json": { "n": 1 } }] }))
-        .send()
-        .await
-        .expect("the broker answers")
-}
-
-/// `GET /v1/proxy/controlroom/{path}` with the scoped key.
-async fn proxied_get(app: &TestApp, path: &str) -> reqwest::Response {
-    app.http
-        .get(format!("{}/v1/proxy/{PROVIDER}/{path}", app.url))
-        .bearer_auth(&app.scoped_key)
         .send()
         .await
         .expect("the broker answers")
@@ -182,14 +172,6 @@ async fn every_path_escape_is_refused_before_it_reaches_the_upstream() {
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().get("x-tokenbroker-error").is_none());
     assert_eq!(app.emulator.counters().unauthorized, 0);
-}
-
-/// Serves `router` on a loopback port for the test's lifetime.
-async fn upstream(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    url
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +325,7 @@ async fn an_upstream_silent_mid_body_is_cut_off_after_upstream_timeout() {
         ..Options::default()
     })
     .await;
-    let response = proxied_get(&app, "stream").await;
+    let response = app.proxied_get("stream").await;
     assert_eq!(
         response.status(),
         StatusCode::OK,
@@ -393,7 +375,7 @@ async fn an_https_upstream_is_trusted_through_its_configured_ca_only() {
         ..Options::default()
     })
     .await;
-    let answer = proxied_get(&trusting, "anything").await;
+    let answer = trusting.proxied_get("anything").await;
     assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(answer.text().await.unwrap(), "over tls");
 
@@ -402,7 +384,7 @@ async fn an_https_upstream_is_trusted_through_its_configured_ca_only() {
         ..Options::default()
     })
     .await;
-    let refused = proxied_get(&untrusting, "anything").await;
+    let refused = untrusting.proxied_get("anything").await;
     assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(
         refused.headers()["x-tokenbroker-error"],
@@ -504,7 +486,7 @@ async fn answers_read_to_the_end_give_their_upstream_connection_back() {
     // go over the one upstream connection, whether the answers are sized or chunked.
     for _ in 0..10 {
         for (path, body) in [("fixed", "fixed"), ("chunked", "chunked")] {
-            let response = proxied_get(&app, path).await;
+            let response = app.proxied_get(path).await;
             assert_eq!(response.status(), StatusCode::OK);
             assert_eq!(response.text().await.unwrap(), body);
         }
@@ -548,7 +530,7 @@ async fn an_upstream_that_closes_every_connection_after_answering_is_still_answe
     })
     .await;
     for n in 0..20 {
-        let response = proxied_get(&app, "once").await;
+        let response = app.proxied_get("once").await;
         assert_eq!(response.status(), StatusCode::OK, "request {n}");
         assert_eq!(response.text().await.unwrap(), "ok");
     }
@@ -564,7 +546,7 @@ async fn an_upstream_that_always_answers_401_costs_one_reissue_per_request() {
         ..Options::default()
     })
     .await;
-    let response = proxied_get(&app, "x").await;
+    let response = app.proxied_get("x").await;
     assert_eq!(
         response.status(),
         StatusCode::UNAUTHORIZED,
