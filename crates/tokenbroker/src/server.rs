@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokenbroker_core::access::Access;
 use tokenbroker_core::broker::StartError;
@@ -36,6 +36,10 @@ use crate::api::{AppState, Endpoint, Peer, ServedCounters};
 use crate::backend::{self, Missing};
 use crate::proxy::{UpstreamError, Upstreams};
 use crate::rendered::RenderCache;
+
+mod idle;
+
+use idle::{Activity, Answer, Sweeper};
 
 /// How long in-flight requests get to finish after the shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -96,7 +100,7 @@ fn holder_id() -> String {
 pub struct Serving {
     /// How many threads serve HTTP.
     pub workers: NonZeroUsize,
-    /// How long a connection may go without sending a complete request head.
+    /// How long a connection may stay idle: with no request of its being answered.
     pub idle_timeout: Duration,
 }
 
@@ -272,7 +276,15 @@ impl Worker {
 
     async fn serve(mut self) -> std::io::Result<()> {
         let connections = GracefulShutdown::new();
-        while let Some((stream, peer)) = self.accepted.recv().await {
+        let mut sweeper = Sweeper::new(self.idle_timeout);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.accepted.recv() => match accepted {
+                    Some(accepted) => accepted,
+                    None => break,
+                },
+                () = sweeper.sweep() => continue,
+            };
             let counted = Counted(self.load.clone());
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
@@ -283,29 +295,27 @@ impl Worker {
             };
             let endpoint = self.endpoint.clone();
             let watcher = connections.watcher();
-            let idle_timeout = self.idle_timeout;
-            match self.tls.clone() {
-                None => {
-                    tokio::spawn(async move {
-                        connection(stream, peer, endpoint, watcher, idle_timeout).await;
-                        drop(counted);
-                    });
-                }
-                Some(acceptor) => {
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => {
-                                connection(stream, peer, endpoint, watcher, idle_timeout).await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            let activity = Activity::new();
+            let watched = activity.clone();
+            let task = match self.tls.clone() {
+                None => tokio::spawn(async move {
+                    connection(stream, peer, endpoint, watcher, activity).await;
+                    drop(counted);
+                }),
+                Some(acceptor) => tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            connection(stream, peer, endpoint, watcher, activity).await
                         }
-                        drop(counted);
-                    });
-                }
-            }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                    drop(counted);
+                }),
+            };
+            sweeper.watch(watched, task.abort_handle());
         }
         if tokio::time::timeout(DRAIN, connections.shutdown())
             .await
@@ -320,34 +330,34 @@ impl Worker {
     }
 }
 
-/// Serves one client connection's requests until it closes, goes `idle_timeout` without
-/// a complete request head, or until the worker stops (then the request under way
-/// finishes and the connection closes).
+/// Serves one client connection's requests until it closes, or until the worker stops
+/// (then the request under way finishes and the connection closes). Its worker's
+/// [`Sweeper`] closes it when it goes `server.idle_timeout` without a request being
+/// answered; `activity` is what tells it.
 async fn connection<I>(
     io: I,
     peer: SocketAddr,
     endpoint: Endpoint,
     watcher: Watcher,
-    idle_timeout: Duration,
+    activity: Arc<Activity>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let both = Arc::new((endpoint, Peer::new(peer)));
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        activity.request_started();
         let both = both.clone();
+        let activity = activity.clone();
         async move {
             let (endpoint, client) = &*both;
-            Ok::<_, std::convert::Infallible>(endpoint.handle(client, request).await)
+            let answer = endpoint.handle(client, request).await;
+            Ok::<_, std::convert::Infallible>(answer.map(|body| Answer::new(body, activity)))
         }
     });
     // An answer's head and body go out in one buffer, with one `send`: measured, a
     // `writev` of the two cost more in the kernel than the copy it saves (BENCHMARKS.md).
-    // hyper's header-read timeout runs from when the connection waits for a request head
-    // (idle included) until the head is complete, so it is our idle timeout too.
     let connection = hyper::server::conn::http1::Builder::new()
         .writev(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle_timeout)
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -46,7 +46,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// How many threads serve HTTP (`workers`); `None`: one per CPU.
     pub workers: Option<NonZeroUsize>,
-    /// How long a client connection may go without sending a complete request head
+    /// How long a client connection may go with no request being answered
     /// (`idle_timeout`): an idle keep-alive connection, or one that sends its head slowly,
     /// is closed after that. A request being answered is not bound by it.
     pub idle_timeout: Duration,

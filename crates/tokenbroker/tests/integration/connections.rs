@@ -1,14 +1,15 @@
 //! Client connections: one that never completes its request head, or sits idle between
 //! requests, is closed after `server.idle_timeout`; a request the broker takes longer than
-//! that to answer is not cut by it.
+//! that to answer, or whose answer takes longer than that to stream, is not cut by it.
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Options, PROVIDER, TestApp, spawn_app};
+use crate::helpers::{Options, PROVIDER, TestApp, spawn_app, upstream};
 
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -118,6 +119,36 @@ async fn an_answer_that_takes_longer_than_the_idle_timeout_still_arrives() {
     assert!(
         started.elapsed() >= IDLE_TIMEOUT * 2,
         "the login did not take its latency ({:?}), so this proves nothing",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_answer_that_streams_for_longer_than_the_idle_timeout_arrives_whole() {
+    // The upstream answers at once, then sends its body in five parts, each after half an
+    // idle timeout.
+    let gap = IDLE_TIMEOUT / 2;
+    let dripping = upstream(axum::Router::new().fallback(move || async move {
+        let parts = futures_util::stream::iter(0..5).then(move |part| async move {
+            tokio::time::sleep(gap).await;
+            Ok::<_, std::io::Error>(format!("part {part}\n"))
+        });
+        axum::body::Body::from_stream(parts)
+    }))
+    .await;
+    let app = app(Options {
+        upstream: Some(dripping),
+        ..Options::default()
+    })
+    .await;
+    let started = Instant::now();
+    let response = app.proxied_get("drip").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.text().await.expect("the body arrives whole");
+    assert_eq!(body, "part 0\npart 1\npart 2\npart 3\npart 4\n");
+    assert!(
+        started.elapsed() >= IDLE_TIMEOUT * 2,
+        "the body did not take its time ({:?}), so this proves nothing",
         started.elapsed()
     );
 }

@@ -1,0 +1,231 @@
+//! The idle timeout of client connections (`server.idle_timeout`). A connection is idle
+//! while none of its requests is being answered: between requests, and while a request's
+//! head is still coming in (a client trickling one in to hold the connection counts as
+//! idle). One that stays idle for the timeout is closed; a request being answered, however
+//! long it takes and however long its answer's body streams, is not bound by it.
+//!
+//! On the request path this costs three stores to a connection's [`Activity`]: one when a
+//! request's head is complete, two when its answer's body is done ([`Answer`]). The
+//! worker's [`Sweeper`] looks at each of its connections every quarter of the timeout and
+//! closes (aborts the task of) one found idle at four looks in a row, and so between one
+//! and one and a quarter timeouts after it went idle. hyper's own header-read timeout would
+//! arm and free a timer for every request head instead: about 1,500 instructions, 9% of a
+//! token request (BENCHMARKS.md).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use http_body::{Frame, SizeHint};
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+/// How many looks in a row must find a connection idle before it is closed.
+const LOOKS: u8 = 4;
+
+/// What one connection has been doing since the sweeper last looked. Only its worker's
+/// thread touches it, so the atomics are for `Send` alone and cost plain stores.
+#[derive(Debug)]
+pub(super) struct Activity {
+    /// A request is being answered: its head is complete and its answer's body not done.
+    answering: AtomicBool,
+    /// Something happened since the last look: an answer ended, or the connection is new.
+    recent: AtomicBool,
+}
+
+impl Activity {
+    /// A new connection's: its first look counts as active, so that it too gets a whole
+    /// timeout before it is closed.
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            answering: AtomicBool::new(false),
+            recent: AtomicBool::new(true),
+        })
+    }
+
+    /// A request's head is complete: the connection is busy until its answer is done.
+    pub(super) fn request_started(&self) {
+        self.answering.store(true, Relaxed);
+    }
+
+    fn answer_done(&self) {
+        self.recent.store(true, Relaxed);
+        self.answering.store(false, Relaxed);
+    }
+
+    /// Whether the connection did anything since the last look (and forgets it).
+    fn looked_at(&self) -> bool {
+        self.recent.swap(false, Relaxed) | self.answering.load(Relaxed)
+    }
+}
+
+/// An answer's body, which marks the answer done when it is dropped: once hyper has sent
+/// its last byte, or the connection ended first.
+pub(super) struct Answer {
+    body: Body,
+    activity: Arc<Activity>,
+}
+
+impl Answer {
+    pub(super) fn new(body: Body, activity: Arc<Activity>) -> Self {
+        Self { body, activity }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.activity.answer_done();
+    }
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// One worker's watch over its connections.
+pub(super) struct Sweeper {
+    looks: Interval,
+    watched: Vec<Watched>,
+}
+
+struct Watched {
+    activity: Arc<Activity>,
+    /// The task serving the connection; aborting it closes the connection.
+    task: AbortHandle,
+    /// How many looks in a row found it idle.
+    idle_looks: u8,
+}
+
+impl Sweeper {
+    pub(super) fn new(idle_timeout: Duration) -> Self {
+        // (`Serving` can be built by hand; a zero period would panic.)
+        let every = (idle_timeout / u32::from(LOOKS)).max(Duration::from_millis(1));
+        let mut looks = tokio::time::interval_at(Instant::now() + every, every);
+        looks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            looks,
+            watched: Vec::new(),
+        }
+    }
+
+    /// Watches the connection that `task` serves and `activity` describes.
+    pub(super) fn watch(&mut self, activity: Arc<Activity>, task: AbortHandle) {
+        self.watched.push(Watched {
+            activity,
+            task,
+            idle_looks: 0,
+        });
+    }
+
+    /// Waits for the next look, then closes the connections idle for long enough and
+    /// forgets those that have ended. Cancel-safe: a look not yet due is not lost.
+    pub(super) async fn sweep(&mut self) {
+        self.looks.tick().await;
+        self.watched.retain_mut(|connection| {
+            if connection.task.is_finished() {
+                return false;
+            }
+            if connection.activity.looked_at() {
+                connection.idle_looks = 0;
+                return true;
+            }
+            connection.idle_looks += 1;
+            if connection.idle_looks < LOOKS {
+                return true;
+            }
+            tracing::debug!("closing a connection idle for server.idle_timeout");
+            connection.task.abort();
+            false
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_active_while_answering_and_at_the_first_look_after_an_answer() {
+        let activity = Activity::new();
+        assert!(activity.looked_at(), "a new connection's first look");
+        assert!(!activity.looked_at(), "nothing since");
+        activity.request_started();
+        assert!(activity.looked_at());
+        assert!(activity.looked_at(), "still answering");
+        drop(Answer::new(Body::empty(), activity.clone()));
+        assert!(activity.looked_at(), "the answer ended since the last look");
+        assert!(!activity.looked_at(), "idle again");
+    }
+
+    /// Four connections' tasks, watched: one idle, one answering all along, one answering
+    /// until the third look, one that ends by itself.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_closes_a_connection_at_its_fourth_idle_look_in_a_row() {
+        let timeout = Duration::from_secs(60);
+        let mut sweeper = Sweeper::new(timeout);
+        let mut tasks = Vec::new();
+        let mut activities = Vec::new();
+        for _ in 0..3 {
+            let task = tokio::spawn(std::future::pending::<()>());
+            let activity = Activity::new();
+            sweeper.watch(activity.clone(), task.abort_handle());
+            tasks.push(task);
+            activities.push(activity);
+        }
+        let ended = tokio::spawn(async {});
+        sweeper.watch(Activity::new(), ended.abort_handle());
+        ended.await.unwrap();
+        let [_, busy, answered] = &activities[..] else {
+            unreachable!()
+        };
+        busy.request_started();
+        answered.request_started();
+
+        let started = Instant::now();
+        for look in 1..=8 {
+            sweeper.sweep().await;
+            if look == 3 {
+                drop(Answer::new(Body::empty(), answered.clone()));
+            }
+            tokio::task::yield_now().await;
+            let finished: Vec<bool> = tasks.iter().map(|t| t.is_finished()).collect();
+            // The idle one: active at look 1 (new), closed at 5. The answered one: active
+            // until look 4 (its answer ended after look 3), closed at 8.
+            assert_eq!(
+                finished,
+                [look >= 5, false, look >= 8],
+                "after look {look}, at {:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(
+            sweeper.watched.len(),
+            1,
+            "only the busy one is still watched"
+        );
+        assert_eq!(
+            started.elapsed(),
+            timeout * 2,
+            "a look every quarter timeout"
+        );
+    }
+}
