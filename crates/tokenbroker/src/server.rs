@@ -295,14 +295,12 @@ impl Worker {
             };
             let endpoint = self.endpoint.clone();
             let watcher = connections.watcher();
-            let activity = Activity::new();
-            let watched = activity.clone();
-            let task = match self.tls.clone() {
-                None => tokio::spawn(async move {
+            match self.tls.clone() {
+                None => sweeper.spawn(|activity| async move {
                     connection(stream, peer, endpoint, watcher, activity).await;
                     drop(counted);
                 }),
-                Some(acceptor) => tokio::spawn(async move {
+                Some(acceptor) => sweeper.spawn(|activity| async move {
                     match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             connection(stream, peer, endpoint, watcher, activity).await
@@ -314,8 +312,7 @@ impl Worker {
                     }
                     drop(counted);
                 }),
-            };
-            sweeper.watch(watched, task.abort_handle());
+            }
         }
         if tokio::time::timeout(DRAIN, connections.shutdown())
             .await

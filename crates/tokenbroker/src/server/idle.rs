@@ -4,17 +4,20 @@
 //! idle). One that stays idle for the timeout is closed; a request being answered, however
 //! long it takes and however long its answer's body streams, is not bound by it.
 //!
-//! On the request path this costs three stores to a connection's [`Activity`]: one when a
-//! request's head is complete, two when its answer's body is done ([`Answer`]). The
-//! worker's [`Sweeper`] looks at each of its connections every quarter of the timeout and
-//! closes (aborts the task of) one found idle at four looks in a row, and so between one
-//! and one and a quarter timeouts after it went idle. hyper's own header-read timeout would
-//! arm and free a timer for every request head instead: about 1,500 instructions, 9% of a
-//! token request (BENCHMARKS.md).
+//! On the request path this costs three stores to a connection's [`Activity`] (one when a
+//! request's head is complete, two when its answer's body is done, [`Answer`]) and a
+//! reference count. The worker's [`Sweeper`] spawns the connections' tasks, looks at each
+//! connection every quarter of the timeout and closes (aborts the task of) one found idle
+//! at four looks in a row, and so between one and one and a quarter timeouts after it went
+//! idle; a connection whose task ends is forgotten at once. hyper's own header-read timeout
+//! would arm and free a timer for every request head instead: about 1,500 instructions, 9%
+//! of a token request (BENCHMARKS.md).
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -104,7 +107,8 @@ impl http_body::Body for Answer {
 /// One worker's watch over its connections.
 pub(super) struct Sweeper {
     looks: Interval,
-    watched: Vec<Watched>,
+    watched: Arc<Mutex<HashMap<u64, Watched>>>,
+    next_id: u64,
 }
 
 struct Watched {
@@ -115,6 +119,24 @@ struct Watched {
     idle_looks: u8,
 }
 
+/// Held by a connection's task: when the task ends (or is aborted), its connection is
+/// forgotten at once, so the sweeper holds nothing of connections that are gone.
+struct Forget {
+    watched: Arc<Mutex<HashMap<u64, Watched>>>,
+    id: u64,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        lock(&self.watched).remove(&self.id);
+    }
+}
+
+fn lock(watched: &Mutex<HashMap<u64, Watched>>) -> MutexGuard<'_, HashMap<u64, Watched>> {
+    // A panic while holding it cannot leave the map half-changed.
+    watched.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Sweeper {
     pub(super) fn new(idle_timeout: Duration) -> Self {
         // (`Serving` can be built by hand; a zero period would panic.)
@@ -123,24 +145,43 @@ impl Sweeper {
         looks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             looks,
-            watched: Vec::new(),
+            watched: Arc::default(),
+            next_id: 0,
         }
     }
 
-    /// Watches the connection that `task` serves and `activity` describes.
-    pub(super) fn watch(&mut self, activity: Arc<Activity>, task: AbortHandle) {
-        self.watched.push(Watched {
-            activity,
-            task,
-            idle_looks: 0,
+    /// Spawns the task that serves a new connection, `serve(activity)`, and watches it.
+    pub(super) fn spawn<F>(&mut self, serve: impl FnOnce(Arc<Activity>) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let id = self.next_id;
+        self.next_id += 1;
+        let activity = Activity::new();
+        let forget = Forget {
+            watched: self.watched.clone(),
+            id,
+        };
+        let serving = serve(activity.clone());
+        let task = tokio::spawn(async move {
+            serving.await;
+            drop(forget);
         });
+        let watched = Watched {
+            activity,
+            task: task.abort_handle(),
+            idle_looks: 0,
+        };
+        // A task that ended already (on another runtime flavour) is dropped at the next look.
+        lock(&self.watched).insert(id, watched);
     }
 
-    /// Waits for the next look, then closes the connections idle for long enough and
-    /// forgets those that have ended. Cancel-safe: a look not yet due is not lost.
+    /// Waits for the next look, then closes the connections idle for long enough.
+    /// Cancel-safe: a look not yet due is not lost.
     pub(super) async fn sweep(&mut self) {
         self.looks.tick().await;
-        self.watched.retain_mut(|connection| {
+        let mut idle = Vec::new();
+        lock(&self.watched).retain(|_, connection| {
             if connection.task.is_finished() {
                 return false;
             }
@@ -152,15 +193,20 @@ impl Sweeper {
             if connection.idle_looks < LOOKS {
                 return true;
             }
-            tracing::debug!("closing a connection idle for server.idle_timeout");
-            connection.task.abort();
+            idle.push(connection.task.clone());
             false
         });
+        for task in idle {
+            tracing::debug!("closing a connection idle for server.idle_timeout");
+            task.abort();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::oneshot;
+
     use super::*;
 
     #[test]
@@ -176,27 +222,45 @@ mod tests {
         assert!(!activity.looked_at(), "idle again");
     }
 
-    /// Four connections' tasks, watched: one idle, one answering all along, one answering
-    /// until the third look, one that ends by itself.
+    /// Spawns a connection's task that runs until it is aborted; answers its activity and
+    /// what tells that the task has ended.
+    fn serve_until_aborted(sweeper: &mut Sweeper) -> (Arc<Activity>, oneshot::Receiver<()>) {
+        let (alive, ended) = oneshot::channel::<()>();
+        let mut given = None;
+        sweeper.spawn(|activity| {
+            given = Some(activity);
+            async move {
+                let _alive = alive;
+                std::future::pending::<()>().await;
+            }
+        });
+        (given.expect("spawn gives the activity"), ended)
+    }
+
+    fn ended(receivers: &mut [oneshot::Receiver<()>]) -> Vec<bool> {
+        receivers
+            .iter_mut()
+            .map(|r| matches!(r.try_recv(), Err(oneshot::error::TryRecvError::Closed)))
+            .collect()
+    }
+
+    /// Four connections: one idle, one answering all along, one answering until the third
+    /// look, and one whose task ends by itself.
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_closes_a_connection_at_its_fourth_idle_look_in_a_row() {
         let timeout = Duration::from_secs(60);
         let mut sweeper = Sweeper::new(timeout);
-        let mut tasks = Vec::new();
-        let mut activities = Vec::new();
-        for _ in 0..3 {
-            let task = tokio::spawn(std::future::pending::<()>());
-            let activity = Activity::new();
-            sweeper.watch(activity.clone(), task.abort_handle());
-            tasks.push(task);
-            activities.push(activity);
-        }
-        let ended = tokio::spawn(async {});
-        sweeper.watch(Activity::new(), ended.abort_handle());
-        ended.await.unwrap();
-        let [_, busy, answered] = &activities[..] else {
-            unreachable!()
-        };
+        let (_, idle) = serve_until_aborted(&mut sweeper);
+        let (busy, busy_ended) = serve_until_aborted(&mut sweeper);
+        let (answered, answered_ended) = serve_until_aborted(&mut sweeper);
+        let mut receivers = [idle, busy_ended, answered_ended];
+        sweeper.spawn(|_| async {});
+        tokio::task::yield_now().await;
+        assert_eq!(
+            lock(&sweeper.watched).len(),
+            3,
+            "a connection whose task ended is forgotten at once"
+        );
         busy.request_started();
         answered.request_started();
 
@@ -207,18 +271,17 @@ mod tests {
                 drop(Answer::new(Body::empty(), answered.clone()));
             }
             tokio::task::yield_now().await;
-            let finished: Vec<bool> = tasks.iter().map(|t| t.is_finished()).collect();
             // The idle one: active at look 1 (new), closed at 5. The answered one: active
             // until look 4 (its answer ended after look 3), closed at 8.
             assert_eq!(
-                finished,
+                ended(&mut receivers),
                 [look >= 5, false, look >= 8],
                 "after look {look}, at {:?}",
                 started.elapsed()
             );
         }
         assert_eq!(
-            sweeper.watched.len(),
+            lock(&sweeper.watched).len(),
             1,
             "only the busy one is still watched"
         );
