@@ -36,10 +36,10 @@ async fn connect(app: &TestApp) -> TcpStream {
 const UNFINISHED_HEAD: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: broker\r\n";
 
 /// Everything the broker sends until it closes the connection, which must come about
-/// [`IDLE_TIMEOUT`] after the last thing the client sent: not within half of it (then
-/// something else closed it; the half allows for the broker having armed its timer a
-/// moment before the client's last write), and well within ten (a broker that keeps the
-/// connection open fails the test).
+/// [`IDLE_TIMEOUT`] after the last thing the client sent (the broker closes between one
+/// and one and a quarter of it): not within half of it (then something else closed it;
+/// the half is a margin for when the broker starts counting), and well within ten (a
+/// broker that keeps the connection open fails the test).
 async fn closed_by_the_idle_timeout(stream: &mut TcpStream) -> String {
     let started = Instant::now();
     let mut received = Vec::new();
