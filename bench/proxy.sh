@@ -8,7 +8,8 @@
 #              (the same wrk command, the same Authorization header, for all five)
 #   (e) wrk -> tokenbroker GET /v1/tokens/controlroom
 #
-# and reports requests/s, p50, p99, non-2xx, the server CPU per request, and the ratios
+# and reports requests/s, p50, p99, non-2xx, the server CPU per request (and how much of
+# their runnable time the servers' threads spent waiting for a CPU), and the ratios
 # (c)/(b) and (e)/(d) against the targets of issue 6 ((c)/(b) >= 0.9, (e)/(d) >= 1.0 in
 # requests/s, p99 no worse than nginx's).
 #
@@ -312,6 +313,11 @@ ctx_switches() {   # context switches (voluntary + involuntary, all threads) of 
     for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done \
         | awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { n += $2 } END { print n + 0 }'
 }
+run_wait() {   # nanoseconds on a CPU, and runnable but waiting for one, of the given pids' threads
+    local pid
+    for pid in "$@"; do cat /proc/"$pid"/task/*/schedstat 2>/dev/null; done \
+        | awk '{ run += $1; wait += $2 } END { print run + 0, wait + 0 }'
+}
 upstream_sockets() {   # state [pids...]: TCP sockets in that state to the upstream nginx's port
     local state="$1"; shift
     command -v ss >/dev/null 2>&1 || { echo "?"; return; }
@@ -380,13 +386,13 @@ run_wrk() {   # label description url servers...
     local m0 i0 s0 c0 m1 i1 s1 c1
     local -A p0=() p1=()
     m0="$(machine_busy)"; i0="$(machine_irq)"; s0="$(machine_steal)"
-    local -A x0=() x1=()
+    local -A x0=() x1=() q0=() q1=()
     local tw0; tw0="$(upstream_sockets time-wait)"
-    for s in "${servers[@]}"; do s="${s#nginx:}"; p0[$s]="$(pid_cpu ${spids[$s]})"; x0[$s]="$(ctx_switches ${spids[$s]})"; done
+    for s in "${servers[@]}"; do s="${s#nginx:}"; p0[$s]="$(pid_cpu ${spids[$s]})"; x0[$s]="$(ctx_switches ${spids[$s]})"; q0[$s]="$(run_wait ${spids[$s]})"; done
     children_cpu >"$WORK/c0"; c0="$(cat "$WORK/c0")"
     timeout $((DURATION + 60)) "${cmd[@]}" >"$out" || { cat "$out"; die "wrk failed for ($label)"; }
     m1="$(machine_busy)"; i1="$(machine_irq)"; s1="$(machine_steal)"
-    for s in "${servers[@]}"; do s="${s#nginx:}"; p1[$s]="$(pid_cpu ${spids[$s]})"; x1[$s]="$(ctx_switches ${spids[$s]})"; done
+    for s in "${servers[@]}"; do s="${s#nginx:}"; p1[$s]="$(pid_cpu ${spids[$s]})"; x1[$s]="$(ctx_switches ${spids[$s]})"; q1[$s]="$(run_wait ${spids[$s]})"; done
     children_cpu >"$WORK/c1"; c1="$(cat "$WORK/c1")"
     # The connections the proxy under test holds to the upstream now, and how many sockets
     # to the upstream's port were closed during the run (TIME-WAIT, from any client).
@@ -425,7 +431,11 @@ run_wrk() {   # label description url servers...
         s="${s#nginx:}"
         sv="$(awk -v a="$sv" -v b="${p0[$s]}" -v c="${p1[$s]}" 'BEGIN { print a + c - b }')"
         us="$(awk -v b="${p0[$s]}" -v c="${p1[$s]}" -v x="${x0[$s]}" -v y="${x1[$s]}" -v n="$total" \
-            'BEGIN { printf "%.1f (%.2f cs)", (n > 0 ? 1e6 * (c - b) / n : 0), (n > 0 ? (y - x) / n : 0) }')"
+            -v q0="${q0[$s]}" -v q1="${q1[$s]}" \
+            'BEGIN { printf "%.1f (%.2f cs", (n > 0 ? 1e6 * (c - b) / n : 0), (n > 0 ? (y - x) / n : 0)
+                     split(q0, a, " "); split(q1, z, " "); r = z[1] - a[1]; w = z[2] - a[2]
+                     if (r + w > 0) printf ", waits %.0f%%", 100 * w / (r + w)
+                     printf ")" }')"
         parts+="${parts:+ + }$s $us"
     done
     local cpu
@@ -626,7 +636,10 @@ echo "CPU seconds during each measured run: 'server' = the processes under test 
 echo "nginx instances, for (c) the broker and the upstream nginx); wrk; interrupts (loopback TCP"
 echo "runs in softirq, charged to no process); steal; other processes in % of all CPUs; and the"
 echo "server CPU per request in microseconds, split by process, with each one's context switches"
-echo "per request (cs) and, for (b) and (c), the proxy's TCP connections to the upstream."
+echo "per request (cs), the share of its threads' runnable time spent waiting for a CPU (waits;"
+echo "from /proc/<pid>/task/*/schedstat: when wrk and the servers want more CPUs than there are,"
+echo "requests wait with the thread that holds them, which shows in p99) and, for (b) and (c),"
+echo "the proxy's TCP connections to the upstream."
 printf '%-5s %-3s %11s  %6s %6s %6s %6s %9s %9s  %s\n' workers "" requests server wrk irq steal "other" "us/req" "= split"
 printf '%s\n' "${CPU_ROWS[@]}"
 echo
