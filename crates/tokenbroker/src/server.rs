@@ -314,10 +314,17 @@ impl Worker {
                 }),
             }
         }
-        if tokio::time::timeout(DRAIN, connections.shutdown())
-            .await
-            .is_err()
-        {
+        // The sweeper goes on looking while the connections drain: a client trickling a
+        // head in does not hold the drain longer than its idle timeout.
+        let drained = tokio::time::timeout(DRAIN, connections.shutdown());
+        tokio::pin!(drained);
+        let drained = loop {
+            tokio::select! {
+                drained = &mut drained => break drained,
+                () = sweeper.sweep() => {}
+            }
+        };
+        if drained.is_err() {
             tracing::warn!(
                 drain_s = DRAIN.as_secs(),
                 "requests still in flight after the drain window; closing"
@@ -342,13 +349,12 @@ async fn connection<I>(
 {
     let both = Arc::new((endpoint, Peer::new(peer)));
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        activity.request_started();
+        let answering = activity.request_started();
         let both = both.clone();
-        let activity = activity.clone();
         async move {
             let (endpoint, client) = &*both;
             let answer = endpoint.handle(client, request).await;
-            Ok::<_, std::convert::Infallible>(answer.map(|body| Answer::new(body, activity)))
+            Ok::<_, std::convert::Infallible>(answer.map(|body| Answer::new(body, answering)))
         }
     });
     // An answer's head and body go out in one buffer, with one `send`: measured, a

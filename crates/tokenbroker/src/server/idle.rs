@@ -2,11 +2,12 @@
 //! while none of its requests is being answered: between requests, and while a request's
 //! head is still coming in (a client trickling one in to hold the connection counts as
 //! idle). One that stays idle for the timeout is closed; a request being answered, however
-//! long it takes and however long its answer's body streams, is not bound by it.
+//! long it takes and however long its answer's body streams, is not bound by it. A TLS
+//! handshake counts as idle time (it is bounded by its own 10 s as well).
 //!
-//! On the request path this costs three stores to a connection's [`Activity`] (one when a
-//! request's head is complete, two when its answer's body is done, [`Answer`]) and a
-//! reference count. The worker's [`Sweeper`] spawns the connections' tasks, looks at each
+//! On the request path this costs a few plain loads and stores to a connection's
+//! [`Activity`] (when a request's head is complete, and when its answer's body is done,
+//! [`Answer`]) and a reference count. The worker's [`Sweeper`] spawns the connections' tasks, looks at each
 //! connection every quarter of the timeout and closes (aborts the task of) one found idle
 //! at four looks in a row, and so between one and one and a quarter timeouts after it went
 //! idle; a connection whose task ends is forgotten at once. hyper's own header-read timeout
@@ -16,7 +17,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,11 +31,13 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 const LOOKS: u8 = 4;
 
 /// What one connection has been doing since the sweeper last looked. Only its worker's
-/// thread touches it, so the atomics are for `Send` alone and cost plain stores.
+/// thread touches it, so the atomics are for `Send` alone and cost plain loads and stores.
 #[derive(Debug)]
 pub(super) struct Activity {
-    /// A request is being answered: its head is complete and its answer's body not done.
-    answering: AtomicBool,
+    /// How many of its requests are being answered: head complete, answer not yet done.
+    /// (A count, not a flag, so that no order of hyper's between one answer's end and the
+    /// next request's start can leave a request being answered counted as none.)
+    answering: AtomicU32,
     /// Something happened since the last look: an answer ended, or the connection is new.
     recent: AtomicBool,
 }
@@ -44,43 +47,54 @@ impl Activity {
     /// timeout before it is closed.
     pub(super) fn new() -> Arc<Self> {
         Arc::new(Self {
-            answering: AtomicBool::new(false),
+            answering: AtomicU32::new(0),
             recent: AtomicBool::new(true),
         })
     }
 
-    /// A request's head is complete: the connection is busy until its answer is done.
-    pub(super) fn request_started(&self) {
-        self.answering.store(true, Relaxed);
-    }
-
-    fn answer_done(&self) {
-        self.recent.store(true, Relaxed);
-        self.answering.store(false, Relaxed);
+    /// A request's head is complete: the connection is busy until the returned guard,
+    /// which goes into the answer's body ([`Answer`]), is dropped.
+    pub(super) fn request_started(self: &Arc<Self>) -> Answering {
+        let answering = self.answering.load(Relaxed);
+        self.answering.store(answering.saturating_add(1), Relaxed);
+        Answering(self.clone())
     }
 
     /// Whether the connection did anything since the last look (and forgets it).
     fn looked_at(&self) -> bool {
-        self.recent.swap(false, Relaxed) | self.answering.load(Relaxed)
+        self.recent.swap(false, Relaxed) | (self.answering.load(Relaxed) > 0)
     }
 }
 
-/// An answer's body, which marks the answer done when it is dropped: once hyper has sent
-/// its last byte, or the connection ended first.
+/// One request being answered, until dropped: with its answer's body, or with the request
+/// if that ends without an answer.
+pub(super) struct Answering(Arc<Activity>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity.recent.store(true, Relaxed);
+        let answering = activity.answering.load(Relaxed);
+        activity
+            .answering
+            .store(answering.saturating_sub(1), Relaxed);
+    }
+}
+
+/// An answer's body, which ends its request's [`Answering`] when dropped: once hyper has
+/// taken its last byte (into its write buffer; a client slow to read those bytes is idle
+/// from then on, as it was under hyper's own timeout), or the connection ended first.
 pub(super) struct Answer {
     body: Body,
-    activity: Arc<Activity>,
+    _answering: Answering,
 }
 
 impl Answer {
-    pub(super) fn new(body: Body, activity: Arc<Activity>) -> Self {
-        Self { body, activity }
-    }
-}
-
-impl Drop for Answer {
-    fn drop(&mut self) {
-        self.activity.answer_done();
+    pub(super) fn new(body: Body, answering: Answering) -> Self {
+        Self {
+            body,
+            _answering: answering,
+        }
     }
 }
 
@@ -214,12 +228,26 @@ mod tests {
         let activity = Activity::new();
         assert!(activity.looked_at(), "a new connection's first look");
         assert!(!activity.looked_at(), "nothing since");
-        activity.request_started();
+        let first = activity.request_started();
         assert!(activity.looked_at());
         assert!(activity.looked_at(), "still answering");
-        drop(Answer::new(Body::empty(), activity.clone()));
+        drop(Answer::new(Body::empty(), first));
         assert!(activity.looked_at(), "the answer ended since the last look");
         assert!(!activity.looked_at(), "idle again");
+
+        // The next request starting before the last answer's end is counted: still busy.
+        let last = activity.request_started();
+        let next = activity.request_started();
+        drop(Answer::new(Body::empty(), last));
+        assert!(activity.looked_at());
+        assert!(
+            activity.looked_at(),
+            "the next request is still being answered"
+        );
+        // A request that ends without an answer (its connection closed) ends too.
+        drop(next);
+        assert!(activity.looked_at());
+        assert!(!activity.looked_at(), "idle");
     }
 
     /// Spawns a connection's task that runs until it is aborted; answers its activity and
@@ -261,14 +289,15 @@ mod tests {
             3,
             "a connection whose task ended is forgotten at once"
         );
-        busy.request_started();
-        answered.request_started();
+        let _busy = busy.request_started();
+        let answering = answered.request_started();
+        let mut answering = Some(answering);
 
         let started = Instant::now();
         for look in 1..=8 {
             sweeper.sweep().await;
             if look == 3 {
-                drop(Answer::new(Body::empty(), answered.clone()));
+                drop(Answer::new(Body::empty(), answering.take().unwrap()));
             }
             tokio::task::yield_now().await;
             // The idle one: active at look 1 (new), closed at 5. The answered one: active

@@ -13,7 +13,7 @@ use crate::helpers::{Options, PROVIDER, TestApp, spawn_app, upstream};
 
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A broker that closes connections after [`IDLE_TIMEOUT`] without a request head.
+/// A broker that closes connections after [`IDLE_TIMEOUT`] with no request being answered.
 async fn app(options: Options) -> TestApp {
     spawn_app(Options {
         server_extra: format!("idle_timeout = \"{}ms\"", IDLE_TIMEOUT.as_millis()),
