@@ -359,6 +359,10 @@ async fn connection<I>(
     });
     // An answer's head and body go out in one buffer, with one `send`: measured, a
     // `writev` of the two cost more in the kernel than the copy it saves (BENCHMARKS.md).
+    // `half_close` stays off: its read for EOF while a request is in flight costs hyper a
+    // new read buffer per request (2.5% of a token request), but it is how a client that
+    // hangs up mid-request is noticed and its request (a proxied one: its upstream call)
+    // dropped.
     let connection = hyper::server::conn::http1::Builder::new()
         .writev(false)
         .serve_connection(TokioIo::new(io), service);

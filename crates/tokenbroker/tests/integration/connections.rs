@@ -1,6 +1,8 @@
 //! Client connections: one that never completes its request head, or sits idle between
 //! requests, is closed after `server.idle_timeout`; a request the broker takes longer than
-//! that to answer, or whose answer takes longer than that to stream, is not cut by it.
+//! that to answer, or whose answer takes longer than that to stream, is not cut by it. A
+//! client that hangs up while its proxied request waits has that request, and its call
+//! upstream, dropped.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +10,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use crate::helpers::{Options, PROVIDER, TestApp, spawn_app, upstream};
 
@@ -150,5 +153,54 @@ async fn an_answer_that_streams_for_longer_than_the_idle_timeout_arrives_whole()
         started.elapsed() >= IDLE_TIMEOUT * 2,
         "the body did not take its time ({:?}), so this proves nothing",
         started.elapsed()
+    );
+}
+
+/// Sends on its channel when dropped: tells that the upstream's handler was dropped.
+struct Dropped(mpsc::UnboundedSender<()>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_request_has_its_upstream_call_dropped() {
+    // The upstream takes the request and never answers; it reports when it starts and when
+    // its handler is dropped (hyper drops it when the broker closes that connection).
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+    let silent = upstream(axum::Router::new().fallback(move || {
+        let guard = Dropped(dropped_tx.clone());
+        let _ = started_tx.send(());
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        }
+    }))
+    .await;
+    let app = app(Options {
+        upstream: Some(silent),
+        // Far longer than the test waits: only the hang-up can end the upstream call.
+        provider_extra: "upstream_timeout = \"10min\"".to_owned(),
+        ..Options::default()
+    })
+    .await;
+
+    let mut client = connect(&app).await;
+    let head = format!(
+        "GET /v1/proxy/{PROVIDER}/hang HTTP/1.1\r\nHost: broker\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        app.scoped_key
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    started.recv().await.expect("the upstream got the request");
+    drop(client);
+
+    let ended = tokio::time::timeout(Duration::from_secs(20), dropped.recv()).await;
+    assert!(
+        matches!(ended, Ok(Some(()))),
+        "the upstream call went on after its client hung up"
     );
 }
