@@ -10,9 +10,9 @@
 //! [`Answer`]) and a reference count. The worker's [`Sweeper`] spawns the connections'
 //! tasks, looks at each connection every quarter of the timeout and closes (aborts the
 //! task of) one found idle at four looks in a row, and so between one and one and a quarter
-//! timeouts after it went idle; a connection whose task ends is forgotten at once. hyper's own header-read timeout
-//! would arm and free a timer for every request head instead: about 1,300 instructions, 8%
-//! of a token request (BENCHMARKS.md).
+//! timeouts after it went idle; a connection whose task ends is forgotten at once. hyper's
+//! own header-read timeout would arm and free a timer for every request head instead: about
+//! 1,300 instructions, 8% of a token request (BENCHMARKS.md).
 
 use std::collections::HashMap;
 use std::future::Future;
