@@ -59,7 +59,7 @@ pub(super) async fn take_up(shared: &Shared, token: &Token) {
 pub(super) async fn before_login(shared: &Shared, current: Option<&Token>, fence: u64) {
     let Some(token) = current.filter(|t| {
         shared.config.single_session
-            && t.generation > shared.rejected.load(Ordering::Acquire)
+            && !shared.retired(t.generation)
             && !t.remaining(shared.clock.now()).is_zero()
     }) else {
         return;

@@ -64,6 +64,9 @@ impl Shared {
         if token.generation <= self.rejected.load(Ordering::Acquire) {
             return Step::Issue("rejected");
         }
+        if token.generation <= self.superseded.load(Ordering::Acquire) {
+            return Step::Issue("superseded");
+        }
         if now + self.config.min_validity > token.expires_at {
             return if demand {
                 Step::Issue("expired")
@@ -368,9 +371,9 @@ async fn issue_and_commit(
             return (Err(error), Duration::ZERO);
         }
     };
-    // Only a token the issuer has not rejected and that is still valid can be exchanged.
+    // Only a token still in service and still valid can be exchanged.
     let exchangeable = current.filter(|t| {
-        t.generation > shared.rejected.load(Ordering::Acquire)
+        !shared.retired(t.generation)
             && t.remaining(shared.clock.now()) > shared.config.min_validity
     });
     let input = IssueInput {
@@ -395,6 +398,9 @@ async fn issue_and_commit(
             provider: provider.to_owned(),
         })
         .observe(latency.as_secs_f64());
+    // Whether the issuer handed out a new token: for a single-session provider that ended
+    // the current one, whatever becomes of the new one here.
+    let answered_with_token = result.is_ok();
     // The rotated refresh token is stored first, whatever becomes of the access token.
     let result = match (ticket, result) {
         (Some(ticket), result) => refresh::settle(shared, ticket, result).await,
@@ -417,7 +423,33 @@ async fn issue_and_commit(
         Err(error) => Err(error),
     };
     finish_ledger(shared, entry, outcome).await;
+    if committed.is_err() && answered_with_token {
+        retire_superseded(shared, current);
+    }
     (committed, latency)
+}
+
+/// After the issuer answered with a token this broker could not keep (refused, or not
+/// stored): for a single-session provider that answer ended `current`, so it is not handed
+/// out again (SPEC guarantee 2) while the driver backs off; consumers get the failure
+/// instead of a token that would answer 401. (A timeout is not such an answer: the login
+/// may never have arrived, and the cached token is served on, guarantee 8.)
+fn retire_superseded(shared: &Shared, current: Option<&Token>) {
+    let Some(current) = current.filter(|_| shared.config.single_session) else {
+        return;
+    };
+    if shared
+        .superseded
+        .fetch_max(current.generation, Ordering::AcqRel)
+        < current.generation
+    {
+        tracing::warn!(
+            provider = %shared.config.name,
+            generation = current.generation,
+            "the issuer answered with a new token that could not be kept; the token it \
+             superseded is no longer handed out"
+        );
+    }
 }
 
 /// Records an issuance's outcome in the ledger; `None` leaves it unknown (counted live).

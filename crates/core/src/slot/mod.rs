@@ -10,7 +10,8 @@
 //!
 //! The driver replaces a token at its `refresh_at`, never before unless the issuer
 //! rejected it (an honoured invalidation), and after a failure retries with backoff while
-//! the cached token keeps being served until it expires.
+//! the cached token keeps being served until it expires (unless the failed attempt ended it:
+//! a single-session login whose new token could not be kept).
 
 mod backoff;
 mod drain;
@@ -155,6 +156,11 @@ struct Shared {
     /// The highest generation reported rejected by the issuer's API (0: none). Such a token
     /// is never served again.
     rejected: AtomicU64,
+    /// The highest generation superseded by an issuance this broker could not keep: the
+    /// issuer answered with a new token, which was then refused or could not be stored. For
+    /// a single-session provider the old token died with that answer, so it is never served
+    /// again either.
+    superseded: AtomicU64,
     /// A consumer found no token to serve since the driver last started an attempt.
     demand: AtomicBool,
     /// The highest rejected generation already written to the audit trail.
@@ -199,6 +205,7 @@ impl Slot {
             view,
             wake: Notify::new(),
             rejected: AtomicU64::new(0),
+            superseded: AtomicU64::new(0),
             demand: AtomicBool::new(false),
             rejection_audited: AtomicU64::new(0),
             drains_across_brokers,
@@ -420,7 +427,14 @@ pub(crate) fn restore(
 }
 
 impl Shared {
-    /// The token to hand out now, if there is one: not rejected, valid for `min_validity`,
+    /// Whether the token of `generation` is out of service: reported rejected by the
+    /// issuer's API, or superseded by an issuance that could not be kept.
+    fn retired(&self, generation: u64) -> bool {
+        generation <= self.rejected.load(Ordering::Acquire)
+            || generation <= self.superseded.load(Ordering::Acquire)
+    }
+
+    /// The token to hand out now, if there is one: not retired, valid for `min_validity`,
     /// and, for a single-session provider, not due for rotation here or announced for
     /// replacement by another broker, since that token is about to be superseded (unless the
     /// rotation failed and the driver is backing off: then the still-valid token is all
@@ -433,13 +447,13 @@ impl Shared {
 
     /// Whether `token` may be handed out now, the slot being in `state` (see `servable`).
     fn may_serve(&self, token: &Token, state: SlotState, now: SystemTime) -> bool {
-        let rejected = token.generation <= self.rejected.load(Ordering::Acquire);
+        let retired = self.retired(token.generation);
         let expiring = now + self.config.min_validity > token.expires_at;
         let rotating = self.config.single_session
             && (now >= token.refresh_at
                 || token.generation <= self.draining.load(Ordering::SeqCst))
             && !matches!(state, SlotState::BackingOff | SlotState::NeedsCredentials);
-        !rejected && !expiring && !rotating
+        !retired && !expiring && !rotating
     }
 }
 

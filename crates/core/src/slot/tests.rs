@@ -59,10 +59,11 @@ impl Issuer for FakeIssuer {
 }
 
 /// A store that keeps the token in memory and grants every lease: the slot's timing rules
-/// do not depend on durability.
+/// do not depend on durability. It can be told to fail every token save.
 #[derive(Default)]
 struct MemoryStore {
     token: std::sync::Mutex<Option<StoredToken>>,
+    failing_saves: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -92,6 +93,9 @@ impl Store for MemoryStore {
         expected: u64,
         token: &StoredToken,
     ) -> Result<(), StoreError> {
+        if self.failing_saves.load(Ordering::SeqCst) {
+            return Err(StoreError::new(StoreErrorKind::Unavailable, "disk full"));
+        }
         let mut stored = self.token.lock().unwrap();
         if stored.as_ref().map_or(0, |t| t.generation) != expected {
             return Err(StoreError::new(
@@ -176,6 +180,7 @@ struct Harness {
     calls: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
+    failing_saves: Arc<AtomicBool>,
     _stop: watch::Sender<bool>,
 }
 
@@ -200,8 +205,10 @@ fn harness(extra: &str, lifetime: Duration) -> Harness {
         down: down.clone(),
     };
     let (stop, stop_rx) = watch::channel(false);
+    let store = MemoryStore::default();
+    let failing_saves = store.failing_saves.clone();
     let persistence = Persistence {
-        store: Arc::new(MemoryStore::default()),
+        store: Arc::new(store),
         sealer: Arc::new(
             Sealer::from_base64(&SecretString::from(new_master_key()), "test").unwrap(),
         ),
@@ -221,6 +228,7 @@ fn harness(extra: &str, lifetime: Duration) -> Harness {
         calls,
         max_in_flight,
         down,
+        failing_saves,
         _stop: stop,
     }
 }
@@ -423,6 +431,38 @@ async fn single_session_issuer_down_still_serves_the_valid_token_past_refresh_at
     // The rotation failed, so the token is not about to be superseded: it is served.
     assert_eq!(h.slot.get().await.unwrap().generation, 1);
     assert!(calls(&h) >= 2, "the rotation was attempted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn single_session_token_superseded_by_a_login_that_could_not_be_kept_is_not_served() {
+    let h = harness("refresh_before = \"10s\"", Duration::from_secs(60));
+    let first = h.slot.get().await.unwrap();
+    h.failing_saves.store(true, Ordering::SeqCst);
+    // The rotation logs in (ending generation 1 at the issuer), then cannot store tok-2;
+    // the retry comes half a backoff_min later at the earliest.
+    tokio::time::sleep(
+        first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(calls(&h), 2, "the rotation logged in");
+    assert_eq!(h.slot.view().state, SlotState::BackingOff);
+    match h.slot.get().await {
+        Err(SlotError::Issuer { error, retry_after }) => {
+            assert_eq!(error.reason(), "store");
+            assert!(retry_after.is_some(), "says when to come back");
+        }
+        Ok(token) => panic!(
+            "served generation {} after it was superseded",
+            token.generation
+        ),
+        Err(other) => panic!("expected the store failure, got {other}"),
+    }
+    // Once saves work again, the retry after the backoff serves a new token.
+    h.failing_saves.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let next = h.slot.get().await.unwrap();
+    assert_eq!(next.generation, 2);
+    assert_eq!(next.expose(), format!("tok-{}", calls(&h)));
 }
 
 #[tokio::test(start_paused = true)]
