@@ -56,7 +56,8 @@ pub(crate) async fn send_status(
 }
 
 fn transport(provider: &str, endpoint: &Url, timeout: Duration, e: &reqwest::Error) -> IssueError {
-    if e.is_timeout() {
+    // A connection that timed out is a timeout too, but it sent nothing: unreachable.
+    if e.is_timeout() && !e.is_connect() {
         return IssueError::Timeout {
             provider: provider.to_owned(),
             timeout,
@@ -251,6 +252,38 @@ fn sanitised(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_issuer_that_cannot_be_connected_to_in_time_certainly_got_nothing() {
+        // A listener whose accept queue (of one) is full drops the SYN of the next
+        // connection, so connecting to it times out, as to a host that drops packets.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let connect = tokio::net::TcpStream::connect(address);
+            match tokio::time::timeout(Duration::from_millis(300), connect).await {
+                Ok(stream) => queued.push(stream.unwrap()),
+                Err(_) => break,
+            }
+            assert!(queued.len() < 8, "the accept queue never filled up");
+        }
+        let timeout = Duration::from_secs(2);
+        let endpoint = Url::parse(&format!("http://{address}/token")).unwrap();
+        let client = super::super::http_client("crm", timeout).unwrap();
+        let request = client
+            .post(endpoint.clone())
+            .body("grant_type=refresh_token");
+        let sent = tokio::time::timeout(timeout, send_json("crm", &endpoint, timeout, request));
+        let e = sent
+            .await
+            .expect("the connection fails before the issuance's own bound")
+            .unwrap_err();
+        assert_eq!(e.reason(), "unreachable", "{e}");
+        assert!(e.certainly_not_acted_on(), "{e}");
+    }
 
     #[test]
     fn statuses_become_typed_errors() {

@@ -75,11 +75,14 @@ pub trait Issuer: Send + Sync + 'static {
     }
 }
 
-/// The HTTP client of one provider's issuer: every call bounded by `timeout`.
+/// The HTTP client of one provider's issuer: every call bounded by `timeout`, and making
+/// its connection by half of that. So an issuer that cannot be reached (a dropped SYN)
+/// fails as "unreachable" before the driver's own bound of `timeout` ends the attempt as a
+/// timeout: a request that never left, which a refresh token's intent must not outlive.
 fn http_client(provider: &str, timeout: Duration) -> Result<reqwest::Client, IssueError> {
     reqwest::Client::builder()
         .timeout(timeout)
-        .connect_timeout(timeout)
+        .connect_timeout(timeout / 2)
         .user_agent(concat!("tokenbroker/", env!("CARGO_PKG_VERSION")))
         // A redirect would re-send credentials (a refresh token, a client secret) to
         // wherever it points.
