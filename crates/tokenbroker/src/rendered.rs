@@ -151,6 +151,12 @@ mod tests {
         assert_eq!(cached, fresh);
         let parsed: TokenBody = serde_json::from_slice(&cached).unwrap();
         assert_eq!(parsed.access_token, token.expose());
+        let debug = format!("{parsed:?}");
+        assert!(debug.contains("generation: 7"), "{debug}");
+        assert!(
+            !debug.contains("18446744073709551615"),
+            "no token in Debug: {debug}"
+        );
         assert!(
             (599..=600).contains(&parsed.expires_in),
             "{}",

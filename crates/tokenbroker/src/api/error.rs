@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokenbroker_core::issuer::IssueError;
@@ -43,6 +44,9 @@ pub enum ApiError {
     UnsafePath(#[from] UnsafePath),
     #[error("the request body is over max_request_body ({0} bytes)")]
     BodyTooLarge(u64),
+    /// A body an API route reads whole (`invalidate`'s) could not be read: too large, or cut off.
+    #[error("cannot read the request body: {}", .0.body_text())]
+    Body(#[from] BytesRejection),
     #[error("{0}: the upstream API did not answer in time")]
     UpstreamTimeout(String),
     #[error("{0}: the upstream API cannot be reached")]
@@ -62,6 +66,10 @@ impl ApiError {
             Self::UnsafePath(_) => (StatusCode::BAD_REQUEST, "unsafe_path"),
             Self::NoUpstream(_) => (StatusCode::NOT_FOUND, "no_upstream"),
             Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::Body(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
+            Self::Body(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             Self::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
             Self::Slot(SlotError::WaitTimeout { .. }) => {

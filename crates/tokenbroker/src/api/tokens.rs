@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,8 @@ use super::auth::Caller;
 use super::{ApiError, AppState};
 
 /// The JSON answer of a token request (SPEC.md). Also what `tokenbroker token` reads.
-#[derive(Debug, Serialize, Deserialize)]
+/// Its `Debug` leaves the token out.
+#[derive(Serialize, Deserialize)]
 pub struct TokenBody {
     /// The provider asked for.
     pub provider: String,
@@ -41,6 +42,17 @@ pub struct TokenBody {
     /// The header the upstream API wants, and its full value.
     pub header_name: String,
     pub header_value: String,
+}
+
+impl std::fmt::Debug for TokenBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenBody")
+            .field("provider", &self.provider)
+            .field("generation", &self.generation)
+            .field("expires_at", &self.expires_at)
+            .field("refresh_at", &self.refresh_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenBody {
@@ -118,11 +130,12 @@ pub(super) async fn invalidate(
     caller: Caller,
     provider: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path(provider) =
         provider.map_err(|_| ApiError::BadRequest("bad provider name in the path".to_owned()))?;
     let slot = caller.slot(&state, &provider)?;
+    let body = body?;
     // serde's own message would quote the offending value, which may be a token.
     let request: InvalidateRequest = serde_json::from_slice(&body).map_err(|e| {
         let what = match e.classify() {

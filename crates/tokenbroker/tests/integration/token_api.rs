@@ -177,6 +177,19 @@ async fn bad_invalidation_bodies_get_the_json_error_shape() {
             "the body is never echoed: {message}"
         );
     }
+    // Over axum's limit for a body read whole (2 MiB): the same shape, and 413.
+    let too_large = app
+        .http
+        .post(format!("{}/v1/tokens/{PROVIDER}/invalidate", app.url))
+        .bearer_auth(&app.all_key)
+        .body(vec![b' '; 3 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(too_large.headers()["x-tokenbroker-error"], "body_too_large");
+    let answer: serde_json::Value = too_large.json().await.unwrap();
+    assert_eq!(answer["error"], "body_too_large");
     let wrong_method = app
         .http
         .get(format!("{}/v1/tokens/{PROVIDER}/invalidate", app.url))
