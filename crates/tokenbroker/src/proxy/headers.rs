@@ -107,22 +107,27 @@ pub(super) fn to_client(headers: &mut HeaderMap) {
     append(headers, header::VIA, HeaderValue::from_static(VIA));
 }
 
-/// Adds `value` to a list-valued header, after what is there.
+/// Adds `value` to a list-valued header, after what is there: every line of it, as one
+/// list (RFC 9110 §5.3), then `value`.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
     match headers.entry(name) {
         Entry::Vacant(entry) => {
             entry.insert(value);
         }
         Entry::Occupied(mut entry) => {
-            let joined = match (entry.get().to_str(), value.to_str()) {
-                (Ok(existing), Ok(added)) => {
-                    HeaderValue::try_from(format!("{existing}, {added}")).ok()
+            let mut joined = Vec::new();
+            for line in entry.iter().chain([&value]) {
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b", ");
                 }
-                // Not text: replaced rather than joined.
-                _ => Some(value),
-            };
-            if let Some(joined) = joined {
-                entry.insert(joined);
+                joined.extend_from_slice(line.as_bytes());
+            }
+            match HeaderValue::from_bytes(&joined) {
+                Ok(joined) => {
+                    entry.insert(joined);
+                }
+                // Cannot happen (each line is a valid value), but never lose one.
+                Err(_) => entry.append(value),
             }
         }
     }
@@ -168,6 +173,7 @@ mod tests {
         client.insert("te", HeaderValue::from_static("trailers"));
         client.insert("accept", HeaderValue::from_static("application/json"));
         client.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        client.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
         let peer: SocketAddr = "127.0.0.1:5555".parse().unwrap();
         let mut out = client.clone();
         to_upstream(
@@ -187,7 +193,12 @@ mod tests {
                 && out.get("connection").is_none()
         );
         assert_eq!(out.get("accept").unwrap(), "application/json");
-        assert_eq!(out.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
+        let forwarded: Vec<_> = out.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(
+            forwarded,
+            ["10.0.0.1, 10.0.0.2, 127.0.0.1"],
+            "every hop, one line"
+        );
         assert_eq!(out.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(out.get("via").unwrap(), VIA);
     }
