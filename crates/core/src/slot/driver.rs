@@ -225,6 +225,9 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
     let provider = shared.config.name.as_str();
     let persistence = &shared.persistence;
     shared.demand.store(false, Ordering::Release);
+    if let Some(error) = refresh::still_needs_credentials(shared).await {
+        return Outcome::Failed(error);
+    }
     let current = shared.view.borrow().token.clone();
     let expected = current.as_ref().map_or(0, |t| t.generation);
     shared.view.send_modify(|v| v.state = SlotState::Issuing);

@@ -103,6 +103,26 @@ pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket
     }))
 }
 
+/// While the provider waits for a reseed (its last attempt found the refresh token out of
+/// service): the reason, if the stored token still is. Only the store is read, so looking
+/// for a reseed takes no lease, no place in the ledger's budget and no drain; `None` (a
+/// reseed, or a store that cannot say) lets a full attempt find out.
+pub(super) async fn still_needs_credentials(shared: &Shared) -> Option<IssueError> {
+    if !matches!(
+        shared.view.borrow().last_error,
+        Some(IssueError::NeedsCredentials { .. })
+    ) {
+        return None;
+    }
+    let stored = shared
+        .persistence
+        .store
+        .load_refresh(&shared.config.name)
+        .await
+        .ok()??;
+    stored.needs_credentials.map(|reason| needs(shared, reason))
+}
+
 /// Stores what a refresh's outcome says about the refresh token, before anything else is
 /// done with the outcome.
 pub(super) async fn settle(

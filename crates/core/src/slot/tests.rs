@@ -58,12 +58,32 @@ impl Issuer for FakeIssuer {
     }
 }
 
-/// A store that keeps the token in memory and grants every lease: the slot's timing rules
-/// do not depend on durability. It can be told to fail every token save.
+/// A store that keeps the token, the refresh token and the ledger in memory and grants
+/// every lease: the slot's timing rules do not depend on durability. It can be told to
+/// fail every token save.
 #[derive(Default)]
 struct MemoryStore {
     token: std::sync::Mutex<Option<StoredToken>>,
-    failing_saves: Arc<AtomicBool>,
+    refresh: std::sync::Mutex<Option<StoredRefresh>>,
+    ledger: std::sync::Mutex<Vec<IssuanceRecord>>,
+    failing_saves: AtomicBool,
+}
+
+impl MemoryStore {
+    /// Applies `change` to the stored refresh token of `generation`; `Conflict` if it moved on.
+    fn refresh_of(
+        &self,
+        generation: u64,
+        change: impl FnOnce(&mut StoredRefresh),
+    ) -> Result<(), StoreError> {
+        match self.refresh.lock().unwrap().as_mut() {
+            Some(stored) if stored.generation == generation => {
+                change(stored);
+                Ok(())
+            }
+            _ => Err(StoreError::new(StoreErrorKind::Conflict, "moved on")),
+        }
+    }
 }
 
 #[async_trait]
@@ -128,46 +148,77 @@ impl Store for MemoryStore {
         Ok(())
     }
     async fn load_refresh(&self, _: &str) -> Result<Option<StoredRefresh>, StoreError> {
-        Ok(None)
+        Ok(self.refresh.lock().unwrap().clone())
     }
     async fn save_refresh(
         &self,
         _: &str,
         _: u64,
         expected: u64,
-        _: &[u8],
+        sealed: &[u8],
     ) -> Result<u64, StoreError> {
+        let mut stored = self.refresh.lock().unwrap();
+        if stored.as_ref().map_or(0, |r| r.generation) != expected {
+            return Err(StoreError::new(StoreErrorKind::Conflict, "moved on"));
+        }
+        *stored = Some(StoredRefresh {
+            generation: expected + 1,
+            sealed: sealed.to_vec(),
+            intent_at: None,
+            needs_credentials: None,
+        });
         Ok(expected + 1)
     }
     async fn begin_refresh(
         &self,
         _: &str,
         _: u64,
-        _: u64,
-        _: SystemTime,
+        generation: u64,
+        at: SystemTime,
     ) -> Result<(), StoreError> {
-        Ok(())
+        self.refresh_of(generation, |r| {
+            r.intent_at.get_or_insert(at);
+        })
     }
-    async fn clear_refresh_intent(&self, _: &str, _: u64, _: u64) -> Result<(), StoreError> {
-        Ok(())
+    async fn clear_refresh_intent(
+        &self,
+        _: &str,
+        _: u64,
+        generation: u64,
+    ) -> Result<(), StoreError> {
+        self.refresh_of(generation, |r| r.intent_at = None)
     }
     async fn mark_needs_credentials(
         &self,
         _: &str,
         _: u64,
-        _: u64,
-        _: &str,
+        generation: u64,
+        reason: &str,
     ) -> Result<(), StoreError> {
-        Ok(())
+        self.refresh_of(generation, |r| {
+            r.needs_credentials = Some(reason.to_owned());
+        })
     }
-    async fn begin_issuance(&self, _: &str, _: SystemTime) -> Result<u64, StoreError> {
-        Ok(0)
+    async fn begin_issuance(&self, _: &str, at: SystemTime) -> Result<u64, StoreError> {
+        let mut ledger = self.ledger.lock().unwrap();
+        ledger.push(IssuanceRecord {
+            requested_at: at,
+            expires_at: None,
+        });
+        Ok(ledger.len() as u64 - 1)
     }
-    async fn finish_issuance(&self, _: u64, _: Option<SystemTime>) -> Result<(), StoreError> {
+    async fn finish_issuance(
+        &self,
+        id: u64,
+        expires_at: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
+        let mut ledger = self.ledger.lock().unwrap();
+        let entry = &mut ledger[id as usize];
+        entry.expires_at = Some(expires_at.unwrap_or(entry.requested_at));
         Ok(())
     }
     async fn issuances(&self, _: &str, _: SystemTime) -> Result<Vec<IssuanceRecord>, StoreError> {
-        Ok(Vec::new())
+        Ok(self.ledger.lock().unwrap().clone())
     }
     async fn rekey(&self, _: Reseal) -> Result<usize, StoreError> {
         Ok(0)
@@ -180,15 +231,35 @@ struct Harness {
     calls: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
-    failing_saves: Arc<AtomicBool>,
+    store: Arc<MemoryStore>,
     _stop: watch::Sender<bool>,
 }
 
+/// A Control Room-like provider (`json_login`, single-session unless `extra` says not).
 fn harness(extra: &str, lifetime: Duration) -> Harness {
-    let text = format!(
-        "[providers.fake]\ntype = \"json_login\"\nlogin_url = \"http://127.0.0.1:9/\"\n\
-         login_body = {{ u = \"x\" }}\nbackoff_min = \"1s\"\nbackoff_max = \"8s\"\n{extra}"
-    );
+    harness_of(
+        &format!(
+            "type = \"json_login\"\nlogin_url = \"http://127.0.0.1:9/\"\n\
+             login_body = {{ u = \"x\" }}\n{extra}"
+        ),
+        lifetime,
+    )
+}
+
+/// An OAuth2 provider with a rotating refresh token.
+fn refresh_harness(extra: &str, lifetime: Duration) -> Harness {
+    harness_of(
+        &format!(
+            "type = \"oauth2_refresh_token\"\ntoken_url = \"http://127.0.0.1:9/token\"\n\
+             client_id = \"c\"\nrefresh_token = \"r-1\"\n{extra}"
+        ),
+        lifetime,
+    )
+}
+
+/// The provider `fake`, of type and settings `provider`, over the fake issuer and store.
+fn harness_of(provider: &str, lifetime: Duration) -> Harness {
+    let text = format!("[providers.fake]\nbackoff_min = \"1s\"\nbackoff_max = \"8s\"\n{provider}");
     let mut config = Config::parse(&text).expect("valid test config");
     let provider = config.providers.remove("fake").expect("provider present");
     let clock = Clock::following_tokio();
@@ -205,10 +276,9 @@ fn harness(extra: &str, lifetime: Duration) -> Harness {
         down: down.clone(),
     };
     let (stop, stop_rx) = watch::channel(false);
-    let store = MemoryStore::default();
-    let failing_saves = store.failing_saves.clone();
+    let store = Arc::new(MemoryStore::default());
     let persistence = Persistence {
-        store: Arc::new(store),
+        store: store.clone(),
         sealer: Arc::new(
             Sealer::from_base64(&SecretString::from(new_master_key()), "test").unwrap(),
         ),
@@ -228,7 +298,7 @@ fn harness(extra: &str, lifetime: Duration) -> Harness {
         calls,
         max_in_flight,
         down,
-        failing_saves,
+        store,
         _stop: stop,
     }
 }
@@ -437,7 +507,7 @@ async fn single_session_issuer_down_still_serves_the_valid_token_past_refresh_at
 async fn single_session_token_superseded_by_a_login_that_could_not_be_kept_is_not_served() {
     let h = harness("refresh_before = \"10s\"", Duration::from_secs(60));
     let first = h.slot.get().await.unwrap();
-    h.failing_saves.store(true, Ordering::SeqCst);
+    h.store.failing_saves.store(true, Ordering::SeqCst);
     // The rotation logs in (ending generation 1 at the issuer), then cannot store tok-2;
     // the retry comes half a backoff_min later at the earliest.
     tokio::time::sleep(
@@ -458,11 +528,46 @@ async fn single_session_token_superseded_by_a_login_that_could_not_be_kept_is_no
         Err(other) => panic!("expected the store failure, got {other}"),
     }
     // Once saves work again, the retry after the backoff serves a new token.
-    h.failing_saves.store(false, Ordering::SeqCst);
+    h.store.failing_saves.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let next = h.slot.get().await.unwrap();
     assert_eq!(next.generation, 2);
     assert_eq!(next.expose(), format!("tok-{}", calls(&h)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_reseed_takes_no_place_in_the_budget_and_serves_the_cached_token() {
+    let h = refresh_harness(
+        "refresh_before = \"60s\"\nmax_issuances = \"3/10m\"",
+        Duration::from_secs(120),
+    );
+    let first = h.slot.get().await.unwrap();
+    // The issuer refused the refresh token (invalid_grant): out of service until a reseed.
+    let out_of_service = |r: &mut StoredRefresh| r.needs_credentials = Some("refused".into());
+    h.store.refresh_of(1, out_of_service).unwrap();
+    // The rotation at refresh_at finds out (one place in the budget), then polls for 20 s.
+    tokio::time::sleep(first.refresh_at.duration_since(h.clock.now()).unwrap()).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            h.slot.get().await.unwrap().generation,
+            1,
+            "the cached token"
+        );
+    }
+    assert_eq!(h.slot.view().state, SlotState::NeedsCredentials);
+    assert_eq!(
+        h.store.ledger.lock().unwrap().len(),
+        2,
+        "polls are not issuances"
+    );
+    assert_eq!(calls(&h), 1);
+    // A reseed (here: the mark cleared) is found at the next poll, and the token used.
+    let reseeded = |r: &mut StoredRefresh| r.needs_credentials = None;
+    h.store.refresh_of(1, reseeded).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.slot.get().await.unwrap().generation, 2);
+    assert_eq!(calls(&h), 2);
 }
 
 #[tokio::test(start_paused = true)]
