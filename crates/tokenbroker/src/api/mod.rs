@@ -24,7 +24,6 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper::body::Incoming;
 use tokenbroker_core::Broker;
 use tokenbroker_core::access::Access;
 use tower::ServiceExt;
@@ -94,7 +93,11 @@ impl Endpoint {
     }
 
     /// The answer to `request` from `client`.
-    pub async fn handle(&self, client: &Peer, request: Request<Incoming>) -> Response {
+    pub async fn handle<B>(&self, client: &Peer, request: Request<B>) -> Response
+    where
+        B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let span = ops::request_span(&request);
         let path = request.uri().path();
         if crate::proxy::provider_of(path).is_some() {

@@ -1,13 +1,16 @@
 //! The idle timeout of client connections (`server.idle_timeout`). A connection is idle
 //! while none of its requests is being answered: between requests, and while a request's
 //! head is still coming in (a client trickling one in to hold the connection counts as
-//! idle). One that stays idle for the timeout is closed; a request being answered, however
-//! long it takes and however long its answer's body streams, is not bound by it. A TLS
-//! handshake counts as idle time (it is bounded by its own 10 s as well).
+//! idle). It is idle too while a request being answered waits on the client and the client
+//! moves no bytes: for more of the request's body ([`Reading`]), or to take the answer's
+//! bytes hyper holds for it ([`Answer`]); nginx's `client_body_timeout` and `send_timeout`.
+//! One that stays idle for the timeout is closed; a request being answered, however long it
+//! takes and however long its answer's body streams, is not bound by it while the client
+//! keeps up. A TLS handshake counts as idle time (it is bounded by its own 10 s as well).
 //!
 //! On the request path this costs a few plain loads and stores to a connection's
-//! [`Activity`] (when a request's head is complete, and when its answer's body is done,
-//! [`Answer`]) and a reference count. The worker's [`Sweeper`] spawns the connections'
+//! [`Activity`] (when a request's head is complete, as its body is read, as its answer's
+//! body is taken and when that is done) and a reference count or two. The worker's [`Sweeper`] spawns the connections'
 //! tasks, looks at each connection every quarter of the timeout and closes (aborts the
 //! task of) one found idle at four looks in a row, and so between one and one and a quarter
 //! timeouts after it went idle; a connection whose task ends is forgotten at once. hyper's
@@ -40,6 +43,11 @@ pub(super) struct Activity {
     answering: AtomicU32,
     /// Something happened since the last look: an answer ended, or the connection is new.
     recent: AtomicBool,
+    /// The request being answered waits on the client: for more of its body, or to take
+    /// the bytes of the answer that hyper holds for it.
+    on_client: AtomicBool,
+    /// Bytes of a request being answered moved since the last look.
+    moved: AtomicBool,
 }
 
 impl Activity {
@@ -49,6 +57,8 @@ impl Activity {
         Arc::new(Self {
             answering: AtomicU32::new(0),
             recent: AtomicBool::new(true),
+            on_client: AtomicBool::new(false),
+            moved: AtomicBool::new(false),
         })
     }
 
@@ -57,12 +67,73 @@ impl Activity {
     pub(super) fn request_started(self: &Arc<Self>) -> Answering {
         let answering = self.answering.load(Relaxed);
         self.answering.store(answering.saturating_add(1), Relaxed);
+        self.on_client.store(false, Relaxed);
         Answering(self.clone())
     }
 
-    /// Whether the connection did anything since the last look (and forgets it).
+    /// Whether the connection did anything since the last look (and forgets it): a request
+    /// being answered keeps it busy unless that request waits on a client that moved no
+    /// bytes since.
     fn looked_at(&self) -> bool {
-        self.recent.swap(false, Relaxed) | (self.answering.load(Relaxed) > 0)
+        let recent = self.recent.swap(false, Relaxed);
+        let moved = self.moved.swap(false, Relaxed);
+        let answering = self.answering.load(Relaxed) > 0;
+        recent || (answering && (moved || !self.on_client.load(Relaxed)))
+    }
+
+    /// Records how a poll of a request's or an answer's body went: whether it now waits on
+    /// the client, and whether bytes moved.
+    fn polled(&self, on_client: bool, moved: bool) {
+        self.on_client.store(on_client, Relaxed);
+        if moved {
+            self.moved.store(true, Relaxed);
+        }
+    }
+}
+
+/// A request's body, which tells its connection's [`Activity`] whether the request waits
+/// on the client for more of it.
+pub(super) struct Reading<B> {
+    body: B,
+    activity: Arc<Activity>,
+}
+
+impl<B> Reading<B> {
+    pub(super) fn new(body: B, activity: &Arc<Activity>) -> Self {
+        Self {
+            body,
+            activity: activity.clone(),
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Reading<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let waiting = polled.is_pending();
+        self.activity.polled(waiting, !waiting);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B> Drop for Reading<B> {
+    /// A body dropped while waiting on the client waits no more.
+    fn drop(&mut self) {
+        self.activity.on_client.store(false, Relaxed);
     }
 }
 
@@ -84,17 +155,17 @@ impl Drop for Answering {
 /// An answer's body, which ends its request's [`Answering`] when dropped: once hyper has
 /// taken its last byte (into its write buffer; a client slow to read those bytes is idle
 /// from then on, as it was under hyper's own timeout), or the connection ended first.
+/// Until then, hyper holding bytes of it for the client and not coming back for more (the
+/// client reads nothing) is waiting on the client; waiting for the body's next bytes (an
+/// upstream's) is not.
 pub(super) struct Answer {
     body: Body,
-    _answering: Answering,
+    answering: Answering,
 }
 
 impl Answer {
     pub(super) fn new(body: Body, answering: Answering) -> Self {
-        Self {
-            body,
-            _answering: answering,
-        }
+        Self { body, answering }
     }
 }
 
@@ -106,7 +177,10 @@ impl http_body::Body for Answer {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let handed_over = matches!(polled, Poll::Ready(Some(_)));
+        self.answering.0.polled(handed_over, true);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -248,6 +322,48 @@ mod tests {
         drop(next);
         assert!(activity.looked_at());
         assert!(!activity.looked_at(), "idle");
+    }
+
+    /// Polls `body` once, as hyper would.
+    fn poll_once<B: http_body::Body + Unpin>(body: &mut B) -> bool {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        Pin::new(body).poll_frame(&mut cx).is_ready()
+    }
+
+    fn silent() -> Body {
+        Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>())
+    }
+
+    #[test]
+    fn a_request_waiting_on_a_client_that_moves_nothing_is_idle() {
+        let activity = Activity::new();
+        activity.looked_at();
+        let answering = activity.request_started();
+        assert!(activity.looked_at(), "being answered");
+        // Its body: the client sends nothing, then a part.
+        let mut reading = Reading::new(silent(), &activity);
+        assert!(!poll_once(&mut reading));
+        assert!(!activity.looked_at(), "waits on a client that sent nothing");
+        let mut reading = Reading::new(Body::from("part"), &activity);
+        assert!(poll_once(&mut reading));
+        assert!(activity.looked_at(), "the client sent a part");
+        assert!(activity.looked_at(), "and the request is not waiting on it");
+        drop(reading);
+        // Its answer: hyper takes a part for the client, and does not come back for more.
+        let mut answer = Answer::new(Body::from("part"), answering);
+        assert!(poll_once(&mut answer));
+        assert!(activity.looked_at(), "a part went to the client");
+        assert!(!activity.looked_at(), "the client took nothing since");
+        drop(answer);
+        assert!(activity.looked_at(), "the answer ended");
+        // An answer waiting for its body's next bytes (an upstream's) is busy.
+        let mut answer = Answer::new(silent(), activity.request_started());
+        assert!(!poll_once(&mut answer));
+        activity.looked_at();
+        assert!(
+            activity.looked_at(),
+            "waits on the upstream, not the client"
+        );
     }
 
     /// Spawns a connection's task that runs until it is aborted; answers its activity and

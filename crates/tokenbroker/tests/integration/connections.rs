@@ -1,8 +1,8 @@
-//! Client connections: one that never completes its request head, or sits idle between
-//! requests, is closed after `server.idle_timeout`; a request the broker takes longer than
-//! that to answer, or whose answer takes longer than that to stream, is not cut by it. A
-//! client that hangs up while its proxied request waits has that request, and its call
-//! upstream, dropped.
+//! Client connections: one that never completes its request head or body, sits idle
+//! between requests, or stops reading its answer, is closed after `server.idle_timeout`; a
+//! request the broker takes longer than that to answer, or whose answer takes longer than
+//! that to stream, is not cut by it. A client that hangs up (or is cut off) while its
+//! proxied request waits has that request, and its call upstream, dropped.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,17 @@ async fn connect(app: &TestApp) -> TcpStream {
     TcpStream::connect(address)
         .await
         .expect("the broker accepts")
+}
+
+/// The head of a proxied request, `method_path` being e.g. `GET /path` (under the
+/// provider's upstream), with the scoped key and the `extra` header lines.
+fn proxied_head(app: &TestApp, method_path: &str, extra: &str) -> String {
+    let (method, path) = method_path.split_once(' ').expect("a method and a path");
+    format!(
+        "{method} /v1/proxy/{PROVIDER}{path} HTTP/1.1\r\nHost: broker\r\n\
+         Authorization: Bearer {}\r\n{extra}\r\n",
+        app.scoped_key
+    )
 }
 
 /// A request head without the blank line that ends it.
@@ -189,11 +200,7 @@ async fn a_client_that_hangs_up_mid_request_has_its_upstream_call_dropped() {
     .await;
 
     let mut client = connect(&app).await;
-    let head = format!(
-        "GET /v1/proxy/{PROVIDER}/hang HTTP/1.1\r\nHost: broker\r\n\
-         Authorization: Bearer {}\r\n\r\n",
-        app.scoped_key
-    );
+    let head = proxied_head(&app, "GET /hang", "");
     client.write_all(head.as_bytes()).await.unwrap();
     started.recv().await.expect("the upstream got the request");
     drop(client);
@@ -203,4 +210,60 @@ async fn a_client_that_hangs_up_mid_request_has_its_upstream_call_dropped() {
         matches!(ended, Ok(Some(()))),
         "the upstream call went on after its client hung up"
     );
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_coming_is_cut_off_after_the_idle_timeout() {
+    let app = app(Options {
+        upstream: Some(upstream(axum::Router::new().fallback(|| async { "ok" })).await),
+        ..Options::default()
+    })
+    .await;
+    // Announces 100 bytes (a body the proxy keeps for a retry), sends 10, and waits.
+    let mut client = connect(&app).await;
+    let head = proxied_head(&app, "POST /upload", "Content-Length: 100\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(b"0123456789").await.unwrap();
+    let received = closed_by_the_idle_timeout(&mut client).await;
+    assert!(
+        !received.contains("200"),
+        "a request without its body was answered: {received:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_cut_off_and_its_upstream_call_dropped() {
+    // The upstream streams an endless body, and reports when the stream is dropped.
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+    let endless = upstream(axum::Router::new().fallback(move || {
+        let guard = Dropped(dropped_tx.clone());
+        async move {
+            let chunks = futures_util::stream::unfold(guard, |guard| async move {
+                let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+                Some((Ok::<_, std::io::Error>(chunk), guard))
+            });
+            axum::body::Body::from_stream(chunks)
+        }
+    }))
+    .await;
+    let app = app(Options {
+        upstream: Some(endless),
+        provider_extra: "upstream_timeout = \"10min\"".to_owned(),
+        ..Options::default()
+    })
+    .await;
+
+    let mut client = connect(&app).await;
+    let head = proxied_head(&app, "GET /endless", "");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut status = [0u8; 12];
+    client.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    // From here on the client reads nothing, and keeps its connection open.
+    let ended = tokio::time::timeout(Duration::from_secs(20), dropped.recv()).await;
+    assert!(
+        matches!(ended, Ok(Some(()))),
+        "the broker kept streaming to a client that reads nothing"
+    );
+    drop(client);
 }
