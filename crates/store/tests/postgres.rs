@@ -81,7 +81,12 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let drop_schema = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+        // Bounded: a test that failed mid-transaction may leave it open (its connection's
+        // task cannot run while this blocks), and the test must then fail, not hang.
+        let drop_schema = format!(
+            "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.name
+        );
         // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its
         // own with a runtime of its own does the cleanup.
         let cleanup = std::thread::spawn(move || {
