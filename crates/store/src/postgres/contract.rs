@@ -10,6 +10,10 @@
 //! SHARE)`: the share lock makes a concurrent grant of the lease to another holder wait for
 //! the write's commit, or the write see that grant and change nothing, so no fenced write
 //! lands after the lease passed on.
+//!
+//! Times are the brokers' (Unix milliseconds, as in SQLite), except a lease's expiry: it is
+//! set and judged by the database's clock, the one clock all brokers share, so that brokers
+//! whose clocks disagree by more than a lease still never both hold it.
 
 use std::time::{Duration, SystemTime};
 
@@ -23,8 +27,8 @@ use tokio_postgres::types::ToSql;
 
 use super::PostgresStore;
 use crate::convert::{
-    KEY_CHECK, SEALED_TABLES, audit_kind, drain_fenced, generation, lease_expiry, millis,
-    refresh_conflict, refresh_moved, reseal_failed, signed, time, token_conflict,
+    KEY_CHECK, SEALED_TABLES, audit_kind, drain_fenced, generation, millis, refresh_conflict,
+    refresh_moved, reseal_failed, signed, time, token_conflict,
 };
 
 #[async_trait]
@@ -116,21 +120,27 @@ impl Store for PostgresStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let now = SystemTime::now();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.db(&e))?;
         // The conflicting row is locked either way, so the second query reads the lease
-        // that won, and two brokers asking at once cannot both be granted.
+        // that won, and two brokers asking at once cannot both be granted. Its expiry is
+        // set and judged by the database's clock, which all brokers share: brokers whose
+        // own clocks disagree by more than a lease must still never both hold it.
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let granted = tx
             .query_opt(
-                "INSERT INTO leases (provider, holder, expires_at_ms, fence) VALUES ($1, $2, $3, 1)
+                "WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms)
+                 INSERT INTO leases (provider, holder, expires_at_ms, fence)
+                 SELECT $1, $2, LEAST(now_ms::numeric + $3::bigint, 9223372036854775807)::bigint, 1
+                 FROM clock
                  ON CONFLICT (provider) DO UPDATE SET holder = excluded.holder,
                      expires_at_ms = excluded.expires_at_ms,
                      fence = leases.fence
                              + CASE WHEN leases.holder = excluded.holder THEN 0 ELSE 1 END
-                 WHERE leases.expires_at_ms <= $4 OR leases.holder = excluded.holder
+                 WHERE leases.expires_at_ms <= (SELECT now_ms FROM clock)
+                       OR leases.holder = excluded.holder
                  RETURNING fence",
-                &[&provider, &holder, &lease_expiry(now, ttl), &millis(now)],
+                &[&provider, &holder, &ttl_ms],
             )
             .await
             .map_err(|e| self.db(&e))?;
@@ -139,15 +149,19 @@ impl Store for PostgresStore {
                 fence: generation(self.get(&row, 0)?),
             }
         } else {
+            // How much longer by the database's clock, as a time on this broker's.
             let row = tx
                 .query_one(
-                    "SELECT expires_at_ms FROM leases WHERE provider = $1",
+                    "SELECT expires_at_ms
+                            - (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                     FROM leases WHERE provider = $1",
                     &[&provider],
                 )
                 .await
                 .map_err(|e| self.db(&e))?;
+            let left: i64 = self.get(&row, 0)?;
             Lease::HeldElsewhere {
-                until: time(self.get(&row, 0)?),
+                until: SystemTime::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0)),
             }
         };
         tx.commit().await.map_err(|e| self.db(&e))?;
