@@ -121,6 +121,9 @@ pub(crate) async fn forward(
             Ok(Err(e)) if relay::timed_out(&*e) => {
                 return Err(ApiError::UpstreamTimeout(provider.to_owned()));
             }
+            Ok(Err(e)) if relay::body_too_large(&*e) => {
+                return Err(ApiError::BodyTooLarge(config.proxy.max_request_body));
+            }
             Ok(Err(e)) => {
                 tracing::warn!(provider, error = %relay::describe(&*e), "upstream request failed");
                 return Err(ApiError::UpstreamUnreachable(provider.to_owned()));

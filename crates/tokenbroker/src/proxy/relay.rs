@@ -72,6 +72,12 @@ pub(super) fn timed_out(error: &(dyn Error + 'static)) -> bool {
     })
 }
 
+/// Whether a failed upstream request failed because the client's body went past its
+/// limit ([`limited`]): the client's fault, not the upstream's.
+pub(super) fn body_too_large(error: &(dyn Error + 'static)) -> bool {
+    sources(error).any(|e| e.is::<http_body_util::LengthLimitError>())
+}
+
 /// The error and its causes, for the log (none of them quotes a header or a body).
 pub(super) fn describe(error: &(dyn Error + 'static)) -> String {
     sources(error)

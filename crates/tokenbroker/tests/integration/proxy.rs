@@ -258,6 +258,49 @@ async fn upstream_failures_answer_in_the_error_shape() {
     assert_eq!(body["error"], "upstream_timeout");
 }
 
+#[tokio::test]
+async fn a_request_body_over_max_request_body_answers_413_announced_or_not() {
+    let reads_the_body = upstream(
+        axum::Router::new()
+            .fallback(|body: axum::body::Bytes| async move { format!("{} bytes", body.len()) }),
+    )
+    .await;
+    let app = spawn_app(Options {
+        upstream: Some(reads_the_body),
+        provider_extra: "max_request_body = 1024\nretry_body_limit = 512".into(),
+        ..Options::default()
+    })
+    .await;
+    let post = |body: reqwest::Body| {
+        app.http
+            .post(format!("{}/v1/proxy/{PROVIDER}/upload", app.url))
+            .bearer_auth(&app.scoped_key)
+            .body(body)
+            .send()
+    };
+    // Within the limit, streamed (no Content-Length): relayed.
+    let chunks = |n: usize| {
+        let chunk = || Ok::<_, std::io::Error>(vec![b'x'; 256]);
+        reqwest::Body::wrap_stream(futures_util::stream::iter((0..n).map(move |_| chunk())))
+    };
+    let response = post(chunks(3)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "768 bytes");
+    // Over it, announced, and streamed: refused the same way.
+    for (how, body) in [
+        ("announced", reqwest::Body::from(vec![b'x'; 2048])),
+        ("streamed", chunks(8)),
+    ] {
+        let response = post(body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{how}");
+        assert_eq!(
+            response.headers()["x-tokenbroker-error"],
+            "body_too_large",
+            "{how}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_broker_finishes_the_request_in_flight_and_takes_no_new_one() {
     let arrived = Arc::new(Notify::new());
