@@ -11,9 +11,9 @@ use crate::clock::Clock;
 use crate::config::ProviderConfig;
 use crate::issuer::{self, IssueError};
 use crate::metrics::{Metrics, ProviderLabel};
-use crate::seal::{Purpose, SealError};
+use crate::seal::{Purpose, SealError, Sealer};
 use crate::slot::{self, Context, Persistence, Slot, SlotState};
-use crate::store::{AuditEvent, AuditKind, StoreError, StoreErrorKind};
+use crate::store::{AuditEvent, AuditKind, Store, StoreError, StoreErrorKind};
 
 /// The plaintext of the store's key check.
 const KEY_CHECK: &[u8] = b"tokenbroker master key check";
@@ -49,7 +49,7 @@ impl Broker {
         providers: BTreeMap<String, ProviderConfig>,
         persistence: Persistence,
     ) -> Result<Self, StartError> {
-        verify_key(&persistence).await?;
+        verify_key(&*persistence.store, &persistence.sealer).await?;
         let persistence = Arc::new(persistence);
         let metrics = Arc::new(Metrics::new());
         let clock = Clock::system();
@@ -155,22 +155,28 @@ impl Broker {
     }
 }
 
-/// Fails if the store's secrets were sealed with another key; seals the check on first use.
-async fn verify_key(persistence: &Persistence) -> Result<(), StartError> {
-    match persistence.store.key_check().await? {
-        Some(sealed) => {
-            let opened = persistence
-                .sealer
-                .open("", Purpose::KeyCheck, &sealed)
-                .map_err(StartError::WrongKey)?;
-            if opened != KEY_CHECK {
-                return Err(StartError::WrongKey(SealError::WrongKeyOrTampered));
-            }
-            Ok(())
-        }
+/// Fails if the store's secrets were sealed with another key than `sealer`'s; seals the
+/// check on first use. For everything that writes sealed rows: the broker at start, and
+/// the commands that write the store directly.
+pub async fn verify_key(store: &dyn Store, sealer: &Sealer) -> Result<(), StartError> {
+    let sealed = match store.key_check().await? {
+        Some(sealed) => sealed,
         None => {
-            let sealed = persistence.sealer.seal("", Purpose::KeyCheck, KEY_CHECK);
-            Ok(persistence.store.set_key_check(&sealed).await?)
+            store
+                .set_key_check(&sealer.seal("", Purpose::KeyCheck, KEY_CHECK))
+                .await?;
+            // The first check written is kept: another broker starting on the same new
+            // store at the same time, perhaps with another key, may have written it.
+            store.key_check().await?.ok_or_else(|| {
+                StoreError::new(StoreErrorKind::Corrupt, "the key check was not kept")
+            })?
         }
+    };
+    let opened = sealer
+        .open("", Purpose::KeyCheck, &sealed)
+        .map_err(StartError::WrongKey)?;
+    if opened != KEY_CHECK {
+        return Err(StartError::WrongKey(SealError::WrongKeyOrTampered));
     }
+    Ok(())
 }

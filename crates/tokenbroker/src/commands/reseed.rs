@@ -1,6 +1,7 @@
 //! `tokenbroker reseed PROVIDER`: put an `oauth2_refresh_token` provider that needs
 //! credentials back in service with a new refresh token read from standard input. It writes
-//! the store directly (sealed), so it works whether or not the broker runs; a running broker
+//! the store directly (sealed, once the master key is checked against the store's), so it
+//! works whether or not the broker runs; a running broker
 //! picks the new token up the next time a consumer asks. It takes the provider's issuance
 //! lease for the write, as a broker does (the store fences refresh-token writes by it), so
 //! it never lands in the middle of an issuance.
@@ -63,6 +64,10 @@ pub async fn run(config: &Path, provider: &str) -> Result<u8, Exit> {
         .await
         .map(|b| b.store)
         .map_err(failure)?;
+    // A token sealed with another key than the brokers' would not open for them.
+    tokenbroker_core::broker::verify_key(&*store, &sealer)
+        .await
+        .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
     let holder = format!("reseed-{}", std::process::id());
     let fence = take_lease(&*store, provider, &holder).await?;
     let saved = save(&*store, provider, fence, &sealer, &token).await;

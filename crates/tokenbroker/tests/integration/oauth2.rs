@@ -293,26 +293,40 @@ async fn a_crash_mid_refresh_without_grace_replays_nothing_and_waits_for_reseed(
     let ready = setup.readyz(&serve.url).await;
     assert_eq!(ready["needs_credentials"], json!(["crm"]));
 
-    // The operator reseeds with the refresh token the issuer holds now.
+    // The operator reseeds with the refresh token the issuer holds now; first with the
+    // wrong master key, which is refused before anything is written.
     let config = setup.store.path().join("serve.toml");
     std::fs::write(&config, &setup.config_text).unwrap();
-    let mut reseed = tokenbroker();
-    reseed
-        .args(["reseed", "crm", "--config"])
-        .arg(&config)
-        .env("TOKENBROKER_MASTER_KEY", &setup.master_key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null());
-    let mut child = reseed.spawn().unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        issuer.current_refresh_token().unwrap().as_bytes(),
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let reseed = |master_key: &str| {
+        let mut reseed = tokenbroker();
+        reseed
+            .args(["reseed", "crm", "--config"])
+            .arg(&config)
+            .env("TOKENBROKER_MASTER_KEY", master_key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = reseed.spawn().unwrap();
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            issuer.current_refresh_token().unwrap().as_bytes(),
+        )
+        .unwrap();
+        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+    };
+    let refused = reseed(&tokenbroker_core::seal::new_master_key())
         .await
         .unwrap();
-    assert!(status.success());
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("another master key"), "{said}");
+    let (status, body) = setup.token(&serve.url, "crm").await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("needs_credentials"))
+    );
+    let reseeded = reseed(&setup.master_key).await.unwrap();
+    assert!(reseeded.status.success());
     let started = Instant::now();
     loop {
         let (status, _) = setup.token(&serve.url, "crm").await;
