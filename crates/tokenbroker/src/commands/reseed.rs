@@ -1,10 +1,10 @@
 //! `tokenbroker reseed PROVIDER`: put an `oauth2_refresh_token` provider that needs
 //! credentials back in service with a new refresh token read from standard input. It writes
 //! the store directly (sealed, once the master key is checked against the store's), so it
-//! works whether or not the broker runs; a running broker
-//! picks the new token up the next time a consumer asks. It takes the provider's issuance
-//! lease for the write, as a broker does (the store fences refresh-token writes by it), so
-//! it never lands in the middle of an issuance.
+//! works whether or not the broker runs; a running broker picks the new token up the next
+//! time a consumer asks. It takes the provider's issuance lease for the write, as a broker
+//! does (the store fences refresh-token writes by it), so it never lands in the middle of an
+//! issuance.
 
 use std::io::Read;
 use std::path::Path;
