@@ -170,6 +170,14 @@ fn open_and_migrate(path: &Path, create: bool) -> Result<Connection, StoreError>
             let tx = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| map(path, &e))?;
+            // Another process opening the same new file may have applied it while this one
+            // waited for the write lock.
+            let applied: usize = tx
+                .pragma_query_value(None, "user_version", |row| row.get(0))
+                .map_err(|e| map(path, &e))?;
+            if applied > index {
+                continue;
+            }
             tx.execute_batch(migration).map_err(|e| map(path, &e))?;
             tx.pragma_update(None, "user_version", index + 1)
                 .map_err(|e| map(path, &e))?;

@@ -125,3 +125,23 @@ async fn drains_are_announced_acknowledged_and_fenced() {
     let (_dir, _, store) = fresh().await;
     conformance::drains_are_announced_acknowledged_and_fenced(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_opening_one_new_file_at_once_migrate_it_once() {
+    // Connections of one process race as those of several would: each has its own.
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move { SqliteStore::open(&path).await })
+            })
+            .collect();
+        for open in opens {
+            if let Err(e) = open.await.unwrap() {
+                panic!("round {round}: {}", e.message);
+            }
+        }
+    }
+}
