@@ -211,7 +211,7 @@ async fn log_out(shared: &Shared, issuer: &dyn Issuer) {
 }
 
 /// How an attempt ended.
-enum Outcome {
+pub(super) enum Outcome {
     /// A new token (issued here, or stored by another broker) is published.
     Published,
     /// Another broker holds the issuance lease: look again shortly.
@@ -543,11 +543,19 @@ async fn adopt_stored(shared: &Shared, expected: u64) -> Option<Token> {
 }
 
 /// Publishes a token this broker issued or adopted, once recorded as used here.
-async fn publish(shared: &Shared, token: Token) -> Outcome {
+pub(super) async fn publish(shared: &Shared, token: Token) -> Outcome {
     drain::take_up(shared, &token).await;
     let token = Arc::new(token);
     shared.view.send_modify(|v| {
-        v.token = Some(token);
+        // A newer token another broker stored may have been adopted meanwhile (an
+        // invalidation reads the store while the driver issues): the view never goes back.
+        if v
+            .token
+            .as_ref()
+            .is_none_or(|t| t.generation <= token.generation)
+        {
+            v.token = Some(token);
+        }
         v.state = SlotState::Ready;
         v.last_error = None;
         v.retry_at = None;

@@ -571,6 +571,27 @@ async fn waiting_for_a_reseed_takes_no_place_in_the_budget_and_serves_the_cached
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_token_published_after_a_newer_one_was_adopted_does_not_replace_it() {
+    let h = harness("", Duration::from_secs(60));
+    let first = h.slot.get().await.unwrap();
+    let at = |generation| {
+        Token::new(
+            SecretString::from(format!("tok-{generation}")),
+            generation,
+            first.issued_at,
+            first.expires_at,
+            first.refresh_at,
+        )
+    };
+    // Generation 3 adopted from the store; then the driver publishes its own generation 2.
+    let adopted = Arc::new(at(3));
+    h.slot.shared.view.send_modify(|v| v.token = Some(adopted));
+    driver::publish(&h.slot.shared, at(2)).await;
+    assert_eq!(h.slot.get().await.unwrap().generation, 3);
+    assert_eq!(h.slot.view().state, SlotState::Ready);
+}
+
+#[tokio::test(start_paused = true)]
 async fn tokens_too_short_to_keep_promises_with_are_refused_with_backoff() {
     let h = harness("", Duration::from_millis(500));
     for _ in 0..20 {
