@@ -549,8 +549,7 @@ pub(super) async fn publish(shared: &Shared, token: Token) -> Outcome {
     shared.view.send_modify(|v| {
         // A newer token another broker stored may have been adopted meanwhile (an
         // invalidation reads the store while the driver issues): the view never goes back.
-        if v
-            .token
+        if v.token
             .as_ref()
             .is_none_or(|t| t.generation <= token.generation)
         {

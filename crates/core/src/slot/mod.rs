@@ -435,10 +435,10 @@ impl Shared {
     }
 
     /// The token to hand out now, if there is one: not retired, valid for `min_validity`,
-    /// and, for a single-session provider, not due for rotation here or announced for
-    /// replacement by another broker, since that token is about to be superseded (unless the
-    /// rotation failed and the driver is backing off: then the still-valid token is all
-    /// there is).
+    /// and, for a single-session provider, neither due for rotation here (unless this
+    /// broker's rotation failed and the driver is backing off: then the still-valid token is
+    /// all there is) nor announced for replacement by another broker, since that token is
+    /// about to be superseded.
     fn servable(&self, view: &View, now: SystemTime) -> Option<Arc<Token>> {
         let token = view.token.as_ref()?;
         self.may_serve(token, view.state, now)
@@ -449,10 +449,12 @@ impl Shared {
     fn may_serve(&self, token: &Token, state: SlotState, now: SystemTime) -> bool {
         let retired = self.retired(token.generation);
         let expiring = now + self.config.min_validity > token.expires_at;
-        let rotating = self.config.single_session
-            && (now >= token.refresh_at
-                || token.generation <= self.draining.load(Ordering::SeqCst))
+        // Past refresh_at, unless this broker's own rotation failed: then the still-valid
+        // token is all there is. Announced by the broker about to replace it: never.
+        let due = now >= token.refresh_at
             && !matches!(state, SlotState::BackingOff | SlotState::NeedsCredentials);
+        let announced = token.generation <= self.draining.load(Ordering::SeqCst);
+        let rotating = self.config.single_session && (due || announced);
         !retired && !expiring && !rotating
     }
 }

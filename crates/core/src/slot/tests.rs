@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::issuer::{Issuance, IssueInput, Issued};
 use crate::seal::new_master_key;
 use crate::store::{
-    AuditEvent, IssuanceRecord, Lease, Reseal, StoreError, StoreErrorKind, StoredRefresh,
+    AuditEvent, Change, IssuanceRecord, Lease, Reseal, StoreError, StoreErrorKind, StoredRefresh,
 };
 
 /// An issuer that mints `tok-N` tokens of a fixed lifetime, after a latency, and can be
@@ -67,6 +67,10 @@ struct MemoryStore {
     refresh: std::sync::Mutex<Option<StoredRefresh>>,
     ledger: std::sync::Mutex<Vec<IssuanceRecord>>,
     failing_saves: AtomicBool,
+    /// Set for a store shared by a cluster: it tells of changes.
+    changes: Option<tokio::sync::broadcast::Sender<Change>>,
+    /// The generation another broker announced it is about to replace.
+    drain_request: std::sync::Mutex<Option<u64>>,
 }
 
 impl MemoryStore {
@@ -95,7 +99,7 @@ impl Store for MemoryStore {
         Ok(())
     }
     async fn drain_request(&self, _: &str, _: &str) -> Result<Option<u64>, StoreError> {
-        Ok(None)
+        Ok(*self.drain_request.lock().unwrap())
     }
     async fn ack_drain(&self, _: &str, _: &str, _: u64) -> Result<(), StoreError> {
         Ok(())
@@ -223,6 +227,11 @@ impl Store for MemoryStore {
     async fn rekey(&self, _: Reseal) -> Result<usize, StoreError> {
         Ok(0)
     }
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        self.changes
+            .as_ref()
+            .map(tokio::sync::broadcast::Sender::subscribe)
+    }
 }
 
 struct Harness {
@@ -237,12 +246,22 @@ struct Harness {
 
 /// A Control Room-like provider (`json_login`, single-session unless `extra` says not).
 fn harness(extra: &str, lifetime: Duration) -> Harness {
-    harness_of(
-        &format!(
-            "type = \"json_login\"\nlogin_url = \"http://127.0.0.1:9/\"\n\
-             login_body = {{ u = \"x\" }}\n{extra}"
-        ),
-        lifetime,
+    harness_of(&json_login(extra), lifetime, MemoryStore::default())
+}
+
+/// The same, on a store shared with other brokers (one that tells of changes).
+fn cluster_harness(extra: &str, lifetime: Duration) -> Harness {
+    let store = MemoryStore {
+        changes: Some(tokio::sync::broadcast::channel(16).0),
+        ..MemoryStore::default()
+    };
+    harness_of(&json_login(extra), lifetime, store)
+}
+
+fn json_login(extra: &str) -> String {
+    format!(
+        "type = \"json_login\"\nlogin_url = \"http://127.0.0.1:9/\"\n\
+         login_body = {{ u = \"x\" }}\n{extra}"
     )
 }
 
@@ -254,11 +273,12 @@ fn refresh_harness(extra: &str, lifetime: Duration) -> Harness {
              client_id = \"c\"\nrefresh_token = \"r-1\"\n{extra}"
         ),
         lifetime,
+        MemoryStore::default(),
     )
 }
 
-/// The provider `fake`, of type and settings `provider`, over the fake issuer and store.
-fn harness_of(provider: &str, lifetime: Duration) -> Harness {
+/// The provider `fake`, of type and settings `provider`, over the fake issuer and `store`.
+fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness {
     let text = format!("[providers.fake]\nbackoff_min = \"1s\"\nbackoff_max = \"8s\"\n{provider}");
     let mut config = Config::parse(&text).expect("valid test config");
     let provider = config.providers.remove("fake").expect("provider present");
@@ -276,7 +296,7 @@ fn harness_of(provider: &str, lifetime: Duration) -> Harness {
         down: down.clone(),
     };
     let (stop, stop_rx) = watch::channel(false);
-    let store = Arc::new(MemoryStore::default());
+    let store = Arc::new(store);
     let persistence = Persistence {
         store: store.clone(),
         sealer: Arc::new(
@@ -589,6 +609,32 @@ async fn a_token_published_after_a_newer_one_was_adopted_does_not_replace_it() {
     driver::publish(&h.slot.shared, at(2)).await;
     assert_eq!(h.slot.get().await.unwrap().generation, 3);
     assert_eq!(h.slot.view().state, SlotState::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_another_broker_announced_it_replaces_is_not_served_while_backing_off() {
+    let h = cluster_harness("refresh_before = \"20s\"", Duration::from_secs(60));
+    let first = h.slot.get().await.unwrap();
+    // This broker's own rotation fails: it backs off and serves the still-valid token.
+    h.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(
+        first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(h.slot.view().state, SlotState::BackingOff);
+    assert_eq!(h.slot.get().await.unwrap().generation, 1);
+    // Another broker announces it is about to replace generation 1.
+    *h.store.drain_request.lock().unwrap() = Some(1);
+    let changes = h.store.changes.as_ref().unwrap();
+    changes.send(Change::Provider("fake".into())).unwrap();
+    while h.slot.shared.draining.load(Ordering::SeqCst) < 1 {
+        tokio::task::yield_now().await; // the slot's answering task takes it up
+    }
+    match h.slot.get().await {
+        Ok(token) => panic!("served generation {} after its drain", token.generation),
+        Err(SlotError::Issuer { error, .. }) => assert_eq!(error.reason(), "unavailable"),
+        Err(other) => panic!("expected this broker's last failure, got {other}"),
+    }
 }
 
 #[tokio::test(start_paused = true)]
