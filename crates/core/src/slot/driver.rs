@@ -365,8 +365,18 @@ async fn issue_and_commit(
         Ok(entry) => entry,
         Err(e) => return (Err(store_error(provider, &e)), Duration::ZERO),
     };
+    // The drain may have outlasted a lease whose renewals failed: a broker that lost it
+    // must not call the issuer alongside the one that has it now.
+    if !still_holds_lease(shared, fence).await {
+        finish_ledger(shared, entry, Some(None)).await;
+        let error = IssueError::Store {
+            provider: provider.to_owned(),
+            reason: "the issuance lease passed to another broker; not calling the issuer".into(),
+        };
+        return (Err(error), Duration::ZERO);
+    }
     // The refresh intent is the last step before sending, so that the grace it is checked
-    // against is not spent on the drain or the ledger.
+    // against is not spent on the drain or the ledger. (Writing it is fenced by the lease.)
     let ticket = match refresh::prepare(shared, fence).await {
         Ok(ticket) => ticket,
         Err(error) => {
@@ -453,6 +463,17 @@ fn retire_superseded(shared: &Shared, current: Option<&Token>) {
              superseded is no longer handed out"
         );
     }
+}
+
+/// Whether this broker still holds the issuance lease it was granted as `fence` (renewing
+/// it); a store that cannot say counts as no.
+async fn still_holds_lease(shared: &Shared, fence: u64) -> bool {
+    let persistence = &shared.persistence;
+    let renewed = persistence
+        .store
+        .acquire_lease(&shared.config.name, &persistence.holder, LEASE_TTL)
+        .await;
+    matches!(renewed, Ok(Lease::Granted { fence: now }) if now == fence)
 }
 
 /// Records an issuance's outcome in the ledger; `None` leaves it unknown (counted live).

@@ -71,6 +71,9 @@ struct MemoryStore {
     changes: Option<tokio::sync::broadcast::Sender<Change>>,
     /// The generation another broker announced it is about to replace.
     drain_request: std::sync::Mutex<Option<u64>>,
+    /// Set: the lease is granted once more, then held by another broker.
+    lease_lost_next: AtomicBool,
+    lease_granted_once: AtomicBool,
 }
 
 impl MemoryStore {
@@ -134,6 +137,13 @@ impl Store for MemoryStore {
         Ok(())
     }
     async fn acquire_lease(&self, _: &str, _: &str, _: Duration) -> Result<Lease, StoreError> {
+        if self.lease_lost_next.load(Ordering::SeqCst)
+            && self.lease_granted_once.swap(true, Ordering::SeqCst)
+        {
+            return Ok(Lease::HeldElsewhere {
+                until: SystemTime::now() + Duration::from_secs(3),
+            });
+        }
         Ok(Lease::Granted { fence: 1 })
     }
     async fn release_lease(&self, _: &str, _: &str) -> Result<(), StoreError> {
@@ -635,6 +645,22 @@ async fn a_token_another_broker_announced_it_replaces_is_not_served_while_backin
         Err(SlotError::Issuer { error, .. }) => assert_eq!(error.reason(), "unavailable"),
         Err(other) => panic!("expected this broker's last failure, got {other}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broker_that_lost_the_lease_before_calling_the_issuer_does_not_call_it() {
+    let h = harness("", Duration::from_secs(60));
+    // Granted for the attempt, then (a stall later) held by another broker.
+    h.store.lease_lost_next.store(true, Ordering::SeqCst);
+    let asked = tokio::time::timeout(Duration::from_secs(5), h.slot.get()).await;
+    assert!(!matches!(asked, Ok(Ok(_))), "no token without the lease");
+    assert_eq!(calls(&h), 0, "the issuer was not called");
+    let entry = h.store.ledger.lock().unwrap()[0];
+    assert_eq!(
+        entry.expires_at,
+        Some(entry.requested_at),
+        "the ledger entry is closed as no token"
+    );
 }
 
 #[tokio::test(start_paused = true)]
