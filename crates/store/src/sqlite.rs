@@ -27,6 +27,9 @@ use crate::convert::{
 };
 
 /// The schema migrations, in order; the schema version is how many have been applied.
+/// How long a statement waits for another connection's lock before failing as busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_refresh_tokens_and_ledger.sql"),
@@ -145,11 +148,9 @@ fn open_and_migrate(path: &Path, create: bool) -> Result<Connection, StoreError>
     }
     let connection = Connection::open(path).map_err(|e| map(path, &e))?;
     connection
-        .busy_timeout(Duration::from_secs(5))
+        .busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| map(path, &e))?;
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .map_err(|e| map(path, &e))?;
+    use_wal(&connection, path)?;
     connection
         .pragma_update(None, "synchronous", "FULL")
         .map_err(|e| map(path, &e))?;
@@ -185,6 +186,27 @@ fn open_and_migrate(path: &Path, create: bool) -> Result<Connection, StoreError>
         }
     }
     Ok(connection)
+}
+
+/// Switches the file to write-ahead logging. On a new file another connection may be
+/// switching it at the same moment, and SQLite then answers "locked" at once, without
+/// waiting in its busy handler: tried again for as long as that would have waited.
+fn use_wal(connection: &Connection, path: &Path) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match connection.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(failure, _))
+                if matches!(
+                    failure.code,
+                    ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(map(path, &e)),
+        }
+    }
 }
 
 /// Why re-sealing a table failed.
