@@ -37,6 +37,7 @@ use tokio_postgres::types::{FromSql, ToSql};
 use crate::convert::{refresh_moved, signed};
 use endpoint::Endpoint;
 use listen::{Listener, Target};
+use migrate::Mode;
 
 /// Connections per broker: the store is on the issuance path only, so a few suffice even
 /// with many providers issuing at once.
@@ -77,6 +78,24 @@ impl PostgresStore {
     /// missing: one per cluster of brokers, or per test. Fails with `TooNew` for a database
     /// migrated by a newer tokenbroker, `Unavailable` when it cannot be reached.
     pub async fn connect(url: &SecretString, schema: Option<&str>) -> Result<Self, StoreError> {
+        Self::open(url, schema, Mode::Migrate).await
+    }
+
+    /// Connects to a store a broker has already created at this version, without changing
+    /// its schema: for the commands that read or repair a store, so that a newer CLI never
+    /// migrates a store under the older brokers that run on it.
+    pub async fn connect_existing(
+        url: &SecretString,
+        schema: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        Self::open(url, schema, Mode::Check).await
+    }
+
+    async fn open(
+        url: &SecretString,
+        schema: Option<&str>,
+        mode: Mode,
+    ) -> Result<Self, StoreError> {
         let endpoint = Endpoint::parse(url.expose_secret())?;
         let quoted = schema.map(quote).transpose()?;
         let name: Arc<str> = match schema {
@@ -125,7 +144,7 @@ impl PostgresStore {
         };
         let mut client = store.client().await?;
         let schema = schema.zip(quoted.as_deref());
-        migrate::migrate(&mut client, schema, &store.name).await?;
+        migrate::migrate(&mut client, schema, &store.name, mode).await?;
         drop(client);
         Ok(store)
     }

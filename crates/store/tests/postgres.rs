@@ -77,6 +77,11 @@ impl Schema {
     async fn connect(&self) -> Result<PostgresStore, tokenbroker_core::store::StoreError> {
         PostgresStore::connect(&SecretString::from(url()), Some(&self.name)).await
     }
+
+    /// As the commands that read or repair a store connect: without creating or migrating.
+    async fn connect_existing(&self) -> Result<PostgresStore, tokenbroker_core::store::StoreError> {
+        PostgresStore::connect_existing(&SecretString::from(url()), Some(&self.name)).await
+    }
 }
 
 impl Drop for Schema {
@@ -234,6 +239,63 @@ async fn a_store_from_a_newer_version_is_refused() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, Option<i32>>(0), Some(99), "not migrated down");
+}
+
+#[tokio::test]
+async fn connecting_to_an_existing_store_never_creates_or_migrates_it() {
+    let Some(client) = raw().await else {
+        return;
+    };
+    let missing = Schema::new();
+    let error = missing.connect_existing().await.map(drop).unwrap_err();
+    assert!(
+        error.message.contains("no tokenbroker store"),
+        "{}",
+        error.message
+    );
+    let created = client
+        .query_opt(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            &[&missing.name],
+        )
+        .await
+        .unwrap();
+    assert!(created.is_none(), "the schema was created");
+
+    // A store at the previous version, as a broker of that version left it.
+    let older = Schema::new();
+    drop(older.connect().await.unwrap());
+    let table = format!("\"{}\".schema_migrations", older.name);
+    client
+        .batch_execute(&format!(
+            "DELETE FROM {table} WHERE version = (SELECT MAX(version) FROM {table})"
+        ))
+        .await
+        .unwrap();
+    let version = || async {
+        let row = client
+            .query_one(&format!("SELECT MAX(version) FROM {table}"), &[])
+            .await
+            .unwrap();
+        row.get::<_, Option<i32>>(0).unwrap()
+    };
+    let before = version().await;
+    let error = older.connect_existing().await.map(drop).unwrap_err();
+    assert!(
+        error.message.contains("older than this tokenbroker"),
+        "{}",
+        error.message
+    );
+    assert_eq!(version().await, before, "not migrated");
+    // At this version (the row back), it opens.
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {table} (version, applied_at_ms) VALUES ({}, 0)",
+            before + 1
+        ))
+        .await
+        .unwrap();
+    older.connect_existing().await.unwrap();
 }
 
 #[tokio::test]

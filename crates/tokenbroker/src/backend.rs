@@ -30,23 +30,31 @@ pub struct Backend {
     pub sync_every: Option<Duration>,
 }
 
-/// Whether to create a missing embedded store or insist that it exists (for commands that
-/// only read or repair one).
+/// Whether to create a missing store (and migrate an older one) or insist that it exists
+/// as it is (for commands that only read or repair one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Missing {
-    /// Create it (the broker itself).
+    /// Create or migrate it (the broker itself).
     Create,
-    /// Fail with "no store at ..." (`audit`, `store rekey`, `reseed`).
+    /// Fail with "no store at ..." (`audit`, `store rekey`, `reseed`); on PostgreSQL also
+    /// refuse a schema older than this version rather than migrate it under running brokers.
     Refuse,
 }
 
 /// Opens the configured store.
 pub async fn open(config: &StoreConfig, missing: Missing) -> Result<Backend, StoreError> {
     match &config.url {
-        Some(url) => Ok(Backend {
-            store: Arc::new(PostgresStore::connect(url, config.schema.as_deref()).await?),
-            sync_every: Some(config.sync_interval.unwrap_or(CLUSTER_SYNC)),
-        }),
+        Some(url) => {
+            let schema = config.schema.as_deref();
+            let store = match missing {
+                Missing::Create => PostgresStore::connect(url, schema).await?,
+                Missing::Refuse => PostgresStore::connect_existing(url, schema).await?,
+            };
+            Ok(Backend {
+                store: Arc::new(store),
+                sync_every: Some(config.sync_interval.unwrap_or(CLUSTER_SYNC)),
+            })
+        }
         None => {
             let store = match missing {
                 Missing::Create => SqliteStore::open(&config.path).await?,

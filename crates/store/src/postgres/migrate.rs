@@ -9,7 +9,7 @@
 
 use std::time::SystemTime;
 
-use tokenbroker_core::store::StoreError;
+use tokenbroker_core::store::{StoreError, StoreErrorKind};
 use tokio_postgres::Client;
 
 use super::error::{corrupt, map};
@@ -22,12 +22,24 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_token_users.sql"),
 ];
 
-/// Brings the schema `schema` (or the connection's default one) up to date. `quoted` is the
-/// schema's name quoted as an identifier; `name` names the store in messages.
+/// What [`migrate`] may do to the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Create it if missing and bring it up to date (a broker).
+    Migrate,
+    /// Only check that it exists at this code's version (the commands that read or repair a
+    /// store: a newer CLI must not upgrade the schema under older running brokers).
+    Check,
+}
+
+/// Brings the schema `schema` (or the connection's default one) up to date, or with
+/// [`Mode::Check`] only checks that it is. `quoted` is the schema's name quoted as an
+/// identifier; `name` names the store in messages.
 pub(super) async fn migrate(
     client: &mut Client,
     schema: Option<(&str, &str)>,
     name: &str,
+    mode: Mode,
 ) -> Result<(), StoreError> {
     let db = |e: tokio_postgres::Error| map(name, &e);
     let tx = client.transaction().await.map_err(db)?;
@@ -37,12 +49,25 @@ pub(super) async fn migrate(
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
         .await
         .map_err(db)?;
+    let store = match schema {
+        Some((schema, _)) => format!("{name} (schema {schema})"),
+        None => name.to_owned(),
+    };
+    let missing = || {
+        StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!("no tokenbroker store in {store}: a broker creates it when it starts"),
+        )
+    };
     if let Some((schema, quoted)) = schema {
         let exists = tx
             .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
             .await
             .map_err(db)?
             .is_some();
+        if !exists && mode == Mode::Check {
+            return Err(missing());
+        }
         if !exists {
             tx.batch_execute(&format!("CREATE SCHEMA {quoted}"))
                 .await
@@ -55,6 +80,9 @@ pub(super) async fn migrate(
         .map_err(db)?
         .try_get::<_, bool>(0)
         .map_err(|e| corrupt(name, &e))?;
+    if !tracked && mode == Mode::Check {
+        return Err(missing());
+    }
     if !tracked {
         tx.batch_execute(
             "CREATE TABLE schema_migrations (
@@ -76,11 +104,18 @@ pub(super) async fn migrate(
         .map_err(|e| corrupt(name, &e))?;
     let applied = usize::try_from(version).unwrap_or(0);
     if applied > MIGRATIONS.len() {
-        let store = match schema {
-            Some((schema, _)) => format!("{name} (schema {schema})"),
-            None => name.to_owned(),
-        };
         return Err(too_new(store, version, MIGRATIONS.len(), "store.url"));
+    }
+    if applied < MIGRATIONS.len() && mode == Mode::Check {
+        return Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!(
+                "the store {store} has schema version {version}, older than this tokenbroker's \
+                 ({}); start a broker of this version on it first (it migrates the store), or \
+                 use the tokenbroker the running brokers are",
+                MIGRATIONS.len()
+            ),
+        ));
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
         tx.batch_execute(migration).await.map_err(db)?;
