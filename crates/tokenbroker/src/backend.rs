@@ -1,6 +1,6 @@
 //! Opens the store the config names: PostgreSQL when `store.url` is set (a cluster of
-//! brokers), else the embedded SQLite file at `store.path`, and says how often slots
-//! re-read it for other brokers' writes.
+//! brokers), else the embedded SQLite file at `store.path` (which brokers on one host may
+//! share), and says how often slots re-read it for other brokers' writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +21,20 @@ use tokenbroker_store::{PostgresStore, SqliteStore};
 /// provider per second per broker).
 const CLUSTER_SYNC: Duration = Duration::from_secs(1);
 
-/// An open store, and how often to look for other brokers' writes (`None`: no others).
+/// How often, by default, each slot of a broker on a SQLite file re-reads its stored token.
+/// SQLite tells of no changes, so for brokers sharing one file this re-read is how a token
+/// one of them issued reaches the others, and it bounds how long they may serve the token it
+/// superseded. For a broker alone on its file it costs one indexed read of a local file per
+/// provider per second.
+const SHARED_FILE_SYNC: Duration = Duration::from_secs(1);
+
+/// An open store, and how often to look for other brokers' writes.
 pub struct Backend {
     /// The store itself.
     pub store: Arc<dyn Store>,
     /// How often slots re-read the tokens other brokers stored (the safety net under the
     /// store's change notifications).
-    pub sync_every: Option<Duration>,
+    pub sync_every: Duration,
 }
 
 /// Whether to create a missing store (and migrate an older one) or insist that it exists
@@ -52,7 +59,7 @@ pub async fn open(config: &StoreConfig, missing: Missing) -> Result<Backend, Sto
             };
             Ok(Backend {
                 store: Arc::new(store),
-                sync_every: Some(config.sync_interval.unwrap_or(CLUSTER_SYNC)),
+                sync_every: config.sync_interval.unwrap_or(CLUSTER_SYNC),
             })
         }
         None => {
@@ -62,7 +69,7 @@ pub async fn open(config: &StoreConfig, missing: Missing) -> Result<Backend, Sto
             };
             Ok(Backend {
                 store: Arc::new(store),
-                sync_every: None,
+                sync_every: config.sync_interval.unwrap_or(SHARED_FILE_SYNC),
             })
         }
     }

@@ -67,7 +67,7 @@ impl AppState {
             store: backend.store,
             sealer: Arc::new(sealer),
             holder: holder_id(),
-            sync_every: backend.sync_every,
+            sync_every: Some(backend.sync_every),
         };
         let access = Arc::new(Access::from_config(&config));
         let upstreams = Arc::new(Upstreams::new(config.providers.values())?);

@@ -84,8 +84,9 @@ pub struct StoreConfig {
     pub url: Option<SecretString>,
     /// The PostgreSQL schema of this cluster's tables (default: the connection's).
     pub schema: Option<String>,
-    /// With PostgreSQL: how often each slot re-reads its stored token in case a change
-    /// notification was missed; `None` for the default.
+    /// How often each slot re-reads its stored token for other brokers' writes: with
+    /// PostgreSQL in case a change notification was missed, with SQLite (which tells of
+    /// none) for brokers sharing the file; `None` for the default.
     pub sync_interval: Option<Duration>,
 }
 
@@ -348,9 +349,6 @@ fn store(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<StoreConfig> {
         problems.push(Problem::new(t.key("schema"), "goes with url"));
     }
     let sync_interval = t.duration("sync_interval", problems);
-    if sync_interval.is_some() && url.is_none() {
-        problems.push(Problem::new(t.key("sync_interval"), "goes with url"));
-    }
     if sync_interval.is_some_and(|d| d.is_zero()) {
         problems.push(Problem::new(
             t.key("sync_interval"),

@@ -8,7 +8,7 @@ use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{OTHER, Options, PROVIDER, spawn_app};
+use crate::helpers::{OTHER, Options, PROVIDER, spawn_app, start_broker};
 use crate::process::{ServeProcess, output, tokenbroker};
 
 /// `GET /v1/tokens/controlroom` on `base` with the all-providers key: (generation, token).
@@ -40,6 +40,37 @@ async fn a_graceful_restart_reuses_the_stored_token() {
         1,
         "no login after the restart"
     );
+}
+
+#[tokio::test]
+async fn brokers_sharing_one_sqlite_file_follow_each_others_tokens() {
+    let app = spawn_app(Options::default()).await;
+    let second = start_broker(&app.config_text, &app.master_key).await;
+    let (first, _) = current(&app.http, &app.url, &app.all_key).await;
+    let (seen, _) = current(&app.http, &second.url, &app.all_key).await;
+    assert_eq!(
+        seen, first,
+        "the second broker uses the token the first stored"
+    );
+    assert_eq!(app.emulator.counters().logins, 1);
+    // The first replaces it (an invalidation), superseding it at the issuer: the second
+    // broker stops serving it within its re-read interval (1 s by default).
+    let (status, _) = app.invalidate(json!({ "generation": first })).await;
+    assert_eq!(status, StatusCode::OK);
+    let started = std::time::Instant::now();
+    loop {
+        let (generation, _) = current(&app.http, &second.url, &app.all_key).await;
+        if generation == first + 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the second broker still serves generation {generation}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.emulator.counters().logins, 2, "no login of its own");
+    second.stop().await.unwrap();
 }
 
 #[tokio::test]
