@@ -4,7 +4,7 @@
 //! The request goes to `upstream/{path}?{query}` ([`target`]) on one of the worker's
 //! keep-alive connections to the provider's upstream ([`upstream`], [`pool`]), with the
 //! client's key removed and the token in the provider's header ([`headers`]); bodies stream
-//! both ways ([`relay`]). An upstream answer whose status is in `retry_statuses` (401 by
+//! both ways ([`upload`], [`relay`]). An upstream answer whose status is in `retry_statuses` (401 by
 //! default) invalidates the generation used and is retried once with the new token, if the
 //! request body was small enough to keep (`retry_body_limit`). Every request gets its token
 //! already counted "in use" (`Slot::get_in_use`) and holds it until the response body has
@@ -14,6 +14,7 @@ mod headers;
 mod pool;
 mod relay;
 mod target;
+mod upload;
 mod upstream;
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -78,7 +79,7 @@ pub(crate) async fn forward(
         None if empty => (Some(Bytes::new()), None),
         _ => (
             None,
-            Some(relay::limited(body, config.proxy.max_request_body)),
+            Some(upload::streamed(body, config.proxy.max_request_body)),
         ),
     };
 
@@ -96,11 +97,12 @@ pub(crate) async fn forward(
         let token = in_use.token().clone();
         // The first attempt of a replayable request keeps what a retry needs.
         let replayable = attempt == 0 && kept.is_some();
-        let mut request = Request::new(match (&kept, streaming.take()) {
-            (Some(bytes), _) => Body::from(bytes.clone()),
-            (None, Some(stream)) => stream,
-            (None, None) => Body::empty(),
-        });
+        let (body, upload) = match (&kept, streaming.take()) {
+            (Some(bytes), _) => (Body::from(bytes.clone()), None),
+            (None, Some((stream, turn))) => (stream, Some(turn)),
+            (None, None) => (Body::empty(), None),
+        };
+        let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri.clone();
         *request.headers_mut() = if replayable {
@@ -115,20 +117,25 @@ pub(crate) async fn forward(
             .ok_or_else(|| ApiError::NoUpstream(provider.to_owned()))?;
         request.headers_mut().insert(&upstream.token_header, value);
         let sent = upstream.pool.send(request);
-        let (answer, lease) = match tokio::time::timeout(config.proxy.upstream_timeout, sent).await
-        {
-            Err(_) => return Err(ApiError::UpstreamTimeout(provider.to_owned())),
-            Ok(Err(e)) if relay::timed_out(&*e) => {
+        let timeout = config.proxy.upstream_timeout;
+        // A streamed upload goes at the client's pace: the timeout counts the upstream's turns.
+        let answered = match upload {
+            Some(turn) => turn.bound(timeout, sent).await,
+            None => tokio::time::timeout(timeout, sent).await.ok(),
+        };
+        let (answer, lease) = match answered {
+            None => return Err(ApiError::UpstreamTimeout(provider.to_owned())),
+            Some(Err(e)) if relay::timed_out(&*e) => {
                 return Err(ApiError::UpstreamTimeout(provider.to_owned()));
             }
-            Ok(Err(e)) if relay::body_too_large(&*e) => {
+            Some(Err(e)) if relay::body_too_large(&*e) => {
                 return Err(ApiError::BodyTooLarge(config.proxy.max_request_body));
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 tracing::warn!(provider, error = %relay::describe(&*e), "upstream request failed");
                 return Err(ApiError::UpstreamUnreachable(provider.to_owned()));
             }
-            Ok(Ok(sent)) => sent,
+            Some(Ok(sent)) => sent,
         };
         let rejected = config
             .proxy

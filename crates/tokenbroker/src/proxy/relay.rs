@@ -1,7 +1,6 @@
-//! The bodies of a proxied exchange on their way through: the client's request body cut
-//! off past `max_request_body`, and the upstream's answer relayed as it arrives, held
-//! "in use" until its last byte, cut off when the upstream goes silent mid-body, and its
-//! connection given back to the pool once read to the end.
+//! The upstream's answer on its way to the client: relayed as it arrives, held "in use"
+//! until its last byte, cut off when the upstream goes silent mid-body, and its connection
+//! given back to the pool once read to the end; and what a failed exchange's error says.
 
 use std::error::Error;
 use std::future::Future;
@@ -20,14 +19,6 @@ use super::headers;
 use super::pool::Lease;
 
 type BoxError = Box<dyn Error + Send + Sync>;
-
-/// The client's body as it streams to the upstream, failing past `max` bytes.
-pub(super) fn limited(body: Body, max: u64) -> Body {
-    Body::new(http_body_util::Limited::new(
-        body,
-        usize::try_from(max).unwrap_or(usize::MAX),
-    ))
-}
 
 /// The upstream's answer for the client: its end-to-end headers, its body relayed as it
 /// arrives. `in_use` keeps the token counted until the last byte is sent; a silence of
@@ -73,7 +64,7 @@ pub(super) fn timed_out(error: &(dyn Error + 'static)) -> bool {
 }
 
 /// Whether a failed upstream request failed because the client's body went past its
-/// limit ([`limited`]): the client's fault, not the upstream's.
+/// limit (`upload::streamed`): the client's fault, not the upstream's.
 pub(super) fn body_too_large(error: &(dyn Error + 'static)) -> bool {
     sources(error).any(|e| e.is::<http_body_util::LengthLimitError>())
 }

@@ -301,6 +301,53 @@ async fn a_request_body_over_max_request_body_answers_413_announced_or_not() {
     }
 }
 
+#[tokio::test]
+async fn a_streamed_upload_is_timed_by_the_upstreams_turns_not_the_clients_pace() {
+    // The upstream reads the whole body before it answers; at /never it reads nothing.
+    let reads_the_body = upstream(
+        axum::Router::new()
+            .route("/never", axum::routing::post(std::future::pending::<()>))
+            .fallback(|body: axum::body::Bytes| async move { format!("{} bytes", body.len()) }),
+    )
+    .await;
+    let app = spawn_app(Options {
+        upstream: Some(reads_the_body),
+        provider_extra: "upstream_timeout = \"1s\"\nretry_body_limit = 16".into(),
+        ..Options::default()
+    })
+    .await;
+    let post = |path: &str, body: reqwest::Body| {
+        app.http
+            .post(format!("{}/v1/proxy/{PROVIDER}/{path}", app.url))
+            .bearer_auth(&app.scoped_key)
+            .body(body)
+            .send()
+    };
+    // Six parts, one every 400 ms: the client takes 2.4 times the upstream's timeout.
+    let slow_parts = || {
+        reqwest::Body::wrap_stream(futures_util::stream::iter(0..6).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, std::io::Error>(vec![b'x'; 100])
+        }))
+    };
+    let started = Instant::now();
+    let response = post("upload", slow_parts()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "600 bytes");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2400),
+        "{:?}",
+        started.elapsed()
+    );
+    // An upstream that takes no part and never answers is cut off after its timeout.
+    let response = post("never", slow_parts()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        response.headers()["x-tokenbroker-error"],
+        "upstream_timeout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_broker_finishes_the_request_in_flight_and_takes_no_new_one() {
     let arrived = Arc::new(Notify::new());
