@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::ProviderConfig;
+use crate::identity::Identity;
 use crate::issuer::{self, IssueError};
 use crate::metrics::{Metrics, ProviderLabel};
 use crate::seal::{Purpose, SealError, Sealer};
@@ -59,10 +60,16 @@ impl Broker {
         for (name, config) in providers {
             let issuer = issuer::for_provider(&config)?;
             let restored = match persistence.store.load_token(&name).await? {
-                Some(stored) => slot::restore(&persistence, &name, stored),
+                Some(stored) => {
+                    slot::restore(&persistence, &Identity::of_tokens(&config), &name, stored)
+                }
                 None => None,
             };
-            if let Some(token) = &restored {
+            if let Some(slot::Restored {
+                token,
+                foreign: false,
+            }) = &restored
+            {
                 let valid_for = token.remaining(clock.now());
                 tracing::info!(provider = %name, generation = token.generation, valid_for_s = valid_for.as_secs(), "reusing the stored token");
                 let event = AuditEvent {

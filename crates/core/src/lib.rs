@@ -6,8 +6,9 @@
 //! - [`slot`] owns one provider's current token: single-flight issuance, refresh-ahead,
 //!   generation-aware invalidation and backoff.
 //! - [`broker`] holds a slot per provider and [`access`] decides which client key reaches which.
-//! - [`store`] is the boundary to durable state (backends live in `tokenbroker-store`), and
-//!   [`seal`] encrypts every secret before it crosses it.
+//! - [`store`] is the boundary to durable state (backends live in `tokenbroker-store`),
+//!   [`seal`] encrypts every secret before it crosses it, and [`identity`] stamps each token
+//!   with the identity it was obtained for.
 //! - [`tls`] is the trust the broker's own TLS clients share (roots, client setup).
 //!
 //! The HTTP API, the proxy and the CLI live in the `tokenbroker` crate and depend on this
@@ -18,6 +19,7 @@ pub mod access;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod identity;
 pub mod issuer;
 pub mod metrics;
 pub mod seal;

@@ -539,7 +539,7 @@ async fn store_token(
         sealed: shared.persistence.sealer.seal(
             provider,
             Purpose::AccessToken,
-            token.expose().as_bytes(),
+            &shared.identity.stamp(token.expose().as_bytes()),
         ),
     };
     shared
@@ -560,7 +560,8 @@ async fn adopt_stored(shared: &Shared, expected: u64) -> Option<Token> {
             return None;
         }
     };
-    super::restore(&shared.persistence, provider, stored)
+    super::restore(&shared.persistence, &shared.identity, provider, stored)
+        .map(|restored| shared.take_up(restored))
 }
 
 /// Publishes a token this broker issued or adopted, once recorded as used here.

@@ -29,11 +29,13 @@ use tokio::sync::{Notify, watch};
 
 use crate::clock::Clock;
 use crate::config::ProviderConfig;
+use crate::identity::Identity;
 use crate::issuer::{IssueError, Issuer};
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::seal::{Purpose, Sealer};
+use crate::seal::{Purpose, SealError, Sealer};
 use crate::store::{Store, StoredToken};
 use crate::token::{InUse, Token};
+use secrecy::SecretString;
 
 /// What a provider is doing, as operators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +148,9 @@ pub struct Slot {
 /// The state shared by a slot's handles and its driver.
 struct Shared {
     config: Arc<ProviderConfig>,
+    /// The identity its tokens are obtained for, as configured: a stored token of another
+    /// is not used.
+    identity: Identity,
     clock: Clock,
     metrics: Arc<Metrics>,
     persistence: Arc<Persistence>,
@@ -156,10 +161,10 @@ struct Shared {
     /// The highest generation reported rejected by the issuer's API (0: none). Such a token
     /// is never served again.
     rejected: AtomicU64,
-    /// The highest generation superseded by an issuance this broker could not keep: the
-    /// issuer answered with a new token, which was then refused or could not be stored. For
-    /// a single-session provider the old token died with that answer, so it is never served
-    /// again either.
+    /// The highest generation superseded by an issuance this broker could not keep (the
+    /// issuer answered with a new token, which was then refused or could not be stored: for a
+    /// single-session provider the old token died with that answer), or obtained for another
+    /// identity than the configured one. Such a token is never served again.
     superseded: AtomicU64,
     /// A consumer found no token to serve since the driver last started an attempt.
     demand: AtomicBool,
@@ -182,11 +187,16 @@ impl Slot {
     pub fn start(
         config: Arc<ProviderConfig>,
         issuer: Box<dyn Issuer>,
-        restored: Option<Token>,
+        restored: Option<Restored>,
         context: Context,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        // Another identity's token only keeps the numbering going: it is never handed out.
+        let superseded = restored
+            .as_ref()
+            .filter(|r| r.foreign)
+            .map_or(0, |r| r.token.generation);
         let (view, _) = watch::channel(View {
-            token: restored.map(Arc::new),
+            token: restored.map(|r| Arc::new(r.token)),
             state: SlotState::Ready,
             last_error: None,
             last_failure: None,
@@ -197,6 +207,7 @@ impl Slot {
         let drains_across_brokers =
             config.single_session && context.persistence.store.changes().is_some();
         let shared = Arc::new(Shared {
+            identity: Identity::of_tokens(&config),
             config,
             clock: context.clock,
             metrics: context.metrics,
@@ -205,7 +216,7 @@ impl Slot {
             view,
             wake: Notify::new(),
             rejected: AtomicU64::new(0),
-            superseded: AtomicU64::new(0),
+            superseded: AtomicU64::new(superseded),
             demand: AtomicBool::new(false),
             rejection_audited: AtomicU64::new(0),
             drains_across_brokers,
@@ -396,19 +407,47 @@ impl Slot {
     }
 }
 
-/// The token a stored row holds, if it opens with this broker's key. A restored token is
-/// treated as handed out: consumers may hold it from before the restart, so it is
-/// refreshed ahead of its expiry like any token in use.
+/// A token read back from the store.
+pub struct Restored {
+    pub(crate) token: Token,
+    /// Obtained for another identity than the configured one (the provider's issuer or
+    /// credentials changed in the config): kept for its generation, never handed out.
+    pub(crate) foreign: bool,
+}
+
+/// The token a stored row holds, if it opens with this broker's key, and whether it was
+/// obtained for another identity than `identity` (the provider's as configured now). A
+/// restored token is treated as handed out: consumers may hold it from before the restart,
+/// so it is refreshed ahead of its expiry like any token in use.
 pub(crate) fn restore(
     persistence: &Persistence,
+    identity: &Identity,
     provider: &str,
     stored: StoredToken,
-) -> Option<Token> {
-    match persistence
+) -> Option<Restored> {
+    let opened = persistence
         .sealer
-        .open_string(provider, Purpose::AccessToken, &stored.sealed)
-    {
-        Ok(value) => {
+        .open(provider, Purpose::AccessToken, &stored.sealed)
+        .and_then(|bytes| {
+            // Another identity's token is not kept, only its place in the numbering.
+            let (secret, foreign) = match identity.claim(bytes) {
+                Some(secret) => (secret, false),
+                None => {
+                    tracing::warn!(
+                        provider,
+                        generation = stored.generation,
+                        "the stored token was obtained for another identity (the provider's \
+                         issuer or credentials changed in the config); not handing it out"
+                    );
+                    (Vec::new(), true)
+                }
+            };
+            String::from_utf8(secret)
+                .map(|value| (SecretString::from(value), foreign))
+                .map_err(|_| SealError::WrongKeyOrTampered)
+        });
+    match opened {
+        Ok((value, foreign)) => {
             let token = Token::new(
                 value,
                 stored.generation,
@@ -417,7 +456,7 @@ pub(crate) fn restore(
                 stored.refresh_at,
             );
             token.mark_handed_out();
-            Some(token)
+            Some(Restored { token, foreign })
         }
         Err(e) => {
             tracing::error!(provider, error = %e, "the stored token does not open; ignoring it");
@@ -427,6 +466,16 @@ pub(crate) fn restore(
 }
 
 impl Shared {
+    /// The token of a stored row read back while running; another identity's is marked
+    /// out of service first.
+    fn take_up(&self, restored: Restored) -> Token {
+        if restored.foreign {
+            self.superseded
+                .fetch_max(restored.token.generation, Ordering::AcqRel);
+        }
+        restored.token
+    }
+
     /// Whether the token of `generation` is out of service: reported rejected by the
     /// issuer's API, or superseded by an issuance that could not be kept.
     fn retired(&self, generation: u64) -> bool {

@@ -10,10 +10,11 @@
 use secrecy::{ExposeSecret, SecretString};
 
 use super::Shared;
-use crate::config::IssuerConfig;
+use crate::config::{IssuerConfig, RefreshTokenConfig};
+use crate::identity::Identity;
 use crate::issuer::{IssueError, Issued, OAuthError};
 use crate::seal::Purpose;
-use crate::store::{StoreError, StoreErrorKind};
+use crate::store::{StoreError, StoreErrorKind, StoredRefresh};
 
 /// How long a retried refresh may take to reach the issuer.
 const DELIVERY_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
@@ -24,6 +25,8 @@ pub(super) struct Ticket {
     generation: u64,
     fence: u64,
     pub(super) token: SecretString,
+    /// Whose it is: the rotated token that replaces it is stored as the same identity's.
+    identity: Identity,
 }
 
 /// For a refresh-token provider, the token to send, with its intent committed under the
@@ -34,32 +37,33 @@ pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket
     };
     let provider = shared.config.name.as_str();
     let store = &shared.persistence.store;
-    let sealer = &shared.persistence.sealer;
-    let stored = match store
+    let identity = Identity::of_refresh_tokens(config);
+    // First start: the configured refresh token becomes generation 1.
+    let mut stored = match store
         .load_refresh(provider)
         .await
         .map_err(|e| failure(shared, &e))?
     {
         Some(stored) => stored,
-        None => {
-            // First start: the configured refresh token becomes generation 1.
-            let sealed = sealer.seal(
-                provider,
-                Purpose::RefreshToken,
-                config.refresh_token.expose_secret().as_bytes(),
-            );
-            match store.save_refresh(provider, fence, 0, &sealed).await {
-                Ok(_) => {}
-                Err(e) if e.kind == StoreErrorKind::Conflict => {}
-                Err(e) => return Err(failure(shared, &e)),
-            }
-            store
-                .load_refresh(provider)
-                .await
-                .map_err(|e| failure(shared, &e))?
-                .ok_or_else(|| needs(shared, "the refresh token could not be stored".to_owned()))?
-        }
+        None => seed(shared, config, &identity, fence, 0).await?,
     };
+    let mut token = open(shared, &identity, &stored)?;
+    if token.is_none() {
+        // Never sent to this token endpoint or client: it belongs to another.
+        tracing::warn!(
+            provider,
+            "the stored refresh token belongs to another identity (the provider's token_url \
+             or client_id changed in the config); starting over from the configured refresh_token"
+        );
+        stored = seed(shared, config, &identity, fence, stored.generation).await?;
+        token = open(shared, &identity, &stored)?;
+    }
+    let token = token.ok_or_else(|| {
+        needs(
+            shared,
+            "the configured refresh token could not be stored".to_owned(),
+        )
+    })?;
     if let Some(reason) = stored.needs_credentials {
         return Err(needs(shared, reason));
     }
@@ -84,14 +88,6 @@ pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket
             "retrying an interrupted refresh within refresh_token_grace"
         );
     }
-    let token = sealer
-        .open_string(provider, Purpose::RefreshToken, &stored.sealed)
-        .map_err(|e| {
-            needs(
-                shared,
-                format!("the stored refresh token does not open: {e}"),
-            )
-        })?;
     store
         .begin_refresh(provider, fence, stored.generation, now)
         .await
@@ -100,6 +96,7 @@ pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket
         generation: stored.generation,
         fence,
         token,
+        identity,
     }))
 }
 
@@ -123,6 +120,61 @@ pub(super) async fn still_needs_credentials(shared: &Shared) -> Option<IssueErro
     stored.needs_credentials.map(|reason| needs(shared, reason))
 }
 
+/// Stores the configured refresh token as the successor of generation `expected` (0: none
+/// yet), and reads back what is stored (another holder's, if it stored first).
+async fn seed(
+    shared: &Shared,
+    config: &RefreshTokenConfig,
+    identity: &Identity,
+    fence: u64,
+    expected: u64,
+) -> Result<StoredRefresh, IssueError> {
+    let provider = shared.config.name.as_str();
+    let store = &shared.persistence.store;
+    let sealed = shared.persistence.sealer.seal(
+        provider,
+        Purpose::RefreshToken,
+        &identity.stamp(config.refresh_token.expose_secret().as_bytes()),
+    );
+    match store.save_refresh(provider, fence, expected, &sealed).await {
+        Ok(_) => {}
+        Err(e) if e.kind == StoreErrorKind::Conflict => {}
+        Err(e) => return Err(failure(shared, &e)),
+    }
+    store
+        .load_refresh(provider)
+        .await
+        .map_err(|e| failure(shared, &e))?
+        .ok_or_else(|| needs(shared, "the refresh token could not be stored".to_owned()))
+}
+
+/// The refresh token a stored row holds, if it belongs to `identity`.
+fn open(
+    shared: &Shared,
+    identity: &Identity,
+    stored: &StoredRefresh,
+) -> Result<Option<SecretString>, IssueError> {
+    let unreadable = |reason: String| {
+        needs(
+            shared,
+            format!("the stored refresh token does not open: {reason}"),
+        )
+    };
+    let bytes = shared
+        .persistence
+        .sealer
+        .open(&shared.config.name, Purpose::RefreshToken, &stored.sealed)
+        .map_err(|e| unreadable(e.to_string()))?;
+    identity
+        .claim(bytes)
+        .map(|secret| {
+            String::from_utf8(secret)
+                .map(SecretString::from)
+                .map_err(|_| unreadable("not text".to_owned()))
+        })
+        .transpose()
+}
+
 /// Stores what a refresh's outcome says about the refresh token, before anything else is
 /// done with the outcome.
 pub(super) async fn settle(
@@ -138,7 +190,7 @@ pub(super) async fn settle(
                 let sealed = shared.persistence.sealer.seal(
                     provider,
                     Purpose::RefreshToken,
-                    rotated.expose_secret().as_bytes(),
+                    &ticket.identity.stamp(rotated.expose_secret().as_bytes()),
                 );
                 if let Err(e) = store
                     .save_refresh(provider, ticket.fence, ticket.generation, &sealed)

@@ -68,7 +68,9 @@ pub(super) async fn adopt_newer(shared: &Shared) {
     if stored.generation <= generation && !retired {
         return;
     }
-    let Some(token) = super::restore(&shared.persistence, provider, stored) else {
+    let Some(token) = super::restore(&shared.persistence, &shared.identity, provider, stored)
+        .map(|restored| shared.take_up(restored))
+    else {
         return;
     };
     if retired {

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokenbroker_core::config::IssuerConfig;
+use tokenbroker_core::identity::Identity;
 use tokenbroker_core::seal::{Purpose, Sealer};
 use tokenbroker_core::store::{AuditEvent, AuditKind, Lease, Store, StoreError};
 
@@ -37,12 +38,14 @@ pub async fn run(config: &Path, provider: &str) -> Result<u8, Exit> {
             format!("no provider named {provider:?} in the config"),
         )
     })?;
-    if !matches!(settings.issuer, IssuerConfig::RefreshToken(_)) {
+    let IssuerConfig::RefreshToken(settings) = &settings.issuer else {
         return Err(Exit::new(
             exit::USAGE,
             format!("{provider} is not an oauth2_refresh_token provider; only those are reseeded"),
         ));
-    }
+    };
+    // Stored as the configured client's, as the brokers will look for it.
+    let identity = Identity::of_refresh_tokens(settings);
     let sealer = Sealer::from_env_or_file(config.store.key_file.as_deref())
         .map_err(|e| Exit::new(exit::CONFIG, e.to_string()))?;
     let mut text = String::new();
@@ -70,7 +73,7 @@ pub async fn run(config: &Path, provider: &str) -> Result<u8, Exit> {
         .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
     let holder = format!("reseed-{}", std::process::id());
     let fence = take_lease(&*store, provider, &holder).await?;
-    let saved = save(&*store, provider, fence, &sealer, &token).await;
+    let saved = save(&*store, provider, fence, &sealer, &identity, &token).await;
     // Released whatever happened; if that fails too, the lease expires within LEASE_TTL.
     let _ = store.release_lease(provider, &holder).await;
     let generation = saved?;
@@ -121,6 +124,7 @@ async fn save(
     provider: &str,
     fence: u64,
     sealer: &Sealer,
+    identity: &Identity,
     token: &SecretString,
 ) -> Result<u64, Exit> {
     let nothing_changed =
@@ -133,7 +137,7 @@ async fn save(
     let sealed = sealer.seal(
         provider,
         Purpose::RefreshToken,
-        token.expose_secret().as_bytes(),
+        &identity.stamp(token.expose_secret().as_bytes()),
     );
     store
         .save_refresh(provider, fence, expected, &sealed)

@@ -186,6 +186,49 @@ async fn rotating_with_grace() -> (RunningRotatingRefresh, Setup) {
     (issuer, setup)
 }
 
+#[tokio::test]
+async fn a_provider_moved_to_another_token_endpoint_never_sends_it_the_old_refresh_token() {
+    let first = RotatingRefresh::builder().spawn().await.unwrap();
+    let setup = Setup::new(&refresh_provider(
+        &first.url(),
+        "0s",
+        &first.initial_refresh_token(),
+    ));
+    let broker = start_broker(&setup.config_text, &setup.master_key).await;
+    let (status, before) = setup.token(&broker.url, "crm").await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    assert_eq!(
+        first.counters().refreshes,
+        1,
+        "a rotated refresh token is stored"
+    );
+    broker.stop().await.unwrap();
+
+    // The operator points the provider at another issuer, with that issuer's refresh token.
+    let second = RotatingRefresh::builder().spawn().await.unwrap();
+    let moved = setup
+        .config_text
+        .replace(&first.url(), &second.url())
+        .replace(
+            &first.initial_refresh_token(),
+            &second.initial_refresh_token(),
+        );
+    let broker = start_broker(&moved, &setup.master_key).await;
+    let (status, after) = setup.token(&broker.url, "crm").await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    assert_ne!(
+        after["access_token"], before["access_token"],
+        "not the old issuer's token"
+    );
+    let seen = second.counters();
+    assert_eq!(
+        (seen.refreshes, seen.invalid_grant),
+        (1, 0),
+        "the configured refresh token, not the old issuer's: {seen:?}"
+    );
+    broker.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_refresh_tokens_survive_20_sigkills_without_a_replay() {
     let (issuer, setup) = rotating_with_grace().await;

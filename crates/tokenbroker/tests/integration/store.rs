@@ -74,6 +74,31 @@ async fn brokers_sharing_one_sqlite_file_follow_each_others_tokens() {
 }
 
 #[tokio::test]
+async fn a_provider_pointed_at_another_user_does_not_reuse_the_old_users_token() {
+    let app = spawn_app(Options::default()).await;
+    let (generation, token) = current(&app.http, &app.url, &app.all_key).await;
+    // The same provider name, another Control Room user, on the same store.
+    let other_user = app
+        .config_text
+        .replace("\"api-bot\"", "\"other-bot\"")
+        .replace("\"k3y-for-tests\"", "\"other-k3y\"");
+    assert_ne!(other_user, app.config_text);
+    let other = start_broker(&other_user, &app.master_key).await;
+    let (next, other_token) = current(&app.http, &other.url, &app.all_key).await;
+    assert_ne!(
+        other_token, token,
+        "the first user's token, handed out as the other's"
+    );
+    assert_eq!(next, generation + 1);
+    assert_eq!(
+        app.emulator.counters().logins,
+        2,
+        "the other user logged in"
+    );
+    other.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn logout_on_shutdown_ends_the_session_and_the_next_start_logs_in_again() {
     let mut app = spawn_app(Options {
         logout_on_shutdown: true,
