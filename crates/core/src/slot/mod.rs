@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use secrecy::SecretString;
 use subtle::ConstantTimeEq;
 use tokio::sync::{Notify, watch};
 
@@ -35,7 +36,6 @@ use crate::metrics::{Metrics, OutcomeLabels};
 use crate::seal::{Purpose, SealError, Sealer};
 use crate::store::{Store, StoredToken};
 use crate::token::{InUse, Token};
-use secrecy::SecretString;
 
 /// What a provider is doing, as operators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -477,7 +477,8 @@ impl Shared {
     }
 
     /// Whether the token of `generation` is out of service: reported rejected by the
-    /// issuer's API, or superseded by an issuance that could not be kept.
+    /// issuer's API, superseded by an issuance that could not be kept, or another
+    /// identity's.
     fn retired(&self, generation: u64) -> bool {
         generation <= self.rejected.load(Ordering::Acquire)
             || generation <= self.superseded.load(Ordering::Acquire)
