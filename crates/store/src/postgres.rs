@@ -13,9 +13,9 @@
 //!
 //! This file owns the pool and the way calls use it; the `Store` statements are in
 //! `contract`, the connection string and TLS in `endpoint`, the schema in `migrate`, the
-//! error mapping in `error`, the change notifications between brokers in `listen`. An optional PostgreSQL schema isolates one broker cluster (or
-//! one test) inside a shared database: every pooled connection starts with
-//! `SET search_path` to it.
+//! error mapping in `error`, the change notifications between brokers in `listen`. An
+//! optional PostgreSQL schema isolates one broker cluster (or one test) inside a shared
+//! database: every pooled connection starts with `SET search_path` to it.
 
 mod contract;
 mod endpoint;

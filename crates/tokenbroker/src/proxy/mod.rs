@@ -4,11 +4,12 @@
 //! The request goes to `upstream/{path}?{query}` ([`target`]) on one of the worker's
 //! keep-alive connections to the provider's upstream ([`upstream`], [`pool`]), with the
 //! client's key removed and the token in the provider's header ([`headers`]); bodies stream
-//! both ways ([`upload`], [`relay`]). An upstream answer whose status is in `retry_statuses` (401 by
-//! default) invalidates the generation used and is retried once with the new token, if the
-//! request body was small enough to keep (`retry_body_limit`). Every request gets its token
-//! already counted "in use" (`Slot::get_in_use`) and holds it until the response body has
-//! been sent, so a single-session rotation can wait for it (the drain of SPEC guarantee 2).
+//! both ways ([`upload`], [`relay`]). An upstream answer whose status is in `retry_statuses`
+//! (401 by default) invalidates the generation used and is retried once with the new token,
+//! if the request body was small enough to keep (`retry_body_limit`). Every request gets its
+//! token already counted "in use" (`Slot::get_in_use`) and holds it until the response body
+//! has been sent, so a single-session rotation can wait for it (the drain of SPEC
+//! guarantee 2).
 
 mod headers;
 mod pool;

@@ -10,12 +10,13 @@
 //!
 //! On the request path this costs a few plain loads and stores to a connection's
 //! [`Activity`] (when a request's head is complete, as its body is read, as its answer's
-//! body is taken and when that is done) and a reference count or two. The worker's [`Sweeper`] spawns the connections'
-//! tasks, looks at each connection every quarter of the timeout and closes (aborts the
-//! task of) one found idle at four looks in a row, and so between one and one and a quarter
-//! timeouts after it went idle; a connection whose task ends is forgotten at once. hyper's
-//! own header-read timeout would arm and free a timer for every request head instead: about
-//! 1,300 instructions, 8% of a token request (BENCHMARKS.md).
+//! body is taken and when that is done) and a reference count or two. The worker's
+//! [`Sweeper`] spawns the connections' tasks, looks at each connection every quarter of the
+//! timeout and closes (aborts the task of) one found idle at four looks in a row, and so
+//! between one and one and a quarter timeouts after it went idle; a connection whose task
+//! ends is forgotten at once. hyper's own header-read timeout would arm and free a timer for
+//! every request head instead: about 1,300 instructions, 8% of a token request
+//! (BENCHMARKS.md).
 
 use std::collections::HashMap;
 use std::future::Future;
