@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::Shared;
 use crate::issuer::IssueError;
+use crate::store::IssuanceRecord;
 use crate::token::Token;
 
 /// How long a token whose issuance outcome is unknown is assumed to live, when there is no
@@ -58,14 +59,7 @@ pub(super) async fn admit(shared: &Shared, current: Option<&Token>) -> Result<()
     }
 
     if let Some(cap) = config.max_active_tokens {
-        let assumed = current
-            .and_then(|t| t.expires_at.duration_since(t.issued_at).ok())
-            .unwrap_or(ASSUMED_LIFETIME);
-        let mut live: Vec<SystemTime> = records
-            .iter()
-            .map(|r| r.expires_at.unwrap_or(r.requested_at + assumed))
-            .filter(|expires| *expires > now)
-            .collect();
+        let mut live = live_until(&records, current, now);
         live.sort();
         let cap = cap as usize;
         if live.len() >= cap {
@@ -76,6 +70,42 @@ pub(super) async fn admit(shared: &Shared, current: Option<&Token>) -> Result<()
         }
     }
     Ok(())
+}
+
+/// How many tokens the issuer has handed out for the provider that are still live, by the
+/// ledger: so across restarts and brokers sharing the store (SPEC: "live tokens of a pool").
+pub(super) async fn live_tokens(
+    shared: &Shared,
+    current: Option<&Token>,
+) -> Result<u64, IssueError> {
+    let now = shared.clock.now();
+    let records = shared
+        .persistence
+        .store
+        .issuances(&shared.config.name, now)
+        .await
+        .map_err(|e| IssueError::Store {
+            provider: shared.config.name.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(live_until(&records, current, now).len() as u64)
+}
+
+/// When each token the ledger counts as live at `now` runs out: a recorded expiry still
+/// ahead, or, for a request whose outcome is unknown, the current token's lifetime after it.
+fn live_until(
+    records: &[IssuanceRecord],
+    current: Option<&Token>,
+    now: SystemTime,
+) -> Vec<SystemTime> {
+    let assumed = current
+        .and_then(|t| t.expires_at.duration_since(t.issued_at).ok())
+        .unwrap_or(ASSUMED_LIFETIME);
+    records
+        .iter()
+        .map(|r| r.expires_at.unwrap_or(r.requested_at + assumed))
+        .filter(|expires| *expires > now)
+        .collect()
 }
 
 fn wait_until(at: SystemTime, now: SystemTime) -> Duration {

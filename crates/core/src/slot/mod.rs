@@ -342,6 +342,34 @@ impl Slot {
         }
     }
 
+    /// How many of the provider's tokens are live at the issuer (for operators): for a
+    /// single-session provider its current one, if valid; else every unexpired token the
+    /// ledger counts (a pool's, across restarts and brokers), or, if the store cannot say,
+    /// the current one.
+    pub async fn live_tokens(&self) -> u64 {
+        let shared = &*self.shared;
+        let current = shared.view.borrow().token.clone();
+        let held =
+            u64::from(current.as_ref().is_some_and(|t| {
+                t.expires_at > shared.clock.now() && !shared.retired(t.generation)
+            }));
+        if shared.config.single_session {
+            return held;
+        }
+        let on_runtime = self.shared.clone();
+        let counted = shared
+            .runtime
+            .spawn(async move { ledger::live_tokens(&on_runtime, current.as_deref()).await });
+        match counted.await {
+            Ok(Ok(live)) => live.max(held),
+            Ok(Err(e)) => {
+                tracing::warn!(provider = %shared.config.name, error = %e, "cannot count the live tokens");
+                held
+            }
+            Err(_) => held,
+        }
+    }
+
     /// "This token got a 401": replaces the token if it is still the current one, and
     /// answers the current token either way. Any number of reports of one generation cause
     /// one reissue. Returns whether this report was the one that caused it.

@@ -28,7 +28,8 @@ pub struct ProviderStatus {
     pub last_error: Option<LastError>,
     /// Tokens obtained since this broker started.
     pub issuances: u64,
-    /// Unexpired tokens the broker holds for the provider.
+    /// The provider's tokens still live at the issuer: a single-session provider's current
+    /// one, else every unexpired one in the issuance ledger (a pool's, across restarts).
     pub live_tokens: u64,
 }
 
@@ -46,10 +47,10 @@ fn rfc3339(at: SystemTime) -> String {
 }
 
 impl ProviderStatus {
-    fn of(slot: &Slot) -> Self {
+    async fn of(slot: &Slot) -> Self {
+        let live_tokens = slot.live_tokens().await;
         let view = slot.view();
         let token = view.token.as_ref();
-        let now = SystemTime::now();
         Self {
             state: view.state.as_str().to_owned(),
             generation: token.map_or(0, |t| t.generation),
@@ -61,7 +62,7 @@ impl ProviderStatus {
                 message,
             }),
             issuances: view.issuances,
-            live_tokens: u64::from(token.is_some_and(|t| t.expires_at > now)),
+            live_tokens,
         }
     }
 }
@@ -73,10 +74,9 @@ pub(super) async fn list(
     if !caller.0.admin {
         return Err(ApiError::NotAdmin);
     }
-    let view = state
-        .broker
-        .slots()
-        .map(|slot| (slot.name().to_owned(), ProviderStatus::of(slot)))
-        .collect();
+    let mut view = BTreeMap::new();
+    for slot in state.broker.slots() {
+        view.insert(slot.name().to_owned(), ProviderStatus::of(slot).await);
+    }
     Ok(Json(view))
 }

@@ -8,7 +8,7 @@ use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{OTHER, Options, PROVIDER, spawn_app, start_broker};
+use crate::helpers::{OTHER, Options, PROVIDER, TestApp, spawn_app, start_broker};
 use crate::process::{ServeProcess, output, tokenbroker};
 
 /// `GET /v1/tokens/controlroom` on `base` with the all-providers key: (generation, token).
@@ -26,6 +26,18 @@ async fn current(http: &reqwest::Client, base: &str, key: &str) -> (u64, String)
         body["generation"].as_u64().expect("a generation"),
         body["access_token"].as_str().expect("a token").to_owned(),
     )
+}
+
+/// `GET /v1/providers` with `key`: the status and the JSON body.
+async fn providers(app: &TestApp, key: &str) -> (StatusCode, serde_json::Value) {
+    let response = app
+        .http
+        .get(format!("{}/v1/providers", app.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("the broker answers");
+    (response.status(), response.json().await.unwrap_or_default())
 }
 
 #[tokio::test]
@@ -308,33 +320,39 @@ async fn rekey_round_trips_and_the_old_key_stops_working() {
 }
 
 #[tokio::test]
+async fn operators_see_every_live_token_of_a_provider_that_keeps_several() {
+    // Not single-session: a new token leaves the earlier ones live at the issuer.
+    let app = spawn_app(Options {
+        provider_extra: "single_session = false".into(),
+        ..Options::default()
+    })
+    .await;
+    for generation in 1..=2 {
+        current(&app.http, &app.url, &app.all_key).await;
+        let (status, _) = app.invalidate(json!({ "generation": generation })).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, view) = providers(&app, &app.all_key).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view[PROVIDER]["generation"], 3);
+    assert_eq!(view[PROVIDER]["live_tokens"], 3, "{view}");
+}
+
+#[tokio::test]
 async fn operators_see_provider_state_and_the_audit_trail() {
     let app = spawn_app(Options::default()).await;
     let (generation, _) = current(&app.http, &app.url, &app.all_key).await;
     let _ = app.invalidate(json!({ "generation": generation })).await;
 
-    let view = app
-        .http
-        .get(format!("{}/v1/providers", app.url))
-        .bearer_auth(&app.all_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(view.status(), StatusCode::OK);
-    let view: serde_json::Value = view.json().await.unwrap();
+    let (status, view) = providers(&app, &app.all_key).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(view[PROVIDER]["state"], "ready");
     assert_eq!(view[PROVIDER]["generation"], 2);
     assert_eq!(view[PROVIDER]["issuances"], 2);
     assert_eq!(view[PROVIDER]["live_tokens"], 1);
     assert_eq!(view[OTHER]["generation"], 0);
-    let scoped = app
-        .http
-        .get(format!("{}/v1/providers", app.url))
-        .bearer_auth(&app.scoped_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(scoped.status(), StatusCode::FORBIDDEN);
+    let (scoped, _) = providers(&app, &app.scoped_key).await;
+    assert_eq!(scoped, StatusCode::FORBIDDEN);
 
     let mut status = tokenbroker();
     status
