@@ -112,7 +112,7 @@ pub(super) async fn migrate(
             format!(
                 "the store {store} has schema version {version}, older than this tokenbroker's \
                  ({}); start a broker of this version on it first (it migrates the store), or \
-                 use the tokenbroker the running brokers are",
+                 run this command with the version of the brokers that run on it",
                 MIGRATIONS.len()
             ),
         ));
