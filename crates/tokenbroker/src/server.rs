@@ -39,7 +39,7 @@ use crate::rendered::RenderCache;
 
 mod idle;
 
-use idle::{Activity, Answer, Reading, Sweeper};
+use idle::{Activity, Answer, Reader, Reading, Sweeper};
 
 /// How long in-flight requests get to finish after the shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -350,7 +350,7 @@ async fn connection<I>(
     let both = Arc::new((endpoint, Peer::new(peer)));
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let answering = activity.request_started();
-        let request = request.map(|body| Reading::new(body, &activity));
+        let request = request.map(|body| Reading::new(body, Reader::of(&activity)));
         let both = both.clone();
         async move {
             let (endpoint, client) = &*both;

@@ -7,15 +7,15 @@
 //! is not cut, and an upstream that stops reading or answering still is.
 
 use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use http_body::{Frame, SizeHint};
+use axum::body::Body;
 use tokio::sync::Notify;
+
+use crate::observed::{Observed, Observer, Polled};
 
 /// Whose turn it is in an upload, and a signal when that changes or a part moves on.
 pub(super) struct Turn {
@@ -51,6 +51,13 @@ impl Turn {
     }
 }
 
+impl Observer for Turn {
+    /// Pending: waiting for the client. Ready: the upstream has the part, or the end.
+    fn polled(&self, polled: Polled) {
+        self.set(polled != Polled::Pending);
+    }
+}
+
 /// The client's `body` as it streams to the upstream, failing past `max` bytes, with the
 /// [`Turn`] that times it.
 pub(super) fn streamed(body: Body, max: u64) -> (Body, Arc<Turn>) {
@@ -59,37 +66,6 @@ pub(super) fn streamed(body: Body, max: u64) -> (Body, Arc<Turn>) {
         moved: Notify::new(),
     });
     let limited = http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-    let uploading = Uploading {
-        body: Body::new(limited),
-        turn: turn.clone(),
-    };
+    let uploading = Observed::new(limited, turn.clone());
     (Body::new(uploading), turn)
-}
-
-struct Uploading {
-    body: Body,
-    turn: Arc<Turn>,
-}
-
-impl http_body::Body for Uploading {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        // Pending: waiting for the client. Ready: the upstream has the part, or the end.
-        self.turn.set(polled.is_ready());
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }

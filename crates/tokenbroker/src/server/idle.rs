@@ -20,16 +20,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use http_body::{Frame, SizeHint};
+use axum::body::Body;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use crate::observed::{Observed, Observer, Polled};
 
 /// How many looks in a row must find a connection idle before it is closed.
 const LOOKS: u8 = 4;
@@ -94,47 +93,28 @@ impl Activity {
 
 /// A request's body, which tells its connection's [`Activity`] whether the request waits
 /// on the client for more of it.
-pub(super) struct Reading<B> {
-    body: B,
-    activity: Arc<Activity>,
-}
+pub(super) type Reading<B> = Observed<B, Reader>;
 
-impl<B> Reading<B> {
-    pub(super) fn new(body: B, activity: &Arc<Activity>) -> Self {
-        Self {
-            body,
-            activity: activity.clone(),
-        }
+/// What [`Reading`] tells the connection through.
+pub(super) struct Reader(Arc<Activity>);
+
+impl Reader {
+    pub(super) fn of(activity: &Arc<Activity>) -> Self {
+        Self(activity.clone())
     }
 }
 
-impl<B: http_body::Body + Unpin> http_body::Body for Reading<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        let waiting = polled.is_pending();
-        self.activity.polled(waiting, !waiting);
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+impl Observer for Reader {
+    fn polled(&self, polled: Polled) {
+        let waiting = polled == Polled::Pending;
+        self.0.polled(waiting, !waiting);
     }
 }
 
-impl<B> Drop for Reading<B> {
+impl Drop for Reader {
     /// A body dropped while waiting on the client waits no more.
     fn drop(&mut self) {
-        self.activity.on_client.store(false, Relaxed);
+        self.0.on_client.store(false, Relaxed);
     }
 }
 
@@ -159,37 +139,11 @@ impl Drop for Answering {
 /// Until then, hyper holding bytes of it for the client and not coming back for more (the
 /// client reads nothing) is waiting on the client; waiting for the body's next bytes (an
 /// upstream's) is not.
-pub(super) struct Answer {
-    body: Body,
-    answering: Answering,
-}
+pub(super) type Answer = Observed<Body, Answering>;
 
-impl Answer {
-    pub(super) fn new(body: Body, answering: Answering) -> Self {
-        Self { body, answering }
-    }
-}
-
-impl http_body::Body for Answer {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        let handed_over = matches!(polled, Poll::Ready(Some(_)));
-        self.answering.0.polled(handed_over, true);
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+impl Observer for Answering {
+    fn polled(&self, polled: Polled) {
+        self.0.polled(polled == Polled::Part, true);
     }
 }
 
@@ -327,12 +281,14 @@ mod tests {
 
     /// Polls `body` once, as hyper would.
     fn poll_once<B: http_body::Body + Unpin>(body: &mut B) -> bool {
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        Pin::new(body).poll_frame(&mut cx).is_ready()
+        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        std::pin::Pin::new(body).poll_frame(&mut cx).is_ready()
     }
 
     fn silent() -> Body {
-        Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>())
+        Body::from_stream(futures_util::stream::pending::<
+            Result<axum::body::Bytes, std::io::Error>,
+        >())
     }
 
     #[test]
@@ -342,10 +298,10 @@ mod tests {
         let answering = activity.request_started();
         assert!(activity.looked_at(), "being answered");
         // Its body: the client sends nothing, then a part.
-        let mut reading = Reading::new(silent(), &activity);
+        let mut reading = Reading::new(silent(), Reader::of(&activity));
         assert!(!poll_once(&mut reading));
         assert!(!activity.looked_at(), "waits on a client that sent nothing");
-        let mut reading = Reading::new(Body::from("part"), &activity);
+        let mut reading = Reading::new(Body::from("part"), Reader::of(&activity));
         assert!(poll_once(&mut reading));
         assert!(activity.looked_at(), "the client sent a part");
         assert!(activity.looked_at(), "and the request is not waiting on it");
