@@ -69,20 +69,14 @@ impl JsonLogin {
 #[async_trait]
 impl Issuer for JsonLogin {
     async fn issue(&self, input: IssueInput<'_>) -> Result<Issued, IssueError> {
-        let current = input.current;
-        if let (Some(url), Some(body), Some(current)) =
-            (&self.config.refresh_url, &self.config.refresh_body, current)
-        {
-            match self
+        if let (Some(url), Some(body), Some(current)) = (
+            &self.config.refresh_url,
+            &self.config.refresh_body,
+            input.current,
+        ) {
+            return self
                 .call(url, &body.render(current.expose()), Issuance::Refresh)
-                .await
-            {
-                Ok(issued) => return Ok(issued),
-                Err(e) if e.is_refusal() => {
-                    tracing::info!(provider = %self.provider, error = %e, "token exchange refused; logging in");
-                }
-                Err(e) => return Err(e),
-            }
+                .await;
         }
         self.call(
             &self.config.login_url,
@@ -90,6 +84,10 @@ impl Issuer for JsonLogin {
             Issuance::Login,
         )
         .await
+    }
+
+    fn exchanges_tokens(&self) -> bool {
+        self.config.refresh_url.is_some()
     }
 
     async fn log_out_on_shutdown(&self, token: &Token) -> Result<bool, IssueError> {

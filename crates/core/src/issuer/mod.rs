@@ -39,7 +39,9 @@ pub struct Issued {
 /// What an issuance may use besides the issuer's own settings.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IssueInput<'a> {
-    /// The token being replaced, if it is still valid (for issuers that exchange it).
+    /// The token being replaced, to exchange for a new one: given only while it is in
+    /// service and valid, and used only by an issuer that
+    /// [exchanges tokens](Issuer::exchanges_tokens).
     pub current: Option<&'a Token>,
     /// The current refresh token (for refresh-token grants).
     pub refresh_token: Option<&'a SecretString>,
@@ -65,8 +67,16 @@ impl Issuance {
 /// Obtains tokens for one provider.
 #[async_trait]
 pub trait Issuer: Send + Sync + 'static {
-    /// Obtains a new token.
+    /// Obtains a new token with one request: by exchanging `input.current` if it is given
+    /// and the issuer [exchanges tokens](Self::exchanges_tokens), else by logging in.
     async fn issue(&self, input: IssueInput<'_>) -> Result<Issued, IssueError>;
+
+    /// Whether a still-valid token can be exchanged for a new one. The driver then asks for
+    /// an exchange first, and logs in with a request of its own if the exchange is refused,
+    /// so that the issuance ledger counts every request the issuer sees.
+    fn exchanges_tokens(&self) -> bool {
+        false
+    }
 
     /// Ends the session of a token the broker is about to discard when the broker stops;
     /// returns whether it did (issuers without a logout do nothing).
@@ -235,8 +245,6 @@ impl IssueError {
         }
     }
 
-    /// Whether the issuer said no to this request (as opposed to not answering): a refused
-    /// token exchange falls back to a fresh login.
     /// Whether the issuer certainly did not act on the request: it was never delivered, or
     /// the issuer answered with a client error or a rate limit. Anything else (a timeout,
     /// a connection lost after sending, a 5xx from a gateway, an unreadable answer) may
@@ -259,6 +267,8 @@ impl IssueError {
         }
     }
 
+    /// Whether the issuer said no to this request (as opposed to not answering): a refused
+    /// token exchange is followed by a fresh login.
     pub(crate) fn is_refusal(&self) -> bool {
         matches!(
             self,

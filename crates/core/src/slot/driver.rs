@@ -346,8 +346,8 @@ async fn release(shared: &Shared) {
 }
 
 /// Everything between taking the lease and releasing it: the budget and cap checks, the
-/// ledger entry, the refresh-token intent, the issuer call, and the commits of the rotated
-/// refresh token and the new access token. Returns the time the issuer took.
+/// drain, the issuer request (and the login after a refused token exchange, a request of
+/// its own), and the commit of the new access token. Returns the time the issuer took.
 async fn issue_and_commit(
     shared: &Shared,
     issuer: &dyn Issuer,
@@ -356,24 +356,100 @@ async fn issue_and_commit(
     fence: u64,
 ) -> (Result<(Committed, Issuance), IssueError>, Duration) {
     let provider = shared.config.name.as_str();
-    let store = &shared.persistence.store;
     if let Err(error) = ledger::admit(shared, current).await {
         return (Err(error), Duration::ZERO);
     }
     drain::before_login(shared, current, fence).await;
-    let entry = match store.begin_issuance(provider, shared.clock.now()).await {
+    // Only a token still in service and still valid can be exchanged.
+    let exchangeable = current.filter(|t| {
+        !shared.retired(t.generation)
+            && t.remaining(shared.clock.now()) > shared.config.min_validity
+    });
+    // One bound for the whole issuance, token exchange and fallback login included.
+    let deadline = tokio::time::Instant::now() + shared.config.timeout;
+    let mut asked = ask(shared, issuer, exchangeable, fence, deadline).await;
+    if let Err(e) = &asked.result
+        && exchangeable.is_some()
+        && issuer.exchanges_tokens()
+        && e.is_refusal()
+    {
+        tracing::info!(provider, error = %e, "token exchange refused; logging in");
+        // The login is another request to the issuer: the ledger counts it on its own, so
+        // `max_issuances` may refuse it (SPEC guarantee 5).
+        let login = match ledger::admit(shared, current).await {
+            Ok(()) => ask(shared, issuer, None, fence, deadline).await,
+            Err(error) => Asked::not_sent(error),
+        };
+        asked = Asked {
+            latency: asked.latency + login.latency,
+            ..login
+        };
+    }
+    let committed = match asked.result.and_then(|issued| {
+        let how = issued.how;
+        numbered(shared, issued, expected + 1).map(|token| (token, how))
+    }) {
+        Ok((token, how)) => commit(shared, fence, expected, token)
+            .await
+            .map(|c| (c, how)),
+        Err(error) => Err(error),
+    };
+    if committed.is_err() && asked.answered_with_token {
+        retire_superseded(shared, current);
+    }
+    (committed, asked.latency)
+}
+
+/// What one request to the issuer came to.
+struct Asked {
+    /// The token, its rotated refresh token already stored; or why there is none.
+    result: Result<Issued, IssueError>,
+    /// Whether the issuer handed out a new token: for a single-session provider that ended
+    /// the current one, whatever becomes of the new one here.
+    answered_with_token: bool,
+    /// How long the issuer took.
+    latency: Duration,
+}
+
+impl Asked {
+    /// A request that was never sent, and why.
+    fn not_sent(error: IssueError) -> Self {
+        Self {
+            result: Err(error),
+            answered_with_token: false,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// One request to the issuer, exchanging `exchange` if given, by `deadline`: its place in
+/// the ledger (completed with the outcome), the lease check, the refresh-token intent and
+/// the store of a rotated refresh token.
+async fn ask(
+    shared: &Shared,
+    issuer: &dyn Issuer,
+    exchange: Option<&Token>,
+    fence: u64,
+    deadline: tokio::time::Instant,
+) -> Asked {
+    let provider = shared.config.name.as_str();
+    let entry = match shared
+        .persistence
+        .store
+        .begin_issuance(provider, shared.clock.now())
+        .await
+    {
         Ok(entry) => entry,
-        Err(e) => return (Err(store_error(provider, &e)), Duration::ZERO),
+        Err(e) => return Asked::not_sent(store_error(provider, &e)),
     };
     // The drain may have outlasted a lease whose renewals failed: a broker that lost it
     // must not call the issuer alongside the one that has it now.
     if !still_holds_lease(shared, fence).await {
         finish_ledger(shared, entry, Some(None)).await;
-        let error = IssueError::Store {
+        return Asked::not_sent(IssueError::Store {
             provider: provider.to_owned(),
             reason: "the issuance lease passed to another broker; not calling the issuer".into(),
-        };
-        return (Err(error), Duration::ZERO);
+        });
     }
     // The refresh intent is the last step before sending, so that the grace it is checked
     // against is not spent on the drain or the ledger. (Writing it is fenced by the lease.)
@@ -381,21 +457,15 @@ async fn issue_and_commit(
         Ok(ticket) => ticket,
         Err(error) => {
             finish_ledger(shared, entry, Some(None)).await;
-            return (Err(error), Duration::ZERO);
+            return Asked::not_sent(error);
         }
     };
-    // Only a token still in service and still valid can be exchanged.
-    let exchangeable = current.filter(|t| {
-        !shared.retired(t.generation)
-            && t.remaining(shared.clock.now()) > shared.config.min_validity
-    });
     let input = IssueInput {
-        current: exchangeable,
+        current: exchange,
         refresh_token: ticket.as_ref().map(|t| &t.token),
     };
     let started = Instant::now();
-    // One bound for the whole issuance, token exchange and fallback login included.
-    let result = tokio::time::timeout(shared.config.timeout, issuer.issue(input))
+    let result = tokio::time::timeout_at(deadline, issuer.issue(input))
         .await
         .unwrap_or_else(|_| {
             Err(IssueError::Timeout {
@@ -411,14 +481,7 @@ async fn issue_and_commit(
             provider: provider.to_owned(),
         })
         .observe(latency.as_secs_f64());
-    // Whether the issuer handed out a new token: for a single-session provider that ended
-    // the current one, whatever becomes of the new one here.
     let answered_with_token = result.is_ok();
-    // The rotated refresh token is stored first, whatever becomes of the access token.
-    let result = match (ticket, result) {
-        (Some(ticket), result) => refresh::settle(shared, ticket, result).await,
-        (None, result) => result,
-    };
     // For the ledger, a token the issuer handed out counts until it expires, whatever
     // becomes of it here; so does an unknown outcome; only a certain refusal frees its place.
     let outcome = match &result {
@@ -426,20 +489,17 @@ async fn issue_and_commit(
         Err(e) if e.certainly_not_acted_on() => Some(None),
         Err(_) => None,
     };
-    let committed = match result.and_then(|issued| {
-        let how = issued.how;
-        numbered(shared, issued, expected + 1).map(|token| (token, how))
-    }) {
-        Ok((token, how)) => commit(shared, fence, expected, token)
-            .await
-            .map(|c| (c, how)),
-        Err(error) => Err(error),
+    // The rotated refresh token is stored first, whatever becomes of the access token.
+    let result = match ticket {
+        Some(ticket) => refresh::settle(shared, ticket, result).await,
+        None => result,
     };
     finish_ledger(shared, entry, outcome).await;
-    if committed.is_err() && answered_with_token {
-        retire_superseded(shared, current);
+    Asked {
+        result,
+        answered_with_token,
+        latency,
     }
-    (committed, latency)
 }
 
 /// After the issuer answered with a token this broker could not keep (refused, or not

@@ -22,7 +22,8 @@ pub(crate) const OTHER: &str = "other";
 pub(crate) struct Options {
     pub(crate) lifetime: Duration,
     pub(crate) login_latency: Duration,
-    /// Extra lines for `[providers.controlroom]`.
+    /// Extra lines for `[providers.controlroom]`; `{emulator}` in them stands for the
+    /// emulator's URL.
     pub(crate) provider_extra: String,
     /// The upstream API of `controlroom`, for the proxy; the emulator itself by default.
     pub(crate) upstream: Option<String>,
@@ -191,7 +192,7 @@ providers = ["{PROVIDER}"]
         all = hex(&key_sha256(all_key)),
         scoped = hex(&key_sha256(scoped_key)),
         server = options.server_extra,
-        extra = options.provider_extra,
+        extra = options.provider_extra.replace("{emulator}", emulator),
         upstream = options.upstream.as_deref().unwrap_or(emulator),
         logout = options.logout_on_shutdown,
         other_key = options.other_api_key,

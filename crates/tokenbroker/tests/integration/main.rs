@@ -7,6 +7,7 @@ mod cluster;
 mod connections;
 mod consumers;
 mod drain;
+mod exchange;
 mod helpers;
 mod oauth2;
 mod private_pg;
