@@ -64,19 +64,23 @@ pub(super) fn upstream_uri(
 }
 
 fn check_path(path: &str) -> Result<(), UnsafePath> {
-    if path.starts_with('/') || path.contains("://") {
+    // Byte slices throughout: a path is a handful of short segments, and `str`'s pattern
+    // searchers cost more to set up than these scans (callgrind: about a thousand
+    // instructions per proxied request).
+    let path = path.as_bytes();
+    if path.first() == Some(&b'/') || path.windows(3).any(|w| w == b"://") {
         return Err(UnsafePath::Absolute);
     }
-    if path.contains('\\') {
+    if path.contains(&b'\\') {
         return Err(UnsafePath::Backslash);
     }
-    if path.contains('@') {
+    if path.contains(&b'@') {
         return Err(UnsafePath::At);
     }
-    for segment in path.split('/') {
+    for segment in path.split(|&b| b == b'/') {
         // Some servers (Tomcat, Spring) drop a `;parameter` before resolving dots.
-        let bare = segment.split(';').next().unwrap_or(segment);
-        if bare == "." || bare == ".." {
+        let bare = segment.split(|&b| b == b';').next().unwrap_or(segment);
+        if bare == b"." || bare == b".." {
             return Err(UnsafePath::DotSegment);
         }
         if has_encoded_separator(segment) {
@@ -95,8 +99,8 @@ fn check_path(path: &str) -> Result<(), UnsafePath> {
 
 /// Whether `segment` holds `%2e` (dot), `%2f` (slash), `%5c` (backslash) or `%25` (a
 /// percent sign, which decoded once more downstream could become any of those), in any case.
-fn has_encoded_separator(segment: &str) -> bool {
-    segment.as_bytes().windows(3).any(|w| {
+fn has_encoded_separator(segment: &[u8]) -> bool {
+    segment.windows(3).any(|w| {
         w[0] == b'%'
             && matches!(
                 (w[1], w[2].to_ascii_lowercase()),
@@ -106,7 +110,7 @@ fn has_encoded_separator(segment: &str) -> bool {
 }
 
 fn check_query(query: &str) -> Result<(), UnsafePath> {
-    for byte in percent_decoded(query) {
+    for byte in percent_decoded(query.as_bytes()) {
         if matches!(byte?, b'\r' | b'\n' | 0) {
             return Err(UnsafePath::Control);
         }
@@ -115,8 +119,8 @@ fn check_query(query: &str) -> Result<(), UnsafePath> {
 }
 
 /// The bytes `text` percent-decodes to; a malformed escape is refused.
-fn percent_decoded(text: &str) -> impl Iterator<Item = Result<u8, UnsafePath>> + '_ {
-    let mut bytes = text.bytes();
+fn percent_decoded(text: &[u8]) -> impl Iterator<Item = Result<u8, UnsafePath>> + '_ {
+    let mut bytes = text.iter().copied();
     std::iter::from_fn(move || {
         let byte = bytes.next()?;
         if byte != b'%' {
