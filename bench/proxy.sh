@@ -394,8 +394,10 @@ run_wrk() {   # label description url servers...
     m1="$(machine_busy)"; i1="$(machine_irq)"; s1="$(machine_steal)"
     for s in "${servers[@]}"; do s="${s#nginx:}"; p1[$s]="$(pid_cpu ${spids[$s]})"; x1[$s]="$(ctx_switches ${spids[$s]})"; q1[$s]="$(run_wait ${spids[$s]})"; done
     children_cpu >"$WORK/c1"; c1="$(cat "$WORK/c1")"
-    # The connections the proxy under test holds to the upstream now, and how many sockets
-    # to the upstream's port were closed during the run (TIME-WAIT, from any client).
+    # The connections the proxy under test holds to the upstream now, and the sockets to the
+    # upstream's port in TIME-WAIT (from any client) before and after the run: a closed
+    # connection stays there for 60 s, so a rise means connections closed during the run (a
+    # fall only that earlier ones aged out).
     local conns="" client_pids=""
     case "$label" in
         b) client_pids="$(pgrep -P "${NGINX_PID[proxy]}" | xargs)" ;;
@@ -405,7 +407,7 @@ run_wrk() {   # label description url servers...
         # shellcheck disable=SC2086
         conns="; $(upstream_sockets established $client_pids) connections to the upstream"
         local tw1; tw1="$(upstream_sockets time-wait)"
-        [[ "$tw0$tw1" =~ ^[0-9]+$ ]] && conns+=", $((tw1 - tw0)) closed during the run"
+        [[ "$tw0$tw1" =~ ^[0-9]+$ ]] && conns+=", TIME-WAIT $tw0 -> $tw1"
     fi
     sed -n '/Latency Distribution/,/requests in/p;/Requests\/sec/p;/Non-2xx/p;/Socket errors/p' "$out" | sed 's/^/    /'
 
