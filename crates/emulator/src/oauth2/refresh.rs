@@ -231,6 +231,13 @@ impl RunningRotatingRefresh {
         tracing::info!(down, "rotating refresh outage");
         self.shared.set_outage(down);
     }
+
+    /// While `broken` is true, the token endpoint rotates the refresh token as usual but
+    /// answers it beside an empty `access_token`: an issuer whose answer is half unusable.
+    pub fn set_empty_access_tokens(&self, broken: bool) {
+        tracing::info!(broken, "rotating refresh answers empty access tokens");
+        self.shared.set_empty_access_tokens(broken);
+    }
 }
 
 #[cfg(test)]

@@ -28,10 +28,13 @@ impl TokenEndpoint for Shared {
             .get("refresh_token")
             .ok_or_else(|| OAuthError::invalid_request("missing refresh_token"))?;
         let exchange = self.exchange(presented)?;
-        Ok(
-            TokenAnswer::bearer(exchange.access_token, self.access_lifetime())
-                .with_refresh_token(exchange.refresh_token),
-        )
+        let access_token = if self.answers_empty_access_tokens() {
+            String::new()
+        } else {
+            exchange.access_token
+        };
+        Ok(TokenAnswer::bearer(access_token, self.access_lifetime())
+            .with_refresh_token(exchange.refresh_token))
     }
 
     fn count_refusal(&self, refusal: &OAuthError) {

@@ -35,6 +35,9 @@ pub(super) struct Shared {
     initial_refresh_token: String,
     /// True while the token endpoint answers 503.
     outage: AtomicBool,
+    /// True while a successful answer carries an empty access token beside its rotated
+    /// refresh token: a broken issuer.
+    empty_access_tokens: AtomicBool,
     /// Families, tokens and counters, which change together.
     tokens: Mutex<Tokens>,
     /// Token requests being handled right now, and their peak.
@@ -155,6 +158,7 @@ impl Shared {
             config,
             initial_refresh_token: first,
             outage: AtomicBool::new(false),
+            empty_access_tokens: AtomicBool::new(false),
             tokens: Mutex::new(tokens),
             requests: Gauge::default(),
         }
@@ -182,6 +186,14 @@ impl Shared {
 
     pub(super) fn set_outage(&self, down: bool) {
         self.outage.store(down, Ordering::SeqCst);
+    }
+
+    pub(super) fn answers_empty_access_tokens(&self) -> bool {
+        self.empty_access_tokens.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn set_empty_access_tokens(&self, broken: bool) {
+        self.empty_access_tokens.store(broken, Ordering::SeqCst);
     }
 
     /// Counts a `POST /oauth2/token` and marks it in flight until the returned guard drops.
