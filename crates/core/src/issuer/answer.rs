@@ -7,7 +7,7 @@ use reqwest::{RequestBuilder, StatusCode, Url};
 
 use secrecy::SecretString;
 
-use super::{Issuance, IssueError, Issued, OAuthError, jwt};
+use super::{Answer, Issuance, IssueError, Issued, OAuthError, jwt};
 
 /// Sends `request` and returns the JSON body of a 2xx answer, or the error it amounts to.
 pub(crate) async fn send_json(
@@ -152,56 +152,68 @@ pub(crate) struct TokenAnswer<'a> {
 
 impl TokenAnswer<'_> {
     /// The token in `answer`, its expiry (the JWT `exp`, else `expires_in` counted from
-    /// `issued_at`, the moment the request was sent, else the default lifetime) and a
-    /// rotated `refresh_token` if the answer carries one.
-    pub(crate) fn issued(
+    /// `issued_at`, the moment the request was sent, else the default lifetime), and apart
+    /// from it a rotated `refresh_token` if the answer carries a usable one, even beside an
+    /// unusable access token.
+    pub(crate) fn read(
+        &self,
+        answer: &serde_json::Value,
+        issued_at: SystemTime,
+        how: Issuance,
+    ) -> Answer {
+        let rotated = match answer.get("refresh_token") {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => value
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(|t| Some(SecretString::from(t.to_owned())))
+                .ok_or_else(|| self.malformed("refresh_token is not a non-empty string")),
+        };
+        match rotated {
+            Ok(rotated_refresh_token) => Answer {
+                result: self.issued(answer, issued_at, how),
+                rotated_refresh_token,
+            },
+            Err(error) => error.into(),
+        }
+    }
+
+    fn issued(
         &self,
         answer: &serde_json::Value,
         issued_at: SystemTime,
         how: Issuance,
     ) -> Result<Issued, IssueError> {
-        let malformed = |reason: String| IssueError::Malformed {
-            provider: self.provider.to_owned(),
-            reason,
-        };
         let token = answer
             .pointer(self.pointer)
-            .ok_or_else(|| malformed(format!("no value at {:?}", self.pointer)))?
+            .ok_or_else(|| self.malformed(&format!("no value at {:?}", self.pointer)))?
             .as_str()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
-                malformed(format!(
+                self.malformed(&format!(
                     "the value at {:?} is not a non-empty string",
                     self.pointer
                 ))
             })?;
         if token.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(malformed(
-                "the token holds characters a header cannot carry".to_owned(),
-            ));
+            return Err(self.malformed("the token holds characters a header cannot carry"));
         }
         let expires_at = jwt::expiry(token)
             .or_else(|| expires_in(answer).and_then(|d| issued_at.checked_add(d)))
             .unwrap_or(issued_at + self.default_lifetime);
-        let refresh_token = match answer.get("refresh_token") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(value) => Some(
-                value
-                    .as_str()
-                    .filter(|t| !t.is_empty())
-                    .map(|t| SecretString::from(t.to_owned()))
-                    .ok_or_else(|| {
-                        malformed("refresh_token is not a non-empty string".to_owned())
-                    })?,
-            ),
-        };
         Ok(Issued {
             access_token: SecretString::from(token.to_owned()),
             issued_at,
             expires_at,
             how,
-            refresh_token,
         })
+    }
+
+    fn malformed(&self, reason: &str) -> IssueError {
+        IssueError::Malformed {
+            provider: self.provider.to_owned(),
+            reason: reason.to_owned(),
+        }
     }
 }
 

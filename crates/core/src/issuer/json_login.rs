@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use super::answer::{TokenAnswer, send_json, send_status};
-use super::{Issuance, IssueError, IssueInput, Issued, Issuer};
+use super::{Answer, Issuance, IssueError, IssueInput, Issuer};
 use crate::config::{JsonLoginConfig, ProviderConfig};
 use crate::token::Token;
 
@@ -39,16 +39,13 @@ impl JsonLogin {
         })
     }
 
-    async fn call(
-        &self,
-        url: &reqwest::Url,
-        body: &serde_json::Value,
-        how: Issuance,
-    ) -> Result<Issued, IssueError> {
+    async fn call(&self, url: &reqwest::Url, body: &serde_json::Value, how: Issuance) -> Answer {
         let issued_at = SystemTime::now();
         let request = self.http.post(url.clone()).json(body);
-        let answer = send_json(&self.provider, url, self.timeout, request).await?;
-        self.read_answer(&answer, issued_at, how)
+        match send_json(&self.provider, url, self.timeout, request).await {
+            Ok(answer) => self.read_answer(&answer, issued_at, how),
+            Err(error) => error.into(),
+        }
     }
 
     fn read_answer(
@@ -56,19 +53,19 @@ impl JsonLogin {
         answer: &serde_json::Value,
         issued_at: SystemTime,
         how: Issuance,
-    ) -> Result<Issued, IssueError> {
+    ) -> Answer {
         let read = TokenAnswer {
             provider: &self.provider,
             pointer: &self.config.token_pointer,
             default_lifetime: self.config.lifetime,
         };
-        read.issued(answer, issued_at, how)
+        read.read(answer, issued_at, how)
     }
 }
 
 #[async_trait]
 impl Issuer for JsonLogin {
-    async fn issue(&self, input: IssueInput<'_>) -> Result<Issued, IssueError> {
+    async fn issue(&self, input: IssueInput<'_>) -> Answer {
         if let (Some(url), Some(body), Some(current)) = (
             &self.config.refresh_url,
             &self.config.refresh_body,
@@ -132,6 +129,7 @@ mod tests {
         let answer = serde_json::json!({"token": "abc", "expires_in": "60"});
         let issued = issuer("")
             .read_answer(&answer, sent, Issuance::Login)
+            .result
             .unwrap();
         assert_eq!(issued.expires_at, sent + Duration::from_secs(60));
     }
@@ -142,6 +140,7 @@ mod tests {
         let answer = serde_json::json!({"data": {"jwt": "abc"}});
         let issued = issuer("token_pointer = \"/data/jwt\"")
             .read_answer(&answer, sent, Issuance::Login)
+            .result
             .unwrap();
         assert_eq!(issued.expires_at, sent + Duration::from_secs(600));
     }
@@ -154,6 +153,7 @@ mod tests {
                 SystemTime::UNIX_EPOCH,
                 Issuance::Login,
             )
+            .result
             .unwrap_err();
         assert_eq!(err.reason(), "malformed");
         assert!(err.to_string().contains("\"/token\""), "{err}");

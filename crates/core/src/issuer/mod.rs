@@ -31,9 +31,33 @@ pub struct Issued {
     pub expires_at: SystemTime,
     /// Whether it came from a login or from exchanging the previous token.
     pub how: Issuance,
-    /// A new refresh token, when the issuer rotated it: it must be stored before the access
-    /// token is handed out.
-    pub refresh_token: Option<SecretString>,
+}
+
+/// What one request to the issuer came to.
+#[derive(Debug)]
+pub struct Answer {
+    /// The new token, or why there is none.
+    pub result: Result<Issued, IssueError>,
+    /// The new refresh token, when the issuer rotated it. It is kept apart from `result`
+    /// because it must be stored whatever became of the access token: the one sent is
+    /// spent, even when the access token beside the new one is unusable.
+    pub rotated_refresh_token: Option<SecretString>,
+}
+
+impl From<Result<Issued, IssueError>> for Answer {
+    /// An answer that rotated nothing.
+    fn from(result: Result<Issued, IssueError>) -> Self {
+        Self {
+            result,
+            rotated_refresh_token: None,
+        }
+    }
+}
+
+impl From<IssueError> for Answer {
+    fn from(error: IssueError) -> Self {
+        Err(error).into()
+    }
 }
 
 /// What an issuance may use besides the issuer's own settings.
@@ -69,7 +93,7 @@ impl Issuance {
 pub trait Issuer: Send + Sync + 'static {
     /// Obtains a new token with one request: by exchanging `input.current` if it is given
     /// and the issuer [exchanges tokens](Self::exchanges_tokens), else by logging in.
-    async fn issue(&self, input: IssueInput<'_>) -> Result<Issued, IssueError>;
+    async fn issue(&self, input: IssueInput<'_>) -> Answer;
 
     /// Whether a still-valid token can be exchanged for a new one. The driver then asks for
     /// an exchange first, and logs in with a request of its own if the exchange is refused,

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::STANDARD;
 use secrecy::ExposeSecret;
 
 use super::answer::{TokenAnswer, send_json};
-use super::{Issuance, IssueError, IssueInput, Issued, Issuer};
+use super::{Answer, Issuance, IssueError, IssueInput, Issuer};
 use crate::config::{AuthMethod, OAuthClient};
 
 /// The lifetime assumed when an answer has neither `expires_in` nor a JWT `exp`.
@@ -135,16 +135,22 @@ fn form_encode(text: &str) -> String {
 
 #[async_trait]
 impl Issuer for OAuth2 {
-    async fn issue(&self, input: IssueInput<'_>) -> Result<Issued, IssueError> {
-        let request = self.request(input)?;
+    async fn issue(&self, input: IssueInput<'_>) -> Answer {
+        let request = match self.request(input) {
+            Ok(request) => request,
+            Err(error) => return error.into(),
+        };
         let issued_at = SystemTime::now();
-        let answer = send_json(
+        let sent = send_json(
             &self.provider,
             &self.client.token_url,
             self.timeout,
             request,
-        )
-        .await?;
+        );
+        let answer = match sent.await {
+            Ok(answer) => answer,
+            Err(error) => return error.into(),
+        };
         let how = match self.grant {
             Grant::ClientCredentials => Issuance::Login,
             Grant::RefreshToken => Issuance::Refresh,
@@ -154,7 +160,7 @@ impl Issuer for OAuth2 {
             pointer: "/access_token",
             default_lifetime: DEFAULT_LIFETIME,
         };
-        read.issued(&answer, issued_at, how)
+        read.read(&answer, issued_at, how)
     }
 }
 

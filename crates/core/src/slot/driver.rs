@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::sync::{Follower, adopt_newer};
 use super::{Shared, SlotState, backoff, drain, ledger, refresh};
 use crate::clock::floor_to_second;
-use crate::issuer::{Issuance, IssueError, IssueInput, Issued, Issuer};
+use crate::issuer::{Answer, Issuance, IssueError, IssueInput, Issued, Issuer};
 use crate::metrics::{KindLabels, ProviderLabel, ReasonLabels};
 use crate::seal::Purpose;
 use crate::store::{AuditEvent, AuditKind, Lease, StoreErrorKind, StoredToken};
@@ -465,10 +465,10 @@ async fn ask(
         refresh_token: ticket.as_ref().map(|t| &t.token),
     };
     let started = Instant::now();
-    let result = tokio::time::timeout_at(deadline, issuer.issue(input))
+    let answer = tokio::time::timeout_at(deadline, issuer.issue(input))
         .await
         .unwrap_or_else(|_| {
-            Err(IssueError::Timeout {
+            Answer::from(IssueError::Timeout {
                 provider: provider.to_owned(),
                 timeout: shared.config.timeout,
             })
@@ -481,18 +481,18 @@ async fn ask(
             provider: provider.to_owned(),
         })
         .observe(latency.as_secs_f64());
-    let answered_with_token = result.is_ok();
+    let answered_with_token = answer.result.is_ok();
     // For the ledger, a token the issuer handed out counts until it expires, whatever
     // becomes of it here; so does an unknown outcome; only a certain refusal frees its place.
-    let outcome = match &result {
+    let outcome = match &answer.result {
         Ok(issued) => Some(Some(issued.expires_at)),
         Err(e) if e.certainly_not_acted_on() => Some(None),
         Err(_) => None,
     };
     // The rotated refresh token is stored first, whatever becomes of the access token.
     let result = match ticket {
-        Some(ticket) => refresh::settle(shared, ticket, result).await,
-        None => result,
+        Some(ticket) => refresh::settle(shared, ticket, answer).await,
+        None => answer.result,
     };
     finish_ledger(shared, entry, outcome).await;
     Asked {

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::Shared;
 use crate::config::{IssuerConfig, RefreshTokenConfig};
 use crate::identity::Identity;
-use crate::issuer::{IssueError, Issued, OAuthError};
+use crate::issuer::{Answer, IssueError, Issued, OAuthError};
 use crate::seal::Purpose;
 use crate::store::{StoreError, StoreErrorKind, StoredRefresh};
 
@@ -175,38 +175,42 @@ fn open(
         .transpose()
 }
 
-/// Stores what a refresh's outcome says about the refresh token, before anything else is
-/// done with the outcome.
+/// Stores what a refresh's answer says about the refresh token, before anything else is
+/// done with the access token: a rotated refresh token is stored even when the access token
+/// beside it is unusable, since the one sent is spent either way.
 pub(super) async fn settle(
     shared: &Shared,
     ticket: Ticket,
-    result: Result<Issued, IssueError>,
+    answer: Answer,
 ) -> Result<Issued, IssueError> {
     let provider = shared.config.name.as_str();
     let store = &shared.persistence.store;
+    let Answer {
+        result,
+        rotated_refresh_token,
+    } = answer;
+    if let Some(rotated) = rotated_refresh_token {
+        let sealed = shared.persistence.sealer.seal(
+            provider,
+            Purpose::RefreshToken,
+            &ticket.identity.stamp(rotated.expose_secret().as_bytes()),
+        );
+        if let Err(e) = store
+            .save_refresh(provider, ticket.fence, ticket.generation, &sealed)
+            .await
+        {
+            // The intent stays: within the grace the next attempt may retry.
+            return Err(IssueError::Store {
+                provider: provider.to_owned(),
+                reason: format!(
+                    "the rotated refresh token could not be stored, so its access token is not handed out: {e}"
+                ),
+            });
+        }
+        return result;
+    }
     match &result {
-        Ok(issued) => match &issued.refresh_token {
-            Some(rotated) => {
-                let sealed = shared.persistence.sealer.seal(
-                    provider,
-                    Purpose::RefreshToken,
-                    &ticket.identity.stamp(rotated.expose_secret().as_bytes()),
-                );
-                if let Err(e) = store
-                    .save_refresh(provider, ticket.fence, ticket.generation, &sealed)
-                    .await
-                {
-                    // The intent stays: within the grace the next attempt may retry.
-                    return Err(IssueError::Store {
-                        provider: provider.to_owned(),
-                        reason: format!(
-                            "the rotated refresh token could not be stored, so its access token is not handed out: {e}"
-                        ),
-                    });
-                }
-            }
-            None => clear(shared, &ticket).await,
-        },
+        Ok(_) => clear(shared, &ticket).await,
         Err(IssueError::OAuth {
             error: OAuthError::InvalidGrant,
             description,

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::config::Config;
-use crate::issuer::{Issuance, IssueInput, Issued};
+use crate::issuer::{Answer, Issuance, IssueInput, Issued};
 use crate::seal::new_master_key;
 use crate::store::{
     AuditEvent, Change, IssuanceRecord, Lease, Reseal, StoreError, StoreErrorKind, StoredRefresh,
@@ -33,7 +33,7 @@ struct FakeIssuer {
 
 #[async_trait]
 impl Issuer for FakeIssuer {
-    async fn issue(&self, _input: IssueInput<'_>) -> Result<Issued, IssueError> {
+    async fn issue(&self, _input: IssueInput<'_>) -> Answer {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let now_in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight
@@ -42,19 +42,20 @@ impl Issuer for FakeIssuer {
         tokio::time::sleep(self.latency).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
-            return Err(IssueError::Unavailable {
+            return IssueError::Unavailable {
                 provider: "fake".into(),
                 status: 503,
                 retry_after: None,
-            });
+            }
+            .into();
         }
         Ok(Issued {
             access_token: SecretString::from(format!("tok-{n}")),
             issued_at,
             expires_at: issued_at + self.lifetime,
             how: Issuance::Login,
-            refresh_token: None,
         })
+        .into()
     }
 }
 

@@ -260,6 +260,56 @@ async fn rotating_refresh_tokens_survive_20_sigkills_without_a_replay() {
     assert!(code.success(), "{logs}");
 }
 
+#[tokio::test]
+async fn a_rotated_refresh_token_beside_an_unusable_access_token_is_kept() {
+    let issuer = RotatingRefresh::builder().spawn().await.unwrap();
+    let setup = Setup::new(&refresh_provider(
+        &issuer.url(),
+        "0s",
+        &issuer.initial_refresh_token(),
+    ));
+    // The issuer rotates the refresh token, and answers the new one beside an empty
+    // access token. The one the broker sent is spent either way.
+    issuer.set_empty_access_tokens(true);
+    let broker = start_broker(&setup.config_text, &setup.master_key).await;
+    let (status, body) = setup.token(&broker.url, "crm").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_GATEWAY, Some("issuer_error")),
+        "{body}"
+    );
+    assert_eq!(issuer.counters().refreshes, 1);
+
+    // Mended: the next attempt sends the rotated refresh token, not the spent one (which,
+    // with no reuse grace, would have to wait for a reseed).
+    issuer.set_empty_access_tokens(false);
+    let started = Instant::now();
+    loop {
+        let (status, body) = setup.token(&broker.url, "crm").await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_ne!(body["error"], "needs_credentials", "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no token: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = issuer.counters();
+    assert_eq!(
+        (
+            seen.refreshes,
+            seen.replays_within_grace,
+            seen.replays_outside_grace,
+            seen.invalid_grant
+        ),
+        (2, 0, 0, 0),
+        "{seen:?}"
+    );
+    broker.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_refresh_without_grace_replays_nothing_and_waits_for_reseed() {
     let issuer = RotatingRefresh::builder()
