@@ -44,7 +44,9 @@ pub struct StoredRefresh {
     pub generation: u64,
     /// The refresh token sealed for the provider and [`Purpose::RefreshToken`](crate::seal::Purpose).
     pub sealed: Vec<u8>,
-    /// Set when a refresh with this token was started and its outcome not yet stored.
+    /// Set when a refresh with this token was started and its outcome not yet stored: when,
+    /// on the reader's clock. A store shared by several hosts keeps and ages it on its own
+    /// clock and answers `now − age`, so that brokers whose clocks disagree judge it alike.
     pub intent_at: Option<SystemTime>,
     /// Set when the token can no longer be used; a person must reseed it.
     pub needs_credentials: Option<String>,
@@ -249,7 +251,8 @@ pub trait Store: Send + Sync + 'static {
         sealed: &[u8],
     ) -> Result<u64, StoreError>;
 
-    /// Records, durably, that a refresh with token `generation` is about to be sent; an
+    /// Records, durably, that a refresh with token `generation` is about to be sent, `at`
+    /// (this broker's now; a store shared by several hosts uses its own clock instead); an
     /// earlier intent for it is kept (the issuer's reuse grace counts from the first use).
     /// `Conflict` if the generation moved on or the lease no longer has `fence`.
     async fn begin_refresh(

@@ -206,26 +206,18 @@ impl PostgresStore {
 
     /// Runs a fenced compare-and-set update of refresh token `generation_`; `Conflict` if
     /// the generation moved on or the lease passed to another holder. `$1` is the provider,
-    /// `$2` the generation, `$3` the lease's fence, `$4` the time if any.
+    /// `$2` the generation, `$3` the lease's fence.
     async fn refresh_update(
         &self,
         sql: &str,
         provider: &str,
         fence: u64,
         generation_: u64,
-        at: Option<i64>,
     ) -> Result<(), StoreError> {
         let (generation_signed, fence) = (signed(generation_), signed(fence));
-        let changed = match &at {
-            Some(at) => {
-                self.execute(sql, &[&provider, &generation_signed, &fence, at])
-                    .await
-            }
-            None => {
-                self.execute(sql, &[&provider, &generation_signed, &fence])
-                    .await
-            }
-        }?;
+        let changed = self
+            .execute(sql, &[&provider, &generation_signed, &fence])
+            .await?;
         if changed == 1 {
             Ok(())
         } else {

@@ -9,7 +9,7 @@
 
 mod conformance;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
 use tokenbroker_core::store::{Change, Lease, Store, StoreErrorKind};
@@ -168,6 +168,26 @@ async fn refresh_tokens_rotate_by_compare_and_set() {
         return;
     };
     conformance::refresh_tokens_rotate_by_compare_and_set(&store).await;
+}
+
+#[tokio::test]
+async fn a_refresh_intent_is_stamped_and_aged_by_the_database_clock() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    let fence = conformance::fence(&store, "crm").await;
+    store.save_refresh("crm", fence, 0, b"rt1").await.unwrap();
+    // This broker's clock is an hour behind the database's (and the other brokers').
+    let behind = SystemTime::now() - Duration::from_secs(3600);
+    store.begin_refresh("crm", fence, 1, behind).await.unwrap();
+    let stored = store.load_refresh("crm").await.unwrap().unwrap();
+    let age = SystemTime::now()
+        .duration_since(stored.intent_at.expect("an intent"))
+        .unwrap_or_default();
+    assert!(
+        age < Duration::from_secs(5),
+        "the intent reads {age:?} old: it was stamped with the broker's clock"
+    );
 }
 
 #[tokio::test]

@@ -237,16 +237,24 @@ impl Store for PostgresStore {
     async fn load_refresh(&self, provider: &str) -> Result<Option<StoredRefresh>, StoreError> {
         let row = self
             .query_opt(
-                "SELECT generation, sealed, intent_at_ms, needs_credentials
+                // The intent's age by the database's clock, which stamped it: brokers whose
+                // clocks disagree still age it alike.
+                "SELECT generation, sealed,
+                        (extract(epoch FROM clock_timestamp()) * 1000)::bigint - intent_at_ms,
+                        needs_credentials
                  FROM refresh_tokens WHERE provider = $1",
                 &[&provider],
             )
             .await?;
+        let now = SystemTime::now();
         row.map(|row| {
+            let age = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
             Ok(StoredRefresh {
                 generation: generation(self.get(&row, 0)?),
                 sealed: self.get(&row, 1)?,
-                intent_at: self.get::<Option<i64>>(&row, 2)?.map(time),
+                intent_at: self
+                    .get::<Option<i64>>(&row, 2)?
+                    .map(|ms| now.checked_sub(age(ms)).unwrap_or(now)),
                 needs_credentials: self.get(&row, 3)?,
             })
         })
@@ -303,16 +311,17 @@ impl Store for PostgresStore {
         provider: &str,
         fence: u64,
         generation: u64,
-        at: SystemTime,
+        _at: SystemTime,
     ) -> Result<(), StoreError> {
+        // Stamped with the database's clock, as the lease is: see `load_refresh`.
         self.refresh_update(
-            "UPDATE refresh_tokens SET intent_at_ms = COALESCE(intent_at_ms, $4)
+            "UPDATE refresh_tokens
+             SET intent_at_ms = COALESCE(intent_at_ms, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
              WHERE provider = $1 AND generation = $2 AND EXISTS (
                  SELECT 1 FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE)",
             provider,
             fence,
             generation,
-            Some(millis(at)),
         )
         .await
     }
@@ -330,7 +339,6 @@ impl Store for PostgresStore {
             provider,
             fence,
             generation,
-            None,
         )
         .await
     }
