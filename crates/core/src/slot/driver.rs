@@ -481,7 +481,8 @@ async fn ask(
             provider: provider.to_owned(),
         })
         .observe(latency.as_secs_f64());
-    let answered_with_token = answer.result.is_ok();
+    // A rotated refresh token means the issuer issued, even beside an unusable access token.
+    let answered_with_token = answer.result.is_ok() || answer.rotated_refresh_token.is_some();
     // For the ledger, a token the issuer handed out counts until it expires, whatever
     // becomes of it here; so does an unknown outcome; only a certain refusal frees its place.
     let outcome = match &answer.result {

@@ -20,7 +20,7 @@ use crate::store::{
 };
 
 /// An issuer that mints `tok-N` tokens of a fixed lifetime, after a latency, and can be
-/// told to fail.
+/// told to fail, or to answer a rotated refresh token `rt-N` beside an unusable access token.
 struct FakeIssuer {
     clock: Clock,
     lifetime: Duration,
@@ -29,6 +29,7 @@ struct FakeIssuer {
     in_flight: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
+    half_usable: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -48,6 +49,15 @@ impl Issuer for FakeIssuer {
                 retry_after: None,
             }
             .into();
+        }
+        if self.half_usable.load(Ordering::SeqCst) {
+            return Answer {
+                result: Err(IssueError::Malformed {
+                    provider: "fake".into(),
+                    reason: "no access token".into(),
+                }),
+                rotated_refresh_token: Some(SecretString::from(format!("rt-{n}"))),
+            };
         }
         Ok(Issued {
             access_token: SecretString::from(format!("tok-{n}")),
@@ -251,6 +261,7 @@ struct Harness {
     calls: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
+    half_usable: Arc<AtomicBool>,
     store: Arc<MemoryStore>,
     _stop: watch::Sender<bool>,
 }
@@ -297,6 +308,7 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
     let calls = Arc::new(AtomicU64::new(0));
     let max_in_flight = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicBool::new(false));
+    let half_usable = Arc::new(AtomicBool::new(false));
     let issuer = FakeIssuer {
         clock,
         lifetime,
@@ -305,6 +317,7 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
         in_flight: Arc::new(AtomicU64::new(0)),
         max_in_flight: max_in_flight.clone(),
         down: down.clone(),
+        half_usable: half_usable.clone(),
     };
     let (stop, stop_rx) = watch::channel(false);
     let store = Arc::new(store);
@@ -329,6 +342,7 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
         calls,
         max_in_flight,
         down,
+        half_usable,
         store,
         _stop: stop,
     }
@@ -564,6 +578,37 @@ async fn single_session_token_superseded_by_a_login_that_could_not_be_kept_is_no
     let next = h.slot.get().await.unwrap();
     assert_eq!(next.generation, 2);
     assert_eq!(next.expose(), format!("tok-{}", calls(&h)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotation_beside_an_unusable_access_token_retires_a_single_session_token() {
+    let h = refresh_harness(
+        "single_session = true\nrefresh_before = \"10s\"",
+        Duration::from_secs(60),
+    );
+    let first = h.slot.get().await.unwrap();
+    h.half_usable.store(true, Ordering::SeqCst);
+    // The refresh rotates (so the issuer issued, ending generation 1 of a single session)
+    // but answers no usable access token.
+    tokio::time::sleep(
+        first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(calls(&h), 2, "the refresh was sent");
+    let stored = h.store.refresh.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        (stored.generation, stored.intent_at),
+        (2, None),
+        "the rotated refresh token is stored, as the configured one's successor"
+    );
+    match h.slot.get().await {
+        Err(SlotError::Issuer { error, .. }) => assert_eq!(error.reason(), "malformed"),
+        Ok(token) => panic!(
+            "served generation {} after the issuer replaced it",
+            token.generation
+        ),
+        Err(other) => panic!("expected the malformed answer, got {other}"),
+    }
 }
 
 #[tokio::test(start_paused = true)]
