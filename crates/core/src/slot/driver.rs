@@ -365,9 +365,7 @@ async fn issue_and_commit(
         !shared.retired(t.generation)
             && t.remaining(shared.clock.now()) > shared.config.min_validity
     });
-    // One bound for the whole issuance, token exchange and fallback login included.
-    let deadline = tokio::time::Instant::now() + shared.config.timeout;
-    let mut asked = ask(shared, issuer, exchangeable, fence, deadline).await;
+    let mut asked = ask(shared, issuer, exchangeable, fence).await;
     if let Err(e) = &asked.result
         && exchangeable.is_some()
         && issuer.exchanges_tokens()
@@ -375,9 +373,11 @@ async fn issue_and_commit(
     {
         tracing::info!(provider, error = %e, "token exchange refused; logging in");
         // The login is another request to the issuer: the ledger counts it on its own, so
-        // `max_issuances` may refuse it (SPEC guarantee 5).
+        // `max_issuances` may refuse it (SPEC guarantee 5), and it has a `timeout` of its
+        // own (in what an exchange left, it could be cut off after landing at the issuer,
+        // and the next attempt would spend the same time on the same exchange).
         let login = match ledger::admit(shared, current).await {
-            Ok(()) => ask(shared, issuer, None, fence, deadline).await,
+            Ok(()) => ask(shared, issuer, None, fence).await,
             Err(error) => Asked::not_sent(error),
         };
         asked = Asked {
@@ -422,16 +422,10 @@ impl Asked {
     }
 }
 
-/// One request to the issuer, exchanging `exchange` if given, by `deadline`: its place in
-/// the ledger (completed with the outcome), the lease check, the refresh-token intent and
-/// the store of a rotated refresh token.
-async fn ask(
-    shared: &Shared,
-    issuer: &dyn Issuer,
-    exchange: Option<&Token>,
-    fence: u64,
-    deadline: tokio::time::Instant,
-) -> Asked {
+/// One request to the issuer, exchanging `exchange` if given, bounded by the provider's
+/// `timeout`: its place in the ledger (completed with the outcome), the lease check, the
+/// refresh-token intent and the store of a rotated refresh token.
+async fn ask(shared: &Shared, issuer: &dyn Issuer, exchange: Option<&Token>, fence: u64) -> Asked {
     let provider = shared.config.name.as_str();
     let entry = match shared
         .persistence
@@ -465,7 +459,7 @@ async fn ask(
         refresh_token: ticket.as_ref().map(|t| &t.token),
     };
     let started = Instant::now();
-    let answer = tokio::time::timeout_at(deadline, issuer.issue(input))
+    let answer = tokio::time::timeout(shared.config.timeout, issuer.issue(input))
         .await
         .unwrap_or_else(|_| {
             Answer::from(IssueError::Timeout {

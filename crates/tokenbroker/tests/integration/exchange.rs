@@ -8,12 +8,13 @@ use serde_json::Value;
 
 use crate::helpers::{Options, PROVIDER, TestApp, spawn_app};
 
-/// Four-second tokens, replaced two seconds before they expire, by exchange when possible.
+/// Eight-second tokens, replaced four seconds before they expire (so a test has four
+/// seconds to ask for one it saw published), by exchange when possible.
 fn exchanging(extra: &str) -> Options {
     Options {
-        lifetime: Duration::from_secs(4),
+        lifetime: Duration::from_secs(8),
         provider_extra: format!(
-            "refresh_before = \"2s\"\n\
+            "refresh_before = \"4s\"\n\
              refresh_url = \"{{emulator}}/v1/authentication/token\"\n\
              refresh_body = {{ token = \"${{token}}\" }}\n{extra}"
         ),
@@ -104,4 +105,25 @@ async fn the_login_after_a_refused_exchange_counts_against_max_issuances() {
     assert_eq!(seen.unauthorized, 1, "the exchange was refused: {seen:?}");
     let message = status["last_error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("max_issuances"), "{status}");
+}
+
+#[tokio::test]
+async fn the_login_after_a_slow_refused_exchange_has_a_timeout_of_its_own() {
+    // Each login and exchange takes 2.8 s, against a `timeout` of 5 s: both together would
+    // not fit in one.
+    let app = spawn_app(Options {
+        login_latency: Duration::from_millis(2800),
+        ..exchanging("")
+    })
+    .await;
+    token(&app).await;
+    app.emulator.kick();
+    let seen = app
+        .emulator
+        .wait_for(|c| c.logins == 2, Duration::from_secs(15))
+        .await
+        .expect("a login follows the refused exchange");
+    assert_eq!(seen.unauthorized, 1, "one exchange, refused: {seen:?}");
+    let status = provider_status(&app, |p| p["generation"] == 2).await;
+    assert_eq!(status["state"], "ready", "{status}");
 }
