@@ -172,7 +172,7 @@ async fn refresh_tokens_rotate_by_compare_and_set() {
 
 #[tokio::test]
 async fn a_refresh_intent_is_stamped_and_aged_by_the_database_clock() {
-    let Some((_schema, store)) = fresh().await else {
+    let Some((schema, store)) = fresh().await else {
         return;
     };
     let fence = conformance::fence(&store, "crm").await;
@@ -187,6 +187,31 @@ async fn a_refresh_intent_is_stamped_and_aged_by_the_database_clock() {
     assert!(
         age < Duration::from_secs(5),
         "the intent reads {age:?} old: it was stamped with the broker's clock"
+    );
+
+    // A minute ago by the database's clock: a second use keeps the first one's time.
+    let raw = raw().await.expect("PostgreSQL answered a moment ago");
+    raw.execute(
+        &format!(
+            "UPDATE \"{}\".refresh_tokens
+             SET intent_at_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 60000",
+            schema.name
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    store
+        .begin_refresh("crm", fence, 1, SystemTime::now())
+        .await
+        .unwrap();
+    let stored = store.load_refresh("crm").await.unwrap().unwrap();
+    let age = SystemTime::now()
+        .duration_since(stored.intent_at.expect("an intent"))
+        .unwrap_or_default();
+    assert!(
+        age >= Duration::from_secs(60),
+        "the grace counts from the first use, not {age:?} ago"
     );
 }
 

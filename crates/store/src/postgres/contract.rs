@@ -11,9 +11,10 @@
 //! the write's commit, or the write see that grant and change nothing, so no fenced write
 //! lands after the lease passed on.
 //!
-//! Times are the brokers' (Unix milliseconds, as in SQLite), except a lease's expiry: it is
-//! set and judged by the database's clock, the one clock all brokers share, so that brokers
-//! whose clocks disagree by more than a lease still never both hold it.
+//! Times are the brokers' (Unix milliseconds, as in SQLite), except a lease's expiry and a
+//! refresh intent's time: they are set and judged by the database's clock, the one clock all
+//! brokers share, so that brokers whose clocks disagree by more than a lease still never
+//! both hold it, and agree on whether an interrupted refresh is within the issuer's grace.
 
 use std::time::{Duration, SystemTime};
 
@@ -247,14 +248,20 @@ impl Store for PostgresStore {
             )
             .await?;
         let now = SystemTime::now();
+        // An intent stamped after the database's now (by a broker's clock before this store
+        // stamped intents itself, or before the database's clock stepped back) has no age
+        // to trust: it counts as old, since retrying a refresh past the issuer's grace
+        // revokes the token family for good, where `needs_credentials` only waits for a
+        // reseed.
+        let intent_at = |age_ms: i64| match u64::try_from(age_ms) {
+            Ok(ms) => now.checked_sub(Duration::from_millis(ms)).unwrap_or(now),
+            Err(_) => SystemTime::UNIX_EPOCH,
+        };
         row.map(|row| {
-            let age = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
             Ok(StoredRefresh {
                 generation: generation(self.get(&row, 0)?),
                 sealed: self.get(&row, 1)?,
-                intent_at: self
-                    .get::<Option<i64>>(&row, 2)?
-                    .map(|ms| now.checked_sub(age(ms)).unwrap_or(now)),
+                intent_at: self.get::<Option<i64>>(&row, 2)?.map(intent_at),
                 needs_credentials: self.get(&row, 3)?,
             })
         })
