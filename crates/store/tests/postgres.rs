@@ -213,6 +213,21 @@ async fn a_refresh_intent_is_stamped_and_aged_by_the_database_clock() {
         age >= Duration::from_secs(60),
         "the grace counts from the first use, not {age:?} ago"
     );
+
+    // Stamped a minute in the database's future (a broker's clock, before the store stamped
+    // intents itself): no age to trust, so as old as can be.
+    raw.execute(
+        &format!(
+            "UPDATE \"{}\".refresh_tokens
+             SET intent_at_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 60000",
+            schema.name
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let stored = store.load_refresh("crm").await.unwrap().unwrap();
+    assert_eq!(stored.intent_at, Some(SystemTime::UNIX_EPOCH));
 }
 
 #[tokio::test]
