@@ -7,9 +7,9 @@
 //! the SQLite side, a thin driver under hand-written SQL. Times come from the callers and the
 //! brokers' clocks (`SystemTime::now()`), so both backends decide ledgers alike, except a
 //! lease's expiry and a refresh intent's time: those are the database's clock, the one all
-//! brokers share (brokers on one SQLite file share a host's). Every write is one autocommitted statement or one
-//! transaction; PostgreSQL's default `synchronous_commit = on` makes it durable before the
-//! call returns.
+//! brokers share (brokers on one SQLite file share a host's). Every write is one
+//! autocommitted statement or one transaction; PostgreSQL's default `synchronous_commit = on`
+//! makes it durable before the call returns.
 //!
 //! This file owns the pool and the way calls use it; the `Store` statements are in
 //! `contract`, the connection string and TLS in `endpoint`, the schema in `migrate`, the
