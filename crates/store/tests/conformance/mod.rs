@@ -218,7 +218,8 @@ pub(crate) async fn refresh_tokens_rotate_by_compare_and_set(store: &dyn Store) 
         .await
         .unwrap();
     let again = store.load_refresh("crm").await.unwrap().unwrap().intent_at;
-    // A store on its own clock reads the intent back within milliseconds of `t0`'s second.
+    // A store that stamps intents with its own clock ignores `at`: its stamp is still within
+    // a second or two of `t0` (the current second).
     let near = |a: SystemTime, b: SystemTime| {
         a.duration_since(b)
             .or_else(|_| b.duration_since(a))
