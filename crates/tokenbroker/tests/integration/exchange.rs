@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{Options, PROVIDER, TestApp, spawn_app};
+use crate::helpers::{Options, PROVIDER, TestApp, current, providers, spawn_app};
 
 /// Eight-second tokens, replaced four seconds before they expire (so a test has four
 /// seconds to ask for one it saw published), by exchange when possible.
@@ -27,17 +27,7 @@ fn exchanging(extra: &str) -> Options {
 async fn provider_status(app: &TestApp, done: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     for _ in 0..500 {
-        last = app
-            .http
-            .get(format!("{}/v1/providers", app.url))
-            .bearer_auth(&app.all_key)
-            .send()
-            .await
-            .expect("the broker answers")
-            .json::<Value>()
-            .await
-            .expect("a JSON answer")[PROVIDER]
-            .clone();
+        last = providers(app, &app.all_key).await.1[PROVIDER].clone();
         if done(&last) {
             return last;
         }
@@ -46,18 +36,10 @@ async fn provider_status(app: &TestApp, done: impl Fn(&Value) -> bool) -> Value 
     panic!("the provider never got there: {last}");
 }
 
-/// The token the broker hands out now, with its generation.
-async fn token(app: &TestApp) -> (String, u64) {
-    let (status, _, body) = app.get_token(PROVIDER, Some(&app.all_key)).await;
-    assert!(status.is_success(), "{status}: {body}");
-    let token = body["access_token"].as_str().expect("a token").to_owned();
-    (token, body["generation"].as_u64().expect("a generation"))
-}
-
 #[tokio::test]
 async fn a_token_is_exchanged_and_a_refused_exchange_is_followed_by_a_login() {
     let app = spawn_app(exchanging("")).await;
-    let (first, generation) = token(&app).await;
+    let (generation, first) = current(&app.http, &app.url, &app.all_key).await;
     assert_eq!(generation, 1);
 
     let seen = app
@@ -67,7 +49,7 @@ async fn a_token_is_exchanged_and_a_refused_exchange_is_followed_by_a_login() {
         .expect("the token is exchanged at its refresh_at");
     assert_eq!((seen.logins, seen.unauthorized), (1, 0));
     provider_status(&app, |p| p["generation"] == 2).await;
-    let (second, generation) = token(&app).await;
+    let (generation, second) = current(&app.http, &app.url, &app.all_key).await;
     assert_eq!(generation, 2);
     assert!(!app.emulator.is_current(&first) && app.emulator.is_current(&second));
 
@@ -80,7 +62,7 @@ async fn a_token_is_exchanged_and_a_refused_exchange_is_followed_by_a_login() {
         .expect("a login follows the refused exchange");
     assert_eq!((seen.refreshes, seen.unauthorized), (1, 1), "{seen:?}");
     provider_status(&app, |p| p["generation"] == 3).await;
-    let (third, generation) = token(&app).await;
+    let (generation, third) = current(&app.http, &app.url, &app.all_key).await;
     assert_eq!(generation, 3);
     assert!(app.emulator.is_current(&third));
 }
@@ -88,7 +70,7 @@ async fn a_token_is_exchanged_and_a_refused_exchange_is_followed_by_a_login() {
 #[tokio::test]
 async fn the_login_after_a_refused_exchange_counts_against_max_issuances() {
     let app = spawn_app(exchanging("max_issuances = \"2/10m\"")).await;
-    token(&app).await;
+    current(&app.http, &app.url, &app.all_key).await;
     app.emulator.kick();
 
     // The exchange is the second request of the window: the login would be a third.
@@ -116,7 +98,7 @@ async fn the_login_after_a_slow_refused_exchange_has_a_timeout_of_its_own() {
         ..exchanging("")
     })
     .await;
-    token(&app).await;
+    current(&app.http, &app.url, &app.all_key).await;
     app.emulator.kick();
     let seen = app
         .emulator

@@ -139,6 +139,35 @@ pub(crate) async fn upstream(router: axum::Router) -> String {
     url
 }
 
+/// `GET /v1/tokens/controlroom` on `base` with `key`: (generation, token).
+pub(crate) async fn current(http: &reqwest::Client, base: &str, key: &str) -> (u64, String) {
+    let body: serde_json::Value = http
+        .get(format!("{base}/v1/tokens/{PROVIDER}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("the broker answers")
+        .json()
+        .await
+        .expect("a token");
+    (
+        body["generation"].as_u64().expect("a generation"),
+        body["access_token"].as_str().expect("a token").to_owned(),
+    )
+}
+
+/// `GET /v1/providers` with `key`: the status and the JSON body.
+pub(crate) async fn providers(app: &TestApp, key: &str) -> (StatusCode, serde_json::Value) {
+    let response = app
+        .http
+        .get(format!("{}/v1/providers", app.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("the broker answers");
+    (response.status(), response.json().await.unwrap_or_default())
+}
+
 /// The most logins a run of `duration` may cause with tokens of `lifetime`: one per token
 /// life, with the default `refresh_before` (a fifth), plus the first and one for rounding.
 pub(crate) fn login_bound(lifetime: Duration, duration: Duration) -> u64 {

@@ -8,37 +8,8 @@ use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{OTHER, Options, PROVIDER, TestApp, spawn_app, start_broker};
+use crate::helpers::{OTHER, Options, PROVIDER, current, providers, spawn_app, start_broker};
 use crate::process::{ServeProcess, output, tokenbroker};
-
-/// `GET /v1/tokens/controlroom` on `base` with the all-providers key: (generation, token).
-async fn current(http: &reqwest::Client, base: &str, key: &str) -> (u64, String) {
-    let body: serde_json::Value = http
-        .get(format!("{base}/v1/tokens/{PROVIDER}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("the broker answers")
-        .json()
-        .await
-        .expect("a token");
-    (
-        body["generation"].as_u64().expect("a generation"),
-        body["access_token"].as_str().expect("a token").to_owned(),
-    )
-}
-
-/// `GET /v1/providers` with `key`: the status and the JSON body.
-async fn providers(app: &TestApp, key: &str) -> (StatusCode, serde_json::Value) {
-    let response = app
-        .http
-        .get(format!("{}/v1/providers", app.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("the broker answers");
-    (response.status(), response.json().await.unwrap_or_default())
-}
 
 #[tokio::test]
 async fn a_graceful_restart_reuses_the_stored_token() {
