@@ -131,11 +131,7 @@ async fn seed(
 ) -> Result<StoredRefresh, IssueError> {
     let provider = shared.config.name.as_str();
     let store = &shared.persistence.store;
-    let sealed = shared.persistence.sealer.seal(
-        provider,
-        Purpose::RefreshToken,
-        &identity.stamp(config.refresh_token.expose_secret().as_bytes()),
-    );
+    let sealed = sealed(shared, identity, &config.refresh_token);
     match store.save_refresh(provider, fence, expected, &sealed).await {
         Ok(_) => {}
         Err(e) if e.kind == StoreErrorKind::Conflict => {}
@@ -146,6 +142,15 @@ async fn seed(
         .await
         .map_err(|e| failure(shared, &e))?
         .ok_or_else(|| needs(shared, "the refresh token could not be stored".to_owned()))
+}
+
+/// `token` sealed for the store, as `identity`'s (the counterpart of [`open`]).
+fn sealed(shared: &Shared, identity: &Identity, token: &SecretString) -> Vec<u8> {
+    shared.persistence.sealer.seal(
+        &shared.config.name,
+        Purpose::RefreshToken,
+        &identity.stamp(token.expose_secret().as_bytes()),
+    )
 }
 
 /// The refresh token a stored row holds, if it belongs to `identity`.
@@ -190,11 +195,7 @@ pub(super) async fn settle(
         rotated_refresh_token,
     } = answer;
     if let Some(rotated) = rotated_refresh_token {
-        let sealed = shared.persistence.sealer.seal(
-            provider,
-            Purpose::RefreshToken,
-            &ticket.identity.stamp(rotated.expose_secret().as_bytes()),
-        );
+        let sealed = sealed(shared, &ticket.identity, &rotated);
         if let Err(e) = store
             .save_refresh(provider, ticket.fence, ticket.generation, &sealed)
             .await
