@@ -5,9 +5,9 @@
 //! tokio-postgres with a deadpool pool rather than sqlx: leaner (no macros, no query
 //! checking at build time, no second runtime abstraction), and the same choice as rusqlite on
 //! the SQLite side, a thin driver under hand-written SQL. Times come from the callers and the
-//! brokers' clocks (`SystemTime::now()`), so both backends decide ledgers alike, except a
-//! lease's expiry and a refresh intent's time: those are the database's clock, the one all
-//! brokers share (brokers on one SQLite file share a host's). Every write is one
+//! brokers' clocks (`SystemTime::now()`), except a lease's expiry, a refresh intent's time
+//! and the issuance ledger's times: those are the database's clock, the one all brokers share
+//! (brokers on one SQLite file share a host's). Every write is one
 //! autocommitted statement or one transaction; PostgreSQL's default `synchronous_commit = on`
 //! makes it durable before the call returns.
 //!

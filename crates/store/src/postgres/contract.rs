@@ -11,10 +11,13 @@
 //! the write's commit, or the write see that grant and change nothing, so no fenced write
 //! lands after the lease passed on.
 //!
-//! Times are the brokers' (Unix milliseconds, as in SQLite), except a lease's expiry and a
-//! refresh intent's time: they are set and judged by the database's clock, the one clock all
-//! brokers share, so that brokers whose clocks disagree by more than a lease still never
-//! both hold it, and agree on whether an interrupted refresh is within the issuer's grace.
+//! Times are the brokers' (Unix milliseconds, as in SQLite), except a lease's expiry, a
+//! refresh intent's time and the issuance ledger's times: they are set and judged by the
+//! database's clock, the one clock all brokers share (`db_now_ms!`), so that brokers whose
+//! clocks disagree by more than a lease still never both hold it, agree on whether an
+//! interrupted refresh is within the issuer's grace, and count each other's issuance
+//! requests in the same window. The ledger's calls take and answer this broker's times; a
+//! time crosses as its distance from this broker's now, laid off from the database's now.
 
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +34,14 @@ use crate::convert::{
     KEY_CHECK, SEALED_TABLES, audit_kind, drain_fenced, generation, millis, refresh_conflict,
     refresh_moved, reseal_failed, signed, time, token_conflict,
 };
+
+/// The database's clock, in Unix milliseconds: the SQL expression every statement that
+/// stamps or judges a time by it uses.
+macro_rules! db_now_ms {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    };
+}
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -130,7 +141,10 @@ impl Store for PostgresStore {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let granted = tx
             .query_opt(
-                "WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms)
+                concat!(
+                    "WITH clock AS (SELECT ",
+                    db_now_ms!(),
+                    " AS now_ms)
                  INSERT INTO leases (provider, holder, expires_at_ms, fence)
                  SELECT $1, $2, LEAST(now_ms::numeric + $3::bigint, 9223372036854775807)::bigint, 1
                  FROM clock
@@ -140,7 +154,8 @@ impl Store for PostgresStore {
                              + CASE WHEN leases.holder = excluded.holder THEN 0 ELSE 1 END
                  WHERE leases.expires_at_ms <= (SELECT now_ms FROM clock)
                        OR leases.holder = excluded.holder
-                 RETURNING fence",
+                 RETURNING fence"
+                ),
                 &[&provider, &holder, &ttl_ms],
             )
             .await
@@ -153,9 +168,11 @@ impl Store for PostgresStore {
             // How much longer by the database's clock, as a time on this broker's.
             let row = tx
                 .query_one(
-                    "SELECT expires_at_ms
-                            - (extract(epoch FROM clock_timestamp()) * 1000)::bigint
-                     FROM leases WHERE provider = $1",
+                    concat!(
+                        "SELECT expires_at_ms - ",
+                        db_now_ms!(),
+                        " FROM leases WHERE provider = $1"
+                    ),
                     &[&provider],
                 )
                 .await
@@ -240,10 +257,12 @@ impl Store for PostgresStore {
             .query_opt(
                 // The intent's age by the database's clock, which stamped it: brokers whose
                 // clocks disagree still age it alike.
-                "SELECT generation, sealed,
-                        (extract(epoch FROM clock_timestamp()) * 1000)::bigint - intent_at_ms,
-                        needs_credentials
-                 FROM refresh_tokens WHERE provider = $1",
+                concat!(
+                    "SELECT generation, sealed, ",
+                    db_now_ms!(),
+                    " - intent_at_ms, needs_credentials
+                     FROM refresh_tokens WHERE provider = $1"
+                ),
                 &[&provider],
             )
             .await?;
@@ -322,10 +341,12 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         // Stamped with the database's clock, as the lease is: see `load_refresh`.
         self.refresh_update(
-            "UPDATE refresh_tokens
-             SET intent_at_ms = COALESCE(intent_at_ms, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
-             WHERE provider = $1 AND generation = $2 AND EXISTS (
-                 SELECT 1 FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE)",
+            concat!(
+                "UPDATE refresh_tokens SET intent_at_ms = COALESCE(intent_at_ms, ",
+                db_now_ms!(),
+                ") WHERE provider = $1 AND generation = $2 AND EXISTS (
+                     SELECT 1 FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE)"
+            ),
             provider,
             fence,
             generation,
@@ -378,8 +399,12 @@ impl Store for PostgresStore {
     async fn begin_issuance(&self, provider: &str, at: SystemTime) -> Result<u64, StoreError> {
         let row = self
             .query_opt(
-                "INSERT INTO issuances (provider, requested_at_ms) VALUES ($1, $2) RETURNING id",
-                &[&provider, &millis(at)],
+                concat!(
+                    "INSERT INTO issuances (provider, requested_at_ms) VALUES ($1, ",
+                    db_now_ms!(),
+                    " + $2) RETURNING id"
+                ),
+                &[&provider, &from_now(at, SystemTime::now())],
             )
             .await?
             .ok_or_else(|| {
@@ -399,9 +424,14 @@ impl Store for PostgresStore {
         id: u64,
         expires_at: Option<SystemTime>,
     ) -> Result<(), StoreError> {
+        let now = SystemTime::now();
         self.execute(
-            "UPDATE issuances SET expires_at_ms = COALESCE($2, requested_at_ms) WHERE id = $1",
-            &[&signed(id), &expires_at.map(millis)],
+            concat!(
+                "UPDATE issuances SET expires_at_ms = COALESCE(",
+                db_now_ms!(),
+                " + $2, requested_at_ms) WHERE id = $1"
+            ),
+            &[&signed(id), &expires_at.map(|at| from_now(at, now))],
         )
         .await
         .map(drop)
@@ -412,20 +442,29 @@ impl Store for PostgresStore {
         provider: &str,
         since: SystemTime,
     ) -> Result<Vec<IssuanceRecord>, StoreError> {
+        let now = SystemTime::now();
         let rows = self
             .query(
-                "SELECT requested_at_ms, expires_at_ms FROM issuances
-                 WHERE provider = $1 AND (requested_at_ms >= $2 OR expires_at_ms IS NULL
-                                          OR expires_at_ms >= $2)
-                 ORDER BY requested_at_ms",
-                &[&provider, &millis(since)],
+                concat!(
+                    "WITH clock AS (SELECT ",
+                    db_now_ms!(),
+                    " AS now_ms)
+                     SELECT requested_at_ms - now_ms, expires_at_ms - now_ms FROM issuances, clock
+                     WHERE provider = $1 AND (requested_at_ms >= now_ms + $2
+                                              OR expires_at_ms IS NULL
+                                              OR expires_at_ms >= now_ms + $2)
+                     ORDER BY requested_at_ms"
+                ),
+                &[&provider, &from_now(since, now)],
             )
             .await?;
         rows.iter()
             .map(|row| {
                 Ok(IssuanceRecord {
-                    requested_at: time(self.get(row, 0)?),
-                    expires_at: self.get::<Option<i64>>(row, 1)?.map(time),
+                    requested_at: at_from_now(self.get(row, 0)?, now),
+                    expires_at: self
+                        .get::<Option<i64>>(row, 1)?
+                        .map(|ms| at_from_now(ms, now)),
                 })
             })
             .collect()
@@ -590,5 +629,44 @@ impl Store for PostgresStore {
 
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         Some(self.listener.subscribe())
+    }
+}
+
+/// How far `at` is from `now`, in signed milliseconds (negative: before it), saturating.
+fn from_now(at: SystemTime, now: SystemTime) -> i64 {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    match at.duration_since(now) {
+        Ok(ahead) => ms(ahead),
+        Err(behind) => -ms(behind.duration()),
+    }
+}
+
+/// The time `ms` milliseconds from `now` (the epoch at the earliest; a `SystemTime` reaches
+/// far past any `i64` of milliseconds, so the addition does not overflow).
+fn at_from_now(ms: i64, now: SystemTime) -> SystemTime {
+    let distance = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        now.checked_add(distance).unwrap_or(now)
+    } else {
+        now.checked_sub(distance)
+            .map_or(SystemTime::UNIX_EPOCH, |at| at.max(SystemTime::UNIX_EPOCH))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_crosses_as_its_distance_from_now_and_back() {
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(from_now(now + hour, now), 3_600_000);
+        assert_eq!(from_now(now - hour, now), -3_600_000);
+        for at in [now, now + hour, now - hour] {
+            assert_eq!(at_from_now(from_now(at, now), now), at);
+        }
+        let before_the_epoch = from_now(SystemTime::UNIX_EPOCH, now) - 1_000;
+        assert_eq!(at_from_now(before_the_epoch, now), SystemTime::UNIX_EPOCH);
     }
 }

@@ -220,12 +220,7 @@ pub(crate) async fn refresh_tokens_rotate_by_compare_and_set(store: &dyn Store) 
     let again = store.load_refresh("crm").await.unwrap().unwrap().intent_at;
     // A store that stamps intents with its own clock ignores `at`: its stamp is still within
     // a second or two of `t0` (the current second).
-    let near = |a: SystemTime, b: SystemTime| {
-        a.duration_since(b)
-            .or_else(|_| b.duration_since(a))
-            .unwrap()
-            < Duration::from_secs(2)
-    };
+    let near = |a, b| apart(a, b) < Duration::from_secs(2);
     let (first, again) = (first.expect("an intent"), again.expect("an intent"));
     assert!(near(first, t0), "the intent is when the refresh began");
     assert!(near(again, first), "the grace counts from the first use");
@@ -391,13 +386,15 @@ pub(crate) async fn ledger_keeps_requests_and_outcomes(store: &dyn Store) {
     let _unknown = store.begin_issuance("pool", at(40)).await.unwrap();
     store.begin_issuance("other", at(40)).await.unwrap();
     let records = store.issuances("pool", at(25)).await.unwrap();
+    // A store that keeps the ledger on its own clock answers each time as its distance from
+    // the caller's now, a few milliseconds off at most.
+    let near = |a, b| apart(a, b) < Duration::from_millis(500);
     let requested: Vec<_> = records.iter().map(|r| r.requested_at).collect();
-    assert_eq!(
-        requested,
-        [at(30), at(40)],
-        "old and failed requests no longer matter"
+    assert!(
+        requested.len() == 2 && near(requested[0], at(30)) && near(requested[1], at(40)),
+        "old and failed requests no longer matter: {requested:?}"
     );
-    assert_eq!(records[0].expires_at, Some(at(100)));
+    assert!(near(records[0].expires_at.expect("an expiry"), at(100)));
     assert_eq!(
         records[1].expires_at, None,
         "an unknown outcome stays visible"
@@ -473,4 +470,11 @@ pub(crate) async fn drains_are_announced_acknowledged_and_fenced(store: &dyn Sto
         store.undrained("cr", 3).await.unwrap().is_empty(),
         "older generations are forgotten"
     );
+}
+
+/// How far apart `a` and `b` are, whichever is first.
+fn apart(a: SystemTime, b: SystemTime) -> Duration {
+    a.duration_since(b)
+        .or_else(|_| b.duration_since(a))
+        .unwrap_or_default()
 }
