@@ -46,7 +46,8 @@ pub struct StoredRefresh {
     pub sealed: Vec<u8>,
     /// Set when a refresh with this token was started and its outcome not yet stored: when,
     /// on the reader's clock. A store shared by several hosts keeps and ages it on its own
-    /// clock and answers `now − age`, so that brokers whose clocks disagree judge it alike.
+    /// clock and answers `now − age`, so that brokers whose clocks disagree judge it alike;
+    /// when it cannot tell the age (a stamp in its clock's future), it answers the epoch.
     pub intent_at: Option<SystemTime>,
     /// Set when the token can no longer be used; a person must reseed it.
     pub needs_credentials: Option<String>,

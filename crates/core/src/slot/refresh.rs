@@ -7,6 +7,8 @@
 //! the issuer revoke the whole token family, so the provider is marked `needs_credentials`
 //! until a person runs `tokenbroker reseed`. An `invalid_grant` does the same.
 
+use std::time::SystemTime;
+
 use secrecy::{ExposeSecret, SecretString};
 
 use super::Shared;
@@ -72,11 +74,17 @@ pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket
         let since = now.duration_since(intent_at).unwrap_or_default();
         // The retry must reach the issuer within its grace, not merely leave before it ends.
         if since + DELIVERY_MARGIN > config.refresh_token_grace {
+            // The epoch is how a store says it cannot vouch for the intent's age.
+            let started = if intent_at == SystemTime::UNIX_EPOCH {
+                "at a time the store cannot tell".to_owned()
+            } else {
+                let ago = std::time::Duration::from_secs(since.as_secs());
+                format!("{} ago", humantime::format_duration(ago))
+            };
             let reason = format!(
-                "a refresh started {} ago did not finish (a crash or a lost answer); the issuer may \
-                 have rotated the refresh token, and replaying it beyond refresh_token_grace ({}) \
-                 would revoke the whole token family",
-                humantime::format_duration(std::time::Duration::from_secs(since.as_secs())),
+                "a refresh started {started} did not finish (a crash or a lost answer); the \
+                 issuer may have rotated the refresh token, and replaying it beyond \
+                 refresh_token_grace ({}) would revoke the whole token family",
                 humantime::format_duration(config.refresh_token_grace)
             );
             mark(shared, fence, stored.generation, &reason).await;

@@ -611,6 +611,41 @@ async fn a_rotation_beside_an_unusable_access_token_retires_a_single_session_tok
     }
 }
 
+/// What the provider's `needs_credentials` says after its rotation at `refresh_at` found an
+/// unfinished refresh stamped `intent_at`, beyond the issuer's grace.
+async fn reason_for_an_unfinished_refresh(intent_at: SystemTime) -> String {
+    let h = refresh_harness(
+        "refresh_before = \"10s\"\nrefresh_token_grace = \"0s\"",
+        Duration::from_secs(60),
+    );
+    let first = h.slot.get().await.unwrap();
+    h.store
+        .refresh_of(1, |r| r.intent_at = Some(intent_at))
+        .unwrap();
+    tokio::time::sleep(first.refresh_at.duration_since(h.clock.now()).unwrap()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.slot.view().state, SlotState::NeedsCredentials);
+    assert_eq!(calls(&h), 1, "the spent refresh token was not replayed");
+    let stored = h.store.refresh.lock().unwrap().clone().unwrap();
+    stored.needs_credentials.expect("a reason for the operator")
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unfinished_refresh_says_how_long_ago_it_started_or_that_nobody_can_tell() {
+    let wall = Clock::following_tokio().now();
+    let reason = reason_for_an_unfinished_refresh(wall - Duration::from_secs(120)).await;
+    assert!(
+        reason.starts_with("a refresh started 2m ") && reason.contains(" ago did not finish"),
+        "{reason}"
+    );
+    // The epoch: a store that cannot tell the intent's age.
+    let reason = reason_for_an_unfinished_refresh(SystemTime::UNIX_EPOCH).await;
+    assert!(
+        reason.starts_with("a refresh started at a time the store cannot tell did not finish"),
+        "{reason}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn waiting_for_a_reseed_takes_no_place_in_the_budget_and_serves_the_cached_token() {
     let h = refresh_harness(
