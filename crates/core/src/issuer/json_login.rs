@@ -87,6 +87,10 @@ impl Issuer for JsonLogin {
         self.config.refresh_url.is_some()
     }
 
+    fn logs_out_on_shutdown(&self) -> bool {
+        self.config.logout_on_shutdown && self.config.logout_url.is_some()
+    }
+
     async fn log_out_on_shutdown(&self, token: &Token) -> Result<bool, IssueError> {
         let Some(url) = self
             .config

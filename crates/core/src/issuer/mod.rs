@@ -102,6 +102,12 @@ pub trait Issuer: Send + Sync + 'static {
         false
     }
 
+    /// Whether it ends the current token's session when the broker stops
+    /// ([`log_out_on_shutdown`](Self::log_out_on_shutdown)).
+    fn logs_out_on_shutdown(&self) -> bool {
+        false
+    }
+
     /// Ends the session of a token the broker is about to discard when the broker stops;
     /// returns whether it did (issuers without a logout do nothing).
     async fn log_out_on_shutdown(&self, _token: &Token) -> Result<bool, IssueError> {

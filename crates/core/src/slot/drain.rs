@@ -1,5 +1,7 @@
 //! The drain before a single-session rotation (SPEC guarantee 2): the new login kills the
 //! old token, so the requests proxied with it must have finished first, on every broker.
+//! A logout on shutdown kills the token just as surely, for any provider, and is drained
+//! alike ([`before_logout`]).
 //!
 //! Locally that is the old token's in-use count ([`Token::drained`]). Across a cluster it
 //! goes through the store, and only with a store that tells of changes (PostgreSQL): each
@@ -64,6 +66,20 @@ pub(super) async fn before_login(shared: &Shared, current: Option<&Token>, fence
     }) else {
         return;
     };
+    everywhere(shared, token, fence, "rotating").await;
+}
+
+/// Before a logout on shutdown ends `token`'s session, whatever the provider: the logout
+/// kills the token on every broker that serves it, so their requests on it finish first,
+/// as before a single-session rotation. New requests there wait for the token that
+/// replaces it.
+pub(super) async fn before_logout(shared: &Shared, token: &Token, fence: u64) {
+    everywhere(shared, token, fence, "logging out").await;
+}
+
+/// Lets the requests on `token` finish here and on every other broker that serves it,
+/// bounded by `drain_timeout`; then what `then` does (for the log) goes ahead anyway.
+async fn everywhere(shared: &Shared, token: &Token, fence: u64, then: &str) {
     let timeout = shared.config.proxy.drain_timeout;
     let both = async { tokio::join!(token.drained(), others(shared, token.generation, fence)) };
     if tokio::time::timeout(timeout, both).await.is_ok() {
@@ -84,7 +100,7 @@ pub(super) async fn before_login(shared: &Shared, current: Option<&Token>, fence
         provider,
         drain_timeout_ms = timeout.as_millis() as u64,
         brokers = ?waiting_for,
-        "requests may still use the old token after drain_timeout; rotating anyway"
+        "requests may still use the old token after drain_timeout; {then} anyway"
     );
 }
 

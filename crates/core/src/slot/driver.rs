@@ -178,25 +178,49 @@ pub(super) async fn run(
 }
 
 /// When the broker stops: ends the current token's session if the provider asks for it,
-/// and retires the stored token so that the next start does not reuse a dead one.
+/// and retires the stored token so that the next start does not reuse a dead one. The
+/// logout kills the token on every broker that serves it, so it holds the issuance lease
+/// and drains the token first, as a single-session rotation does; if another broker holds
+/// the lease, its issuance replaces the token anyway, and there is no logout.
 async fn log_out(shared: &Shared, issuer: &dyn Issuer) {
     let provider = shared.config.name.as_str();
+    let persistence = &shared.persistence;
     let Some(token) = shared.view.borrow().token.clone() else {
         return;
     };
-    if token.remaining(shared.clock.now()).is_zero() {
+    if !issuer.logs_out_on_shutdown() || token.remaining(shared.clock.now()).is_zero() {
         return;
     }
-    let logout = tokio::time::timeout(shared.config.timeout, issuer.log_out_on_shutdown(&token));
-    match logout.await {
+    let fence = match persistence
+        .store
+        .acquire_lease(provider, &persistence.holder, LEASE_TTL)
+        .await
+    {
+        Ok(Lease::Granted { fence }) => fence,
+        Ok(Lease::HeldElsewhere { .. }) => {
+            tracing::info!(
+                provider,
+                "not logging out on shutdown: another broker is replacing the token"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(provider, error = %e, "not logging out on shutdown: cannot take the issuance lease");
+            return;
+        }
+    };
+    let work = async {
+        drain::before_logout(shared, &token, fence).await;
+        tokio::time::timeout(shared.config.timeout, issuer.log_out_on_shutdown(&token)).await
+    };
+    match renewing(shared, fence, work).await {
         Ok(Ok(true)) => {
             tracing::info!(
                 provider,
                 generation = token.generation,
                 "logged out on shutdown"
             );
-            if let Err(e) = shared
-                .persistence
+            if let Err(e) = persistence
                 .store
                 .retire_token(provider, token.generation)
                 .await
@@ -208,6 +232,7 @@ async fn log_out(shared: &Shared, issuer: &dyn Issuer) {
         Ok(Err(e)) => tracing::warn!(provider, error = %e, "logout on shutdown failed"),
         Err(_) => tracing::warn!(provider, "logout on shutdown timed out"),
     }
+    release(shared).await;
 }
 
 /// How an attempt ended.
@@ -273,29 +298,10 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
         Err(e) => return failed(shared, store_error(provider, &e), Duration::ZERO).await,
     };
 
-    // The lease is short and renewed while the issuance runs, so that a broker that dies
-    // holding it blocks the next issuance for at most LEASE_TTL. Every write of the
-    // issuance carries the fence of this grant: if the lease passed to another broker
-    // meanwhile (this one stalled past LEASE_TTL), the store refuses them.
-    let (committed, latency) = {
-        let work = issue_and_commit(shared, issuer, current.as_deref(), expected, fence);
-        let mut work = std::pin::pin!(work);
-        let mut renew =
-            tokio::time::interval_at(tokio::time::Instant::now() + LEASE_RENEW, LEASE_RENEW);
-        loop {
-            tokio::select! {
-                done = &mut work => break done,
-                _ = renew.tick() => {
-                    let renewed = persistence.store.acquire_lease(provider, &persistence.holder, LEASE_TTL).await;
-                    match renewed {
-                        Ok(Lease::Granted { fence: now }) if now == fence => {}
-                        Ok(Lease::Granted { .. }) => tracing::warn!(provider, "another broker held the issuance lease meanwhile; this issuance's writes will be refused"),
-                        _ => tracing::warn!(provider, "cannot renew the issuance lease"),
-                    }
-                }
-            }
-        }
-    };
+    // Every write of the issuance carries the fence of this grant: if the lease passed to
+    // another broker meanwhile (this one stalled past LEASE_TTL), the store refuses them.
+    let work = issue_and_commit(shared, issuer, current.as_deref(), expected, fence);
+    let (committed, latency) = renewing(shared, fence, work).await;
     // Released before anyone sees the outcome: a crash after a consumer received a token
     // never leaves the lease behind.
     release(shared).await;
@@ -329,6 +335,30 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
         }
         Ok((Committed::Theirs(token), _)) => publish(shared, token).await,
         Err(error) => failed(shared, error, latency).await,
+    }
+}
+
+/// `work`'s outcome, with the issuance lease of grant `fence` renewed while it runs. The
+/// lease is short, so that a broker that dies holding it blocks the next issuance for at
+/// most LEASE_TTL.
+async fn renewing<T>(shared: &Shared, fence: u64, work: impl Future<Output = T>) -> T {
+    let persistence = &shared.persistence;
+    let provider = shared.config.name.as_str();
+    let mut work = std::pin::pin!(work);
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + LEASE_RENEW, LEASE_RENEW);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = renew.tick() => {
+                let renewed = persistence.store.acquire_lease(provider, &persistence.holder, LEASE_TTL).await;
+                match renewed {
+                    Ok(Lease::Granted { fence: now }) if now == fence => {}
+                    Ok(Lease::Granted { .. }) => tracing::warn!(provider, "another broker held the issuance lease meanwhile; this issuance's writes will be refused"),
+                    _ => tracing::warn!(provider, "cannot renew the issuance lease"),
+                }
+            }
+        }
     }
 }
 

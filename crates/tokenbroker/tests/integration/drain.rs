@@ -134,6 +134,23 @@ async fn proxy_loop(app: &TestApp, base: &str, until: Instant) -> Vec<StatusCode
     statuses
 }
 
+/// That the upstream answered no request whose token had been killed under it, and every
+/// consumer, of the `statuses` each got, only 200s.
+fn assert_none_killed(seen: &[Seen], statuses: Vec<Vec<StatusCode>>) {
+    let killed = seen.iter().filter(|s| !s.alive).count();
+    assert_eq!(
+        killed,
+        0,
+        "{killed} of {} requests had their token killed under them",
+        seen.len()
+    );
+    let statuses: Vec<StatusCode> = statuses.into_iter().flatten().collect();
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_rotation_waits_for_the_requests_other_brokers_proxy_with_the_old_token() {
     let Some(schema) = TestSchema::new("tb_drain").await else {
@@ -163,18 +180,7 @@ async fn a_planned_rotation_waits_for_the_requests_other_brokers_proxy_with_the_
     let counters = app.emulator.counters();
     assert!(counters.logins >= 3, "the token was rotated: {counters:?}");
     let seen = upstream.seen();
-    let killed = seen.iter().filter(|s| !s.alive).count();
-    assert_eq!(
-        killed,
-        0,
-        "{killed} of {} requests had their token killed under them",
-        seen.len()
-    );
-    let statuses: Vec<StatusCode> = statuses.into_iter().flatten().collect();
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
+    assert_none_killed(&seen, statuses);
     // The rotation's login came after the last answer with the first token, wherever it
     // was proxied.
     let rotated_at = app.emulator.login_attempt_times()[1];
@@ -234,4 +240,52 @@ async fn a_dead_broker_delays_a_rotation_by_drain_timeout_at_most() {
         "the rotation came {delay:?} after refresh_at, more than drain_timeout ({drain_timeout:?})"
     );
     rotator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_shutdown_waits_for_the_requests_other_brokers_proxy_with_the_token() {
+    let Some(schema) = TestSchema::new("tb_drain").await else {
+        return;
+    };
+    let upstream = SlowUpstream::start().await;
+    let app = spawn_app(Options {
+        lifetime: Duration::from_secs(300),
+        upstream: Some(upstream.url.clone()),
+        logout_on_shutdown: true,
+        provider_extra: "drain_timeout = \"10s\"".to_owned(),
+        ..Options::default()
+    })
+    .await;
+    assert!(upstream.emulator.set(app.emulator.clone()).is_ok());
+    let config = schema.holds(&app.config_text, app.store.path());
+    let leaving = start_broker(&config, &app.master_key).await;
+    let staying = start_broker(&config, &app.master_key).await;
+    let (status, first) = app.token_at(&leaving.url).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{first}");
+
+    // Three consumers of the staying broker, each always mid-request, while the other
+    // broker stops and logs out: the token's session ends under the staying broker.
+    let until = Instant::now() + Duration::from_secs(8);
+    let consumers = join_all((0..3).map(|_| proxy_loop(&app, &staying.url, until)));
+    let stop = async {
+        // Once the staying broker has proxied with the token, its consumers' next
+        // requests are under way with it.
+        while upstream.seen().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        leaving.stop().await.unwrap();
+    };
+    let (statuses, ()) = tokio::join!(consumers, stop);
+
+    let counters = app.emulator.counters();
+    assert_eq!(
+        counters.logouts, 1,
+        "the leaving broker logged out: {counters:?}"
+    );
+    assert!(
+        counters.logins >= 2,
+        "the staying broker logged in again: {counters:?}"
+    );
+    assert_none_killed(&upstream.seen(), statuses);
+    staying.stop().await.unwrap();
 }
