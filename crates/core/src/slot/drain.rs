@@ -1,7 +1,7 @@
 //! The drain before a single-session rotation (SPEC guarantee 2): the new login kills the
 //! old token, so the requests proxied with it must have finished first, on every broker.
-//! A logout on shutdown kills the token just as surely, for any provider, and is drained
-//! alike ([`before_logout`]).
+//! A logout on shutdown kills the token just as surely, and is drained alike
+//! ([`before_logout`]).
 //!
 //! Locally that is the old token's in-use count ([`Token::drained`]). Across a cluster it
 //! goes through the store, and only with a store that tells of changes (PostgreSQL): each
@@ -69,10 +69,9 @@ pub(super) async fn before_login(shared: &Shared, current: Option<&Token>, fence
     everywhere(shared, token, fence, "rotating").await;
 }
 
-/// Before a logout on shutdown ends `token`'s session, whatever the provider: the logout
-/// kills the token on every broker that serves it, so their requests on it finish first,
-/// as before a single-session rotation. New requests there wait for the token that
-/// replaces it.
+/// Before a logout on shutdown ends `token`'s session: the logout kills the token on every
+/// broker that serves it, so their requests on it finish first, as before a rotation. New
+/// requests there wait for the token that replaces it (the driver's `drained` step).
 pub(super) async fn before_logout(shared: &Shared, token: &Token, fence: u64) {
     everywhere(shared, token, fence, "logging out").await;
 }

@@ -82,6 +82,12 @@ impl Shared {
                 Step::Sleep(None)
             };
         }
+        // Drained for another broker's logout, which may never come (it failed, or that
+        // broker died): consumers here wait for a token, so one is issued once the lease
+        // is free.
+        if demand && token.generation <= self.draining.load(Ordering::SeqCst) {
+            return Step::Issue("drained");
+        }
         Step::Sleep(Some(token.refresh_at))
     }
 }
@@ -178,49 +184,79 @@ pub(super) async fn run(
 }
 
 /// When the broker stops: ends the current token's session if the provider asks for it,
-/// and retires the stored token so that the next start does not reuse a dead one. The
-/// logout kills the token on every broker that serves it, so it holds the issuance lease
-/// and drains the token first, as a single-session rotation does; if another broker holds
-/// the lease, its issuance replaces the token anyway, and there is no logout.
+/// and retires the stored token so that the next start does not reuse a dead one.
 async fn log_out(shared: &Shared, issuer: &dyn Issuer) {
-    let provider = shared.config.name.as_str();
-    let persistence = &shared.persistence;
     let Some(token) = shared.view.borrow().token.clone() else {
         return;
     };
     if !issuer.logs_out_on_shutdown() || token.remaining(shared.clock.now()).is_zero() {
         return;
     }
-    let fence = match persistence
+    if !shared.drains_across_brokers {
+        end_session(shared, issuer, &token).await;
+        return;
+    }
+    // In a cluster the logout kills the token on every broker that serves it: like a
+    // single-session rotation, it holds the issuance lease and drains the token first.
+    let provider = shared.config.name.as_str();
+    let persistence = &shared.persistence;
+    let lease = persistence
         .store
-        .acquire_lease(provider, &persistence.holder, LEASE_TTL)
-        .await
-    {
-        Ok(Lease::Granted { fence }) => fence,
-        Ok(Lease::HeldElsewhere { .. }) => {
+        .acquire_lease(provider, &persistence.holder, LEASE_TTL);
+    let fence = match tokio::time::timeout(shared.config.timeout, lease).await {
+        Ok(Ok(Lease::Granted { fence })) => fence,
+        Ok(Ok(Lease::HeldElsewhere { .. })) => {
             tracing::info!(
                 provider,
                 "not logging out on shutdown: another broker is replacing the token"
             );
             return;
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!(provider, error = %e, "not logging out on shutdown: cannot take the issuance lease");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(
+                provider,
+                "not logging out on shutdown: the issuance lease timed out"
+            );
             return;
         }
     };
     let work = async {
+        // A newer token than this broker's is the session now; logging out could end it.
+        match persistence.store.load_token(provider).await {
+            Ok(Some(stored)) if stored.generation == token.generation => {}
+            _ => {
+                tracing::info!(
+                    provider,
+                    "not logging out on shutdown: the stored token is not this broker's"
+                );
+                return;
+            }
+        }
         drain::before_logout(shared, &token, fence).await;
-        tokio::time::timeout(shared.config.timeout, issuer.log_out_on_shutdown(&token)).await
+        end_session(shared, issuer, &token).await;
     };
-    match renewing(shared, fence, work).await {
+    renewing(shared, fence, work).await;
+    release(shared).await;
+}
+
+/// Logs `token` out at its issuer (bounded by the provider's `timeout`) and, once it is,
+/// retires it in the store.
+async fn end_session(shared: &Shared, issuer: &dyn Issuer, token: &Token) {
+    let provider = shared.config.name.as_str();
+    let logout = tokio::time::timeout(shared.config.timeout, issuer.log_out_on_shutdown(token));
+    match logout.await {
         Ok(Ok(true)) => {
             tracing::info!(
                 provider,
                 generation = token.generation,
                 "logged out on shutdown"
             );
-            if let Err(e) = persistence
+            if let Err(e) = shared
+                .persistence
                 .store
                 .retire_token(provider, token.generation)
                 .await
@@ -232,7 +268,6 @@ async fn log_out(shared: &Shared, issuer: &dyn Issuer) {
         Ok(Err(e)) => tracing::warn!(provider, error = %e, "logout on shutdown failed"),
         Err(_) => tracing::warn!(provider, "logout on shutdown timed out"),
     }
-    release(shared).await;
 }
 
 /// How an attempt ended.

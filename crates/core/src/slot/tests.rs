@@ -729,6 +729,24 @@ async fn a_token_another_broker_announced_it_replaces_is_not_served_while_backin
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_token_drained_for_a_logout_that_never_comes_is_replaced_on_demand() {
+    let h = cluster_harness("", Duration::from_secs(600));
+    let first = h.slot.get().await.unwrap();
+    // Another broker, stopping, announces the drain of generation 1 for its logout, and
+    // then its logout fails (or it dies): nothing replaces the token.
+    *h.store.drain_request.lock().unwrap() = Some(1);
+    let changes = h.store.changes.as_ref().unwrap();
+    changes.send(Change::Provider("fake".into())).unwrap();
+    while h.slot.shared.draining.load(Ordering::SeqCst) < 1 {
+        tokio::task::yield_now().await; // the slot's answering task takes it up
+    }
+    let next = h.slot.get().await.expect("a token, long before refresh_at");
+    assert_eq!(next.generation, 2);
+    assert!(h.clock.now() < first.refresh_at);
+    assert_eq!(calls(&h), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_broker_that_lost_the_lease_before_calling_the_issuer_does_not_call_it() {
     let h = harness("", Duration::from_secs(60));
     // Granted for the attempt, then (a stall later) held by another broker.

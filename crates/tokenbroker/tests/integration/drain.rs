@@ -270,9 +270,14 @@ async fn a_logout_on_shutdown_waits_for_the_requests_other_brokers_proxy_with_th
     let stop = async {
         // Once the staying broker has proxied with the token, its consumers' next
         // requests are under way with it.
-        while upstream.seen().len() < 3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let proxied = async {
+            while upstream.seen().len() < 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), proxied)
+            .await
+            .expect("the staying broker proxies");
         leaving.stop().await.unwrap();
     };
     let (statuses, ()) = tokio::join!(consumers, stop);
