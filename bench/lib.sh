@@ -4,6 +4,9 @@
 
 die() { echo "${SCRIPT:-bench}: $*" >&2; exit 1; }
 
+# What start_broker starts the broker under, e.g. (taskset -c 1); none unless a script sets it.
+SERVER_PIN=()
+
 # curl that only ever talks to loopback, never through a proxy, and never hangs.
 lcurl() { curl --noproxy '*' --silent --show-error --max-time "${LCURL_MAX_TIME:-5}" "$@"; }
 
@@ -102,7 +105,7 @@ $extra
 key_sha256 = "$KEY_HASH"
 providers = ["$PROVIDER"]
 TOML
-        env "$@" TOKENBROKER_MASTER_KEY="$MASTER_KEY" "$TB" serve --config "$WORK/$name.toml" \
+        "${SERVER_PIN[@]}" env "$@" TOKENBROKER_MASTER_KEY="$MASTER_KEY" "$TB" serve --config "$WORK/$name.toml" \
             >"$WORK/$name.log" 2>&1 &
         pid=$!
         BROKER_PIDS+=("$pid")

@@ -51,6 +51,11 @@
 #   BROKER_ENV     extra environment for the broker only, for experiments without a code
 #                  change, e.g. "RUST_LOG=warn" or "TOKIO_WORKER_THREADS=1" or
 #                  "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"  (default none)
+#   PIN            1 = wrk on the first CPU this script may use, every server (nginx, the
+#                  broker) on the others (taskset), so that the load generator does not take
+#                  turns with the servers on their cores; the broker's default workers then
+#                  count those CPUs, while NGINX_WORKERS=auto still starts one nginx worker
+#                  per CPU of the machine (default 0)
 #   PROFILE        1 = afterwards, count system calls and sample CPU with perf (default 0;
 #                  installs linux-perf if missing; perf must be allowed to attach)
 #   PROFILE_SECONDS  seconds of sampling per profiled target         (default 10)
@@ -72,6 +77,7 @@ NGINX_WORKERS="${NGINX_WORKERS:-1 auto}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 STRICT="${STRICT:-0}"
 PROFILE="${PROFILE:-0}"
+PIN="${PIN:-0}"
 BROKER_ENV="${BROKER_ENV:-}"
 BROKER_WORKERS="${BROKER_WORKERS:-}"
 PROFILE_SECONDS="${PROFILE_SECONDS:-10}"
@@ -95,6 +101,23 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ "$THREADS" -le "$CONNECTIONS" ]] || die "THREADS ($THREADS) must not exceed CONNECTIONS ($CONNECTIONS)"
 [[ -z "$BROKER_WORKERS" || "$BROKER_WORKERS" =~ ^[1-9][0-9]?$ ]] || die "BROKER_WORKERS must be 1..99"
 BROKER_SERVER_EXTRA="${BROKER_WORKERS:+workers = $BROKER_WORKERS}"
+[[ "$PIN" == 0 || "$PIN" == 1 ]] || die "PIN must be 0 or 1"
+# What wrk and the servers are started under: with PIN=1, CPU 0 for wrk, the rest for them.
+WRK_PIN=()
+if [[ "$PIN" == 1 ]]; then
+    command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
+    # The CPUs this script may use (a container may allow only some), one per element.
+    CPUS=()
+    for part in $(taskset -pc $$ | sed 's/.*: *//; s/,/ /g'); do
+        if [[ "$part" == *-* ]]; then mapfile -t -O "${#CPUS[@]}" CPUS < <(seq "${part%-*}" "${part#*-}")
+        else CPUS+=("$part"); fi
+    done
+    ((${#CPUS[@]} >= 2)) || die "PIN=1 needs at least 2 CPUs (this process may use ${#CPUS[@]})"
+    WRK_CPU="${CPUS[0]}"
+    SERVER_CPUS="$(IFS=,; echo "${CPUS[*]:1}")"
+    WRK_PIN=(taskset -c "$WRK_CPU")
+    SERVER_PIN=(taskset -c "$SERVER_CPUS")
+fi
 read -r -a BROKER_ENV_ARGS <<<"$BROKER_ENV"
 for v in "${BROKER_ENV_ARGS[@]}"; do
     [[ "$v" =~ ^[A-Za-z_][A-Za-z0-9_]*=[^[:space:]]*$ ]] || die "BROKER_ENV: '$v' is not NAME=value"
@@ -194,7 +217,7 @@ start_nginx() {   # name workers port servers_fn
         nginx_conf "$dir" "$workers" "$("$servers_fn" "$port")" >"$dir/nginx.conf"
         "$NGINX" -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
             || die "nginx $name: the generated config is invalid ($dir/nginx.conf)"
-        "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;' \
+        "${SERVER_PIN[@]}" "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;' \
             >"$dir/stdout.log" 2>&1 &
         pid=$!
         for _ in $(seq 50); do   # up to 5 s
@@ -358,7 +381,7 @@ run_wrk() {   # label description url servers...
     local -a servers=("$@")
     local out="$WORK/wrk-$CUR_WORKERS-$label-$RUN.txt"
     local -a opts=("-t$THREADS" "-c$CONNECTIONS" --latency --timeout 5s -H "Authorization: Bearer $KEY")
-    local -a cmd=(wrk "${opts[@]:0:2}" "-d${DURATION}s" "${opts[@]:2}" "$url")
+    local -a cmd=("${WRK_PIN[@]}" wrk "${opts[@]:0:2}" "-d${DURATION}s" "${opts[@]:2}" "$url")
     local shown="" arg
     for arg in "${cmd[@]}"; do
         arg="${arg//$KEY/\$TOKENBROKER_KEY}"
@@ -374,7 +397,7 @@ run_wrk() {   # label description url servers...
     kill -0 "$TB_PID" 2>/dev/null || die "the broker is gone"
 
     if ((WARMUP > 0)); then
-        timeout $((WARMUP + 30)) wrk "${opts[@]:0:2}" "-d${WARMUP}s" "${opts[@]:2}" "$url" >"$out.warmup" \
+        timeout $((WARMUP + 30)) "${WRK_PIN[@]}" wrk "${opts[@]:0:2}" "-d${WARMUP}s" "${opts[@]:2}" "$url" >"$out.warmup" \
             || die "warm-up wrk failed for ($label)"
         local wn; wn="$(awk -F': *' '/Non-2xx or 3xx responses/ { print $2 }' "$out.warmup")"
         [[ -z "$wn" ]] || echo "    note: $wn non-2xx answers during the unmeasured warm-up of ($label)" >&2
@@ -559,7 +582,7 @@ if [[ "$PROFILE" == 1 ]]; then
             stat_pids+=($!)
         done
         sleep 0.5
-        timeout $((PROFILE_SECONDS + 40)) wrk "-t$THREADS" "-c$CONNECTIONS" "-d${PROFILE_SECONDS}s" \
+        timeout $((PROFILE_SECONDS + 40)) "${WRK_PIN[@]}" wrk "-t$THREADS" "-c$CONNECTIONS" "-d${PROFILE_SECONDS}s" \
             --timeout 5s -H "Authorization: Bearer $KEY" "$url" >"$PROFILE_DIR/wrk-stat-$target.txt" || true
         for p in "${stat_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
         for p in "${stat_pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -598,7 +621,7 @@ if [[ "$PROFILE" == 1 ]]; then
             >/dev/null 2>"$PROFILE_DIR/perf-record-$target.log" &
         perf_pid=$!
         sleep 0.5
-        timeout $((PROFILE_SECONDS + 40)) wrk "-t$THREADS" "-c$CONNECTIONS" "-d${PROFILE_SECONDS}s" \
+        timeout $((PROFILE_SECONDS + 40)) "${WRK_PIN[@]}" wrk "-t$THREADS" "-c$CONNECTIONS" "-d${PROFILE_SECONDS}s" \
             --timeout 5s -H "Authorization: Bearer $KEY" "$url" >"$PROFILE_DIR/wrk-perf-$target.txt" || true
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
@@ -630,7 +653,12 @@ if [[ -z "${BENCH_COMMIT:-}" && "$COMMIT" != unknown ]] \
 fi
 echo "==> summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, commit $COMMIT, $("$NGINX" -v 2>&1 | sed 's/.*version: //'))"
 [[ -z "$BROKER_ENV" ]] || echo "    broker started with extra environment: $BROKER_ENV"
-echo "    broker workers: ${BROKER_WORKERS:-one per CPU ($(nproc))}"
+if [[ "$PIN" == 1 ]]; then
+    echo "    pinned: wrk on CPU $WRK_CPU, the servers on CPUs $SERVER_CPUS"
+    echo "    broker workers: ${BROKER_WORKERS:-one per CPU it may use ($(taskset -c "$SERVER_CPUS" nproc))}"
+else
+    echo "    broker workers: ${BROKER_WORKERS:-one per CPU ($(nproc))}"
+fi
 printf '%-5s %-3s %-38s %11s %9s %9s %8s  %s\n' workers "" target "requests/s" p50 p99 non-2xx "socket errors"
 printf '%s\n' "${ROWS[@]}"
 echo
