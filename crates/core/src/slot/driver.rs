@@ -208,7 +208,7 @@ async fn log_out(shared: &Shared, issuer: &dyn Issuer) {
         Ok(Ok(Lease::HeldElsewhere { .. })) => {
             tracing::info!(
                 provider,
-                "not logging out on shutdown: another broker is replacing the token"
+                "not logging out on shutdown: another holder has the issuance lease"
             );
             return;
         }
