@@ -102,7 +102,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ -z "$BROKER_WORKERS" || "$BROKER_WORKERS" =~ ^[1-9][0-9]?$ ]] || die "BROKER_WORKERS must be 1..99"
 BROKER_SERVER_EXTRA="${BROKER_WORKERS:+workers = $BROKER_WORKERS}"
 [[ "$PIN" == 0 || "$PIN" == 1 ]] || die "PIN must be 0 or 1"
-# What wrk and the servers are started under: with PIN=1, CPU 0 for wrk, the rest for them.
+# What wrk and the servers are started under: with PIN=1, the first allowed CPU for wrk, the rest for them.
 WRK_PIN=()
 if [[ "$PIN" == 1 ]]; then
     command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
