@@ -7,7 +7,7 @@
 //! the issuer revoke the whole token family, so the provider is marked `needs_credentials`
 //! until a person runs `tokenbroker reseed`. An `invalid_grant` does the same.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -19,7 +19,7 @@ use crate::seal::Purpose;
 use crate::store::{StoreError, StoreErrorKind, StoredRefresh};
 
 /// How long a retried refresh may take to reach the issuer.
-const DELIVERY_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+const DELIVERY_MARGIN: Duration = Duration::from_millis(500);
 
 /// The refresh token an issuance may use, which stored generation it is, and the lease
 /// grant the issuance writes under.
@@ -78,7 +78,7 @@ pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket
             let started = if intent_at == SystemTime::UNIX_EPOCH {
                 "at a time the store cannot tell".to_owned()
             } else {
-                let ago = std::time::Duration::from_secs(since.as_secs());
+                let ago = Duration::from_secs(since.as_secs());
                 format!("{} ago", humantime::format_duration(ago))
             };
             let reason = format!(
