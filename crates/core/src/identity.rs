@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
 use crate::config::{IssuerConfig, OAuthClient, ProviderConfig, RefreshTokenConfig};
+use crate::seal::{Purpose, Sealer};
 
 /// What comes before the digest in a stamped value: no token starts with a NUL byte.
 const STAMP: [u8; 2] = [0x00, 0x01];
@@ -62,8 +63,14 @@ impl Identity {
     }
 
     /// `secret` as it is sealed for this identity.
-    pub fn stamp(&self, secret: &[u8]) -> Vec<u8> {
+    fn stamp(&self, secret: &[u8]) -> Vec<u8> {
         [&STAMP[..], &self.0, secret].concat()
+    }
+
+    /// `secret` stamped as this identity's and sealed for `provider`'s row of `purpose`:
+    /// what the store is given (opened again with [`Sealer::open`] and [`Identity::claim`]).
+    pub fn seal(&self, sealer: &Sealer, provider: &str, purpose: Purpose, secret: &str) -> Vec<u8> {
+        sealer.seal(provider, purpose, &self.stamp(secret.as_bytes()))
     }
 
     /// The secret in an opened value, if the value is this identity's (or unstamped).

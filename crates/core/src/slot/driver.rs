@@ -656,10 +656,11 @@ async fn store_token(
         issued_at: token.issued_at,
         expires_at: token.expires_at,
         refresh_at: token.refresh_at,
-        sealed: shared.persistence.sealer.seal(
+        sealed: shared.identity.seal(
+            &shared.persistence.sealer,
             provider,
             Purpose::AccessToken,
-            &shared.identity.stamp(token.expose().as_bytes()),
+            token.expose(),
         ),
     };
     shared

@@ -154,10 +154,11 @@ async fn seed(
 
 /// `token` sealed for the store, as `identity`'s (the counterpart of [`open`]).
 fn sealed(shared: &Shared, identity: &Identity, token: &SecretString) -> Vec<u8> {
-    shared.persistence.sealer.seal(
+    identity.seal(
+        &shared.persistence.sealer,
         &shared.config.name,
         Purpose::RefreshToken,
-        &identity.stamp(token.expose_secret().as_bytes()),
+        token.expose_secret(),
     )
 }
 

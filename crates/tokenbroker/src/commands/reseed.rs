@@ -134,10 +134,11 @@ async fn save(
         .await
         .map_err(nothing_changed)?;
     let expected = current.map_or(0, |c| c.generation);
-    let sealed = sealer.seal(
+    let sealed = identity.seal(
+        sealer,
         provider,
         Purpose::RefreshToken,
-        &identity.stamp(token.expose_secret().as_bytes()),
+        token.expose_secret(),
     );
     store
         .save_refresh(provider, fence, expected, &sealed)
