@@ -1,7 +1,7 @@
 //! The drain before a single-session rotation (SPEC guarantee 2): the new login kills the
 //! old token, so the requests proxied with it must have finished first, on every broker.
-//! A logout on shutdown kills the token just as surely, and is drained alike
-//! ([`before_logout`]).
+//! A logout on shutdown kills the token just as surely, whether the provider is
+//! single-session or not, and is drained alike ([`before_logout`]).
 //!
 //! Locally that is the old token's in-use count ([`Token::drained`]). Across a cluster it
 //! goes through the store, and only with a store that tells of changes (PostgreSQL): each

@@ -173,8 +173,9 @@ struct Shared {
     /// The runtime the slot was started on, which owns the store's connections: a handle
     /// used from another runtime (the server's workers) reads the store there.
     runtime: tokio::runtime::Handle,
-    /// Whether a rotation drains the other brokers' requests too (`drain`): a
-    /// single-session provider on a store that tells of changes.
+    /// Whether a drain spans the other brokers' requests too (`drain`): a provider whose
+    /// token another broker can kill (single-session, or logging out on shutdown) on a
+    /// store that tells of changes.
     drains_across_brokers: bool,
     /// The highest generation another broker announced it is about to replace (0: none):
     /// not handed to new requests here, as a token past its `refresh_at`.
@@ -204,8 +205,8 @@ impl Slot {
             attempts: 0,
             issuances: 0,
         });
-        let drains_across_brokers =
-            config.single_session && context.persistence.store.changes().is_some();
+        let drains_across_brokers = (config.single_session || issuer.logs_out_on_shutdown())
+            && context.persistence.store.changes().is_some();
         let shared = Arc::new(Shared {
             identity: Identity::of_tokens(&config),
             config,
@@ -513,10 +514,10 @@ impl Shared {
     }
 
     /// The token to hand out now, if there is one: not retired, valid for `min_validity`,
-    /// and, for a single-session provider, neither due for rotation here (unless this
-    /// broker's rotation failed and the driver is backing off: then the still-valid token is
-    /// all there is) nor announced for replacement by another broker, since that token is
-    /// about to be superseded.
+    /// not announced for replacement or logout by another broker (it is about to die), and,
+    /// for a single-session provider, not due for rotation here (unless this broker's
+    /// rotation failed and the driver is backing off: then the still-valid token is all
+    /// there is).
     fn servable(&self, view: &View, now: SystemTime) -> Option<Arc<Token>> {
         let token = view.token.as_ref()?;
         self.may_serve(token, view.state, now)
@@ -528,12 +529,13 @@ impl Shared {
         let retired = self.retired(token.generation);
         let expiring = now + self.config.min_validity > token.expires_at;
         // Past refresh_at, unless this broker's own rotation failed: then the still-valid
-        // token is all there is. Announced by the broker about to replace it: never.
+        // token is all there is. Announced by the broker about to replace or log it out:
+        // never.
         let due = now >= token.refresh_at
             && !matches!(state, SlotState::BackingOff | SlotState::NeedsCredentials);
+        let rotating = self.config.single_session && due;
         let announced = token.generation <= self.draining.load(Ordering::SeqCst);
-        let rotating = self.config.single_session && (due || announced);
-        !retired && !expiring && !rotating
+        !retired && !expiring && !rotating && !announced
     }
 }
 

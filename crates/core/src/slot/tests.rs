@@ -30,10 +30,16 @@ struct FakeIssuer {
     max_in_flight: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
     half_usable: Arc<AtomicBool>,
+    /// Whether the provider is configured to log out on shutdown.
+    logs_out: bool,
 }
 
 #[async_trait]
 impl Issuer for FakeIssuer {
+    fn logs_out_on_shutdown(&self) -> bool {
+        self.logs_out
+    }
+
     async fn issue(&self, _input: IssueInput<'_>) -> Answer {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let now_in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -309,7 +315,10 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
     let max_in_flight = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicBool::new(false));
     let half_usable = Arc::new(AtomicBool::new(false));
+    let logs_out = matches!(&provider.issuer,
+        crate::config::IssuerConfig::JsonLogin(login) if login.logout_on_shutdown);
     let issuer = FakeIssuer {
+        logs_out,
         clock,
         lifetime,
         latency: Duration::from_millis(200),
@@ -730,16 +739,40 @@ async fn a_token_another_broker_announced_it_replaces_is_not_served_while_backin
 
 #[tokio::test(start_paused = true)]
 async fn a_token_drained_for_a_logout_that_never_comes_is_replaced_on_demand() {
-    let h = cluster_harness("", Duration::from_secs(600));
+    drained_for_a_logout_that_never_comes("").await;
+}
+
+/// A logout kills a token whether or not a new login would have: a provider that is not
+/// single-session drains for it too.
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_is_not_single_session_drains_for_another_brokers_logout() {
+    drained_for_a_logout_that_never_comes(
+        "single_session = false\nlogout_url = \"http://127.0.0.1:9/logout\"\n\
+         logout_on_shutdown = true",
+    )
+    .await;
+}
+
+async fn drained_for_a_logout_that_never_comes(extra: &str) {
+    let h = cluster_harness(extra, Duration::from_secs(600));
     let first = h.slot.get().await.unwrap();
     // Another broker, stopping, announces the drain of generation 1 for its logout, and
     // then its logout fails (or it dies): nothing replaces the token.
     *h.store.drain_request.lock().unwrap() = Some(1);
     let changes = h.store.changes.as_ref().unwrap();
     changes.send(Change::Provider("fake".into())).unwrap();
-    while h.slot.shared.draining.load(Ordering::SeqCst) < 1 {
-        tokio::task::yield_now().await; // the slot's answering task takes it up
+    // The slot's answering task takes it up.
+    for _ in 0..1000 {
+        if h.slot.shared.draining.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
     }
+    assert_eq!(
+        h.slot.shared.draining.load(Ordering::SeqCst),
+        1,
+        "the announcement is taken up"
+    );
     let next = h.slot.get().await.expect("a token, long before refresh_at");
     assert_eq!(next.generation, 2);
     assert!(h.clock.now() < first.refresh_at);

@@ -244,6 +244,19 @@ async fn a_dead_broker_delays_a_rotation_by_drain_timeout_at_most() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_on_shutdown_waits_for_the_requests_other_brokers_proxy_with_the_token() {
+    logout_on_shutdown_beside_a_staying_broker("").await;
+}
+
+/// A logout kills the token whether or not a new login would have: the provider's
+/// `single_session` does not matter to the drain before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_shutdown_drains_the_other_brokers_for_a_provider_that_is_not_single_session() {
+    logout_on_shutdown_beside_a_staying_broker("single_session = false").await;
+}
+
+/// Two brokers with `logout_on_shutdown` (and `provider_extra`): one stops while the
+/// other's consumers proxy with the token; none of their requests has it killed under them.
+async fn logout_on_shutdown_beside_a_staying_broker(provider_extra: &str) {
     let Some(schema) = TestSchema::new("tb_drain").await else {
         return;
     };
@@ -252,7 +265,7 @@ async fn a_logout_on_shutdown_waits_for_the_requests_other_brokers_proxy_with_th
         lifetime: Duration::from_secs(300),
         upstream: Some(upstream.url.clone()),
         logout_on_shutdown: true,
-        provider_extra: "drain_timeout = \"10s\"".to_owned(),
+        provider_extra: format!("drain_timeout = \"10s\"\n{provider_extra}"),
         ..Options::default()
     })
     .await;
