@@ -21,7 +21,7 @@ pub use oauth2::{AuthMethod, ClientCredentialsConfig, OAuthClient, RefreshTokenC
 pub use provider::{
     IssuanceBudget, IssuerConfig, JsonLoginConfig, JsonTemplate, ProviderConfig, ProxyConfig,
 };
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use table::Table;
 
 /// The whole validated configuration.
@@ -206,6 +206,13 @@ impl Config {
         let mut providers = BTreeMap::new();
         if let Some(mut table) = top.table("providers", &mut problems) {
             for name in table.keys() {
+                if !is_provider_name(name) {
+                    problems.push(Problem::new(
+                        format!("providers.{name:?}"),
+                        "a provider's name goes in URL paths (/v1/tokens/NAME): use letters, \
+                         digits, '-', '_' and '.', not first",
+                    ));
+                }
                 if let Some(t) = table.table(name, &mut problems)
                     && let Some(p) = ProviderConfig::from_table(name, t, &mut problems)
                 {
@@ -241,6 +248,15 @@ impl Config {
             _ => Err(problems),
         }
     }
+}
+
+/// A name that stands for itself in a URL path: no encoding, no `.` or `..` segment.
+fn is_provider_name(name: &str) -> bool {
+    !name.starts_with('.')
+        && !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn default_listen() -> SocketAddr {
@@ -329,21 +345,14 @@ fn server(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<ServerConfig>
 fn store(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<StoreConfig> {
     let path = t.string("path", problems).unwrap_or("tokenbroker.db");
     let key_file = t.string("key_file", problems).map(PathBuf::from);
-    let url = t
-        .string("url", problems)
-        .and_then(|text| match secret_ref::resolve(text, false) {
-            Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Some(SecretString::from(url))
-            }
-            Ok(_) => {
-                problems.push(Problem::new(t.key("url"), "expected a postgres:// URL"));
-                None
-            }
-            Err(e) => {
-                problems.push(Problem::new(t.key("url"), e.to_string()));
-                None
-            }
-        });
+    let url = t.secret("url", problems).filter(|url| {
+        let url = url.expose_secret();
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !postgres {
+            problems.push(Problem::new(t.key("url"), "expected a postgres:// URL"));
+        }
+        postgres
+    });
     let schema = t.string("schema", problems).map(str::to_owned);
     if schema.is_some() && url.is_none() {
         problems.push(Problem::new(t.key("schema"), "goes with url"));

@@ -6,8 +6,8 @@ use std::time::Duration;
 use reqwest::Url;
 use secrecy::SecretString;
 
+use super::Problem;
 use super::table::Table;
-use super::{Problem, secret_ref};
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub(super) fn refresh_token(
     problems: &mut Vec<Problem>,
 ) -> Option<RefreshTokenConfig> {
     let client = client(t, false, problems);
-    let refresh_token = secret(t, "refresh_token", problems);
+    let refresh_token = t.secret("refresh_token", problems);
     let refresh_token = t.require("refresh_token", refresh_token, problems);
     let refresh_token_grace = t
         .duration("refresh_token_grace", problems)
@@ -85,7 +85,7 @@ fn client(
     let token_url = t.require("token_url", token_url, problems);
     let client_id = t.string("client_id", problems);
     let client_id = t.require("client_id", client_id, problems);
-    let client_secret = secret(t, "client_secret", problems);
+    let client_secret = t.secret("client_secret", problems);
     let client_secret = if secret_required {
         t.require("client_secret", client_secret, problems)
             .map(Some)
@@ -109,7 +109,7 @@ fn client(
         Some(mut extra) => {
             let mut params = Vec::new();
             for name in extra.keys() {
-                if let Some(value) = secret(&mut extra, name, problems) {
+                if let Some(value) = extra.secret(name, problems) {
                     params.push((name.to_owned(), value));
                 }
             }
@@ -127,20 +127,4 @@ fn client(
         audience,
         extra_params,
     })
-}
-
-/// A string that may hold secrets, references resolved.
-fn secret<'a>(
-    t: &mut Table<'a>,
-    name: &'a str,
-    problems: &mut Vec<Problem>,
-) -> Option<SecretString> {
-    let text = t.string(name, problems)?;
-    match secret_ref::resolve(text, false) {
-        Ok(value) => Some(SecretString::from(value)),
-        Err(e) => {
-            problems.push(Problem::new(t.key(name), e.to_string()));
-            None
-        }
-    }
 }

@@ -8,7 +8,7 @@ use reqwest::Url;
 use super::Problem;
 use super::oauth2::{self, ClientCredentialsConfig, RefreshTokenConfig};
 use super::secret_ref;
-use super::table::Table;
+use super::table::{MAX_DURATION, Table};
 
 /// One identity the broker owns tokens for.
 #[derive(Debug)]
@@ -215,7 +215,10 @@ impl ProviderConfig {
                     None => {
                         problems.push(Problem::new(
                             t.key("max_issuances"),
-                            format!("expected \"N/period\" such as \"10/10m\", found {text:?}"),
+                            format!(
+                                "expected \"N/period\" such as \"10/10m\", N at least 1 and \
+                                 a period of at most a year, found {text:?}"
+                            ),
                         ));
                         None
                     }
@@ -375,6 +378,12 @@ fn proxy_config(t: &mut Table<'_>, problems: &mut Vec<Problem>) -> ProxyConfig {
     let upstream_timeout = t
         .duration("upstream_timeout", problems)
         .unwrap_or(Duration::from_secs(30));
+    if upstream_timeout.is_zero() {
+        problems.push(Problem::new(
+            t.key("upstream_timeout"),
+            "must be longer than zero",
+        ));
+    }
     let retry_statuses = match t.value("retry_statuses") {
         None => vec![401],
         Some(value) => {
@@ -418,7 +427,7 @@ fn parse_budget(text: &str) -> Option<IssuanceBudget> {
     let count = count.trim().parse().ok().filter(|n| *n >= 1)?;
     let period = humantime::parse_duration(period.trim())
         .ok()
-        .filter(|p| !p.is_zero())?;
+        .filter(|p| !p.is_zero() && *p <= MAX_DURATION)?;
     Some(IssuanceBudget { count, period })
 }
 

@@ -8,11 +8,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::Url;
+use secrecy::SecretString;
 
-use super::Problem;
+use super::{Problem, secret_ref};
 
 /// The longest duration any setting accepts.
-const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// One table of the config, with the dotted path that leads to it.
 pub(crate) struct Table<'a> {
@@ -72,7 +73,38 @@ impl<'a> Table<'a> {
         typed
     }
 
+    /// A string taken as written: a secret reference in it would be sent as is, so it is
+    /// refused (only [`Table::secret`] and `login_body` resolve them).
     pub(crate) fn string(&mut self, name: &'a str, problems: &mut Vec<Problem>) -> Option<&'a str> {
+        let text = self.raw_string(name, problems)?;
+        if text.contains("${env:") || text.contains("${file:") {
+            problems.push(Problem::new(
+                self.key(name),
+                "secret references are resolved only in login_body, client_secret, \
+                 refresh_token, extra_params and store.url; write this value out",
+            ));
+            return None;
+        }
+        Some(text)
+    }
+
+    /// A string that may hold secrets, its `${env:..}` and `${file:..}` resolved.
+    pub(crate) fn secret(
+        &mut self,
+        name: &'a str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<SecretString> {
+        let text = self.raw_string(name, problems)?;
+        match secret_ref::resolve(text, false) {
+            Ok(value) => Some(SecretString::from(value)),
+            Err(e) => {
+                problems.push(Problem::new(self.key(name), e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn raw_string(&mut self, name: &'a str, problems: &mut Vec<Problem>) -> Option<&'a str> {
         self.typed(name, "a string", problems, toml::Value::as_str)
     }
 

@@ -133,6 +133,12 @@ fn each_kind_of_problem_names_its_key() {
         "providers.cr.login_body.apiKey",
         "TOKENBROKER_TEST_SURELY_UNSET is not set",
     );
+    // Where a reference is not resolved it would be sent as written.
+    assert_problem(
+        &format!("{PROVIDER}header = \"${{env:HEADER}}\"\n"),
+        "providers.cr.header",
+        "resolved only in login_body",
+    );
     assert_problem(
         &format!("{PROVIDER}colour = \"blue\"\n"),
         "providers.cr.colour",
@@ -176,11 +182,34 @@ fn absurd_durations_and_urls_with_credentials_are_refused() {
         "longer than a year",
     );
     assert_problem(
+        &format!("{PROVIDER}max_issuances = \"1/18446744073709551615s\"\n"),
+        "providers.cr.max_issuances",
+        "at most a year",
+    );
+    assert_problem(
+        &format!("{PROVIDER}upstream_timeout = \"0s\"\n"),
+        "providers.cr.upstream_timeout",
+        "longer than zero",
+    );
+    assert_problem(
         "[providers.cr]\ntype = \"json_login\"\nlogin_url = \"https://u:p@cr.example.com/\"\n\
          login_body = { a = \"b\" }\n",
         "providers.cr.login_url",
         "credentials in a URL",
     );
+}
+
+#[test]
+fn provider_names_need_no_encoding_in_a_path() {
+    let named = |name: &str| PROVIDER.replace("[providers.cr]", &format!("[providers.{name}]"));
+    assert!(Config::parse(&named("\"control-room_2.eu\"")).is_ok());
+    for name in ["\"\"", "\"a/b c\"", "\"..\"", "\"caf\u{e9}\""] {
+        let found = problems(&named(name));
+        assert!(
+            found.iter().any(|p| p.contains("goes in URL paths")),
+            "{name}: {found:#?}"
+        );
+    }
 }
 
 #[test]
