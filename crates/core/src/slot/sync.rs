@@ -62,9 +62,12 @@ pub(super) async fn adopt_newer(shared: &Shared) {
             return;
         }
     };
-    let retired = current
-        .as_ref()
-        .is_some_and(|t| stored.generation == t.generation && stored.expires_at < t.expires_at);
+    // A retired token is stored expired (`Store::retire_token`). The store keeps coarser
+    // times than these (milliseconds), so an earlier expiry alone does not say it.
+    let now = shared.clock.now();
+    let retired = current.as_ref().is_some_and(|t| {
+        stored.generation == t.generation && stored.expires_at <= now && t.expires_at > now
+    });
     if stored.generation <= generation && !retired {
         return;
     }

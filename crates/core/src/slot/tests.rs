@@ -147,7 +147,17 @@ impl Store for MemoryStore {
                 "newer token stored",
             ));
         }
-        *stored = Some(token.clone());
+        // Kept to the millisecond, as the real stores keep times.
+        let millis = |at: SystemTime| {
+            let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+            SystemTime::UNIX_EPOCH + Duration::from_millis(since.as_millis() as u64)
+        };
+        *stored = Some(StoredToken {
+            issued_at: millis(token.issued_at),
+            expires_at: millis(token.expires_at),
+            refresh_at: millis(token.refresh_at),
+            ..token.clone()
+        });
         Ok(())
     }
     async fn retire_token(&self, _: &str, _: u64) -> Result<(), StoreError> {
@@ -458,6 +468,24 @@ async fn unused_token_is_not_refreshed_ahead() {
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(calls(&h), 2);
     assert_eq!(h.slot.get().await.unwrap().generation, 3);
+}
+
+/// Told of a change, a broker re-reads its own token, kept to the millisecond by the
+/// store: that is the token it holds, not another broker's retirement of it.
+#[tokio::test(start_paused = true)]
+async fn a_broker_told_of_its_own_token_does_not_take_it_for_a_new_one() {
+    let h = cluster_harness(
+        "single_session = false\nrefresh_before = \"10s\"",
+        Duration::from_secs(60),
+    );
+    h.slot.get().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(55)).await;
+    assert_eq!(calls(&h), 2, "the handed-out token was rotated");
+    let changes = h.store.changes.as_ref().unwrap();
+    changes.send(Change::Provider("fake".into())).unwrap();
+    // Nobody asked for generation 2: it is left to expire.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(calls(&h), 2);
 }
 
 #[tokio::test(start_paused = true)]
