@@ -205,6 +205,20 @@ async fn answer_once(shared: &Shared) {
     }
 }
 
+/// After this broker's own attempt to replace `generation` failed, having held the lease
+/// with no newer token stored: whoever announced that generation's drain (for a rotation or
+/// a logout) is done and did not replace it, so the announcement no longer keeps it from
+/// consumers here. It is served on while the driver backs off, as the announcer serves it
+/// (SPEC guarantee 8), unless this attempt's own answer superseded it.
+pub(super) fn withdrawn(shared: &Shared, generation: u64) {
+    let _ = shared.draining.compare_exchange(
+        generation,
+        generation.saturating_sub(1),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+}
+
 /// The answering task of a slot, aborted with the driver.
 pub(super) struct Answering(tokio::task::JoinHandle<()>);
 

@@ -82,9 +82,9 @@ impl Shared {
                 Step::Sleep(None)
             };
         }
-        // Drained for another broker's logout, which may never come (it failed, or that
-        // broker died): consumers here wait for a token, so one is issued once the lease
-        // is free.
+        // Drained for another broker's logout or rotation, which may never come (it failed,
+        // or that broker died): consumers here wait for a token, so one is issued once the
+        // lease is free (should that fail too, the token is served on: `drain::withdrawn`).
         if demand && token.generation <= self.draining.load(Ordering::SeqCst) {
             return Step::Issue("drained");
         }
@@ -369,7 +369,10 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
             outcome
         }
         Ok((Committed::Theirs(token), _)) => publish(shared, token).await,
-        Err(error) => failed(shared, error, latency).await,
+        Err(error) => {
+            drain::withdrawn(shared, expected);
+            failed(shared, error, latency).await
+        }
     }
 }
 

@@ -121,7 +121,11 @@ impl Store for MemoryStore {
     async fn drain_request(&self, _: &str, _: &str) -> Result<Option<u64>, StoreError> {
         Ok(*self.drain_request.lock().unwrap())
     }
-    async fn ack_drain(&self, _: &str, _: &str, _: u64) -> Result<(), StoreError> {
+    async fn ack_drain(&self, _: &str, _: &str, generation: u64) -> Result<(), StoreError> {
+        let mut request = self.drain_request.lock().unwrap();
+        if *request == Some(generation) {
+            *request = None;
+        }
         Ok(())
     }
     async fn undrained(&self, _: &str, _: u64) -> Result<Vec<String>, StoreError> {
@@ -766,6 +770,40 @@ async fn a_token_another_broker_announced_it_replaces_is_not_served_while_backin
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_token_whose_announced_replacement_failed_is_served_while_the_issuer_is_down() {
+    let h = cluster_harness("", Duration::from_secs(600));
+    h.slot.get().await.unwrap();
+    // Another broker announces the drain of generation 1, and its attempt then fails with
+    // the issuer down: generation 1 stays the stored token, valid for minutes.
+    *h.store.drain_request.lock().unwrap() = Some(1);
+    let changes = h.store.changes.as_ref().unwrap();
+    changes.send(Change::Provider("fake".into())).unwrap();
+    wait_for_drain_of(&h, 1).await;
+    h.down.store(true, Ordering::SeqCst);
+    // A consumer's request makes this broker try, once the lease is free; that fails too,
+    // and the consumer gets the cached token.
+    let served = h
+        .slot
+        .get()
+        .await
+        .expect("the cached token (SPEC guarantee 8)");
+    assert_eq!(served.generation, 1);
+    assert_eq!(calls(&h), 2, "this broker tried to replace it itself");
+    assert_eq!(h.slot.view().state, SlotState::BackingOff);
+}
+
+/// Yields until the slot's answering task has taken up the announced drain of `generation`.
+async fn wait_for_drain_of(h: &Harness, generation: u64) {
+    for _ in 0..1000 {
+        if h.slot.shared.draining.load(Ordering::SeqCst) >= generation {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the announced drain of generation {generation} was not taken up");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_token_drained_for_a_logout_that_never_comes_is_replaced_on_demand() {
     drained_for_a_logout_that_never_comes("").await;
 }
@@ -789,18 +827,7 @@ async fn drained_for_a_logout_that_never_comes(extra: &str) {
     *h.store.drain_request.lock().unwrap() = Some(1);
     let changes = h.store.changes.as_ref().unwrap();
     changes.send(Change::Provider("fake".into())).unwrap();
-    // The slot's answering task takes it up.
-    for _ in 0..1000 {
-        if h.slot.shared.draining.load(Ordering::SeqCst) >= 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(
-        h.slot.shared.draining.load(Ordering::SeqCst),
-        1,
-        "the announcement is taken up"
-    );
+    wait_for_drain_of(&h, 1).await;
     let next = h.slot.get().await.expect("a token, long before refresh_at");
     assert_eq!(next.generation, 2);
     assert!(h.clock.now() < first.refresh_at);
