@@ -3,8 +3,9 @@
 //! has been relayed ([`Lease`]).
 //!
 //! Each connection is hyper's own (`client::conn::http1`), driven by a task on the worker's
-//! runtime. A connection goes back to the pool when its answer's last byte has been read,
-//! with no task to wait for it; an answer cut off early closes it. The most recently used
+//! runtime. A connection goes back to the pool when its answer's last byte has been read
+//! and its request has been sent whole, with no task to wait for it; an answer cut off
+//! early closes it. The most recently used
 //! idle connection is taken first, so the others age out: one idle for [`IDLE`] is closed
 //! when the pool is next used (upstreams close theirs sooner, typically after 5 to 75 s,
 //! which the connection's task notices).
@@ -135,8 +136,12 @@ impl Pool {
         None
     }
 
+    /// Keeps `sender` for the next request if its connection is ready for one: not when the
+    /// upstream answered before it read the whole request body, which is still going out
+    /// (at the client's pace; the next request would wait for it). Such a connection is
+    /// dropped, and hyper closes it once that exchange has ended.
     fn put_back(&self, sender: SendRequest<Body>) {
-        if sender.is_closed() {
+        if !sender.is_ready() {
             return;
         }
         let now = Instant::now();

@@ -586,6 +586,70 @@ async fn answers_read_to_the_end_give_their_upstream_connection_back() {
 }
 
 #[tokio::test]
+async fn a_connection_still_uploading_after_an_early_answer_is_not_lent_to_the_next_request() {
+    // Answers a POST with 401 at once, then reads its chunked body to the end at the
+    // client's pace; answers a GET with "ok". One connection may carry both in turn.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut byte = [0u8; 1];
+                let mut read_until = async |socket: &mut tokio::net::TcpStream, end: &[u8]| {
+                    let mut seen = Vec::new();
+                    while !seen.ends_with(end) {
+                        if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return None;
+                        }
+                        seen.push(byte[0]);
+                    }
+                    Some(seen)
+                };
+                while let Some(head) = read_until(&mut socket, b"\r\n\r\n").await {
+                    if head.starts_with(b"POST") {
+                        let early = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
+                        let _ = socket.write_all(early).await;
+                        if read_until(&mut socket, b"0\r\n\r\n").await.is_none() {
+                            return;
+                        }
+                    } else {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        let _ = socket.write_all(ok).await;
+                    }
+                }
+            });
+        }
+    });
+    let app = spawn_app(Options {
+        upstream: Some(url),
+        provider_extra: "upstream_timeout = \"1s\"\nretry_body_limit = 16".into(),
+        server_extra: "workers = 1".into(),
+        ..Options::default()
+    })
+    .await;
+    // Ten parts, one every 300 ms: the upload outlasts the upstream's timeout threefold.
+    let slow_parts =
+        reqwest::Body::wrap_stream(futures_util::stream::iter(0..10).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, std::io::Error>(vec![b'x'; 100])
+        }));
+    let uploading = app
+        .http
+        .post(format!("{}/v1/proxy/{PROVIDER}/upload", app.url))
+        .bearer_auth(&app.scoped_key)
+        .body(slow_parts)
+        .send()
+        .await
+        .expect("the early answer");
+    assert_eq!(uploading.status(), StatusCode::UNAUTHORIZED);
+    // The upload goes on; another request on the same worker gets a connection of its own.
+    let response = app.proxied_get("next").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "ok");
+}
+
+#[tokio::test]
 async fn an_upstream_that_closes_every_connection_after_answering_is_still_answered() {
     // Answers one request per connection and closes it without saying so: every pooled
     // connection the broker keeps is dead by the next request, or dies as it is sent.
