@@ -378,6 +378,14 @@ impl Slot {
         &self,
         rejected: Rejected<'_>,
     ) -> Result<(Arc<Token>, bool), SlotError> {
+        let honoured = self.reject(rejected).await;
+        self.get().await.map(|token| (token, honoured))
+    }
+
+    /// The report of [`invalidate`](Self::invalidate) without the wait for the current
+    /// token: the reissue it causes, if any, goes on in the background. Returns whether this
+    /// report was the one that caused it.
+    pub async fn reject(&self, rejected: Rejected<'_>) -> bool {
         let shared = &*self.shared;
         // A generation newer than ours was issued by another broker sharing the store: take
         // it now rather than at the next sync, so the report is judged against it.
@@ -432,7 +440,7 @@ impl Slot {
             tracing::info!(provider = %shared.config.name, generation = generation, "token reported rejected; reissuing");
             shared.wake.notify_one();
         }
-        self.get().await.map(|token| (token, honoured))
+        honoured
     }
 }
 

@@ -147,13 +147,14 @@ pub(crate) async fn forward(
             .contains(&answer.status().as_u16());
         if rejected && attempt == 0 {
             drop(in_use);
-            slot.invalidate(Rejected::Generation(token.generation))
-                .await?;
+            slot.reject(Rejected::Generation(token.generation)).await;
             if replayable {
                 relay::discard(answer, lease);
                 in_use = slot.get_in_use().await?;
                 continue;
             }
+            // The upstream's answer, at once: the token's successor is the next request's
+            // business, and a failure to get one is not this request's answer.
             let mut response = relay::respond(answer, lease, None, config.proxy.upstream_timeout);
             response.headers_mut().insert(
                 NO_RETRY,

@@ -692,6 +692,39 @@ async fn an_upstream_that_closes_every_connection_after_answering_is_still_answe
 }
 
 #[tokio::test]
+async fn a_401_to_a_body_too_large_to_replay_is_passed_through_saying_why() {
+    let refusing =
+        upstream(axum::Router::new().fallback(|| async { (StatusCode::UNAUTHORIZED, "no") })).await;
+    let app = spawn_app(Options {
+        upstream: Some(refusing),
+        provider_extra: "retry_body_limit = 16".into(),
+        ..Options::default()
+    })
+    .await;
+    let post = || {
+        app.http
+            .post(format!("{}/v1/proxy/{PROVIDER}/x", app.url))
+            .bearer_auth(&app.scoped_key)
+            .body(vec![b'x'; 100])
+            .send()
+    };
+    let passed_through = |response: &reqwest::Response| {
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()["x-tokenbroker-no-retry"],
+            "request body too large to replay"
+        );
+    };
+    passed_through(&post().await.unwrap());
+    // The rejected token is replaced all the same, for the next request.
+    let (generation, _) = crate::helpers::current(&app.http, &app.url, &app.scoped_key).await;
+    assert_eq!(generation, 2);
+    // With the issuer down, the upstream's answer is still the one the client gets.
+    app.emulator.set_outage(true);
+    passed_through(&post().await.unwrap());
+}
+
+#[tokio::test]
 async fn an_upstream_that_always_answers_401_costs_one_reissue_per_request() {
     let refusing =
         upstream(axum::Router::new().fallback(|| async { (StatusCode::UNAUTHORIZED, "no") })).await;
