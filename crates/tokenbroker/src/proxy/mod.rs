@@ -22,6 +22,8 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{HeaderValue, Version, header};
 use axum::response::Response;
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use tokenbroker_core::slot::Rejected;
 
 use crate::api::{ApiError, AppState, Caller};
@@ -75,10 +77,21 @@ pub(crate) async fn forward(
     if length.is_some_and(|l| l > config.proxy.max_request_body) {
         return Err(ApiError::BodyTooLarge(config.proxy.max_request_body));
     }
+    let keep = config
+        .proxy
+        .retry_body_limit
+        .min(config.proxy.max_request_body);
     let (kept, mut streaming) = match length {
-        Some(l) if l <= config.proxy.retry_body_limit => (Some(read_body(body, l).await?), None),
+        Some(l) if l <= keep => (Some(read_body(body, l).await?), None),
         None if empty => (Some(Bytes::new()), None),
-        _ => (
+        None => match read_up_to(body, keep).await? {
+            Ok(whole) => (Some(whole), None),
+            Err(longer) => (
+                None,
+                Some(upload::streamed(longer, config.proxy.max_request_body)),
+            ),
+        },
+        Some(_) => (
             None,
             Some(upload::streamed(body, config.proxy.max_request_body)),
         ),
@@ -172,6 +185,31 @@ pub(crate) async fn forward(
         ));
     }
     unreachable!("the loop returns on its second attempt")
+}
+
+/// Reads a body of unknown length (chunked) whole if it ends within `limit` bytes; else
+/// gives it back as a body that streams what was read so far and then the rest.
+async fn read_up_to(mut body: Body, limit: u64) -> Result<Result<Bytes, Body>, ApiError> {
+    let mut parts = Vec::new();
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            ApiError::BadRequest("the request body could not be read to its end".to_owned())
+        })?;
+        // Trailers are not forwarded (`headers`).
+        let Ok(part) = frame.into_data() else {
+            continue;
+        };
+        read += part.len() as u64;
+        parts.push(part);
+        if read > limit {
+            let so_far = futures_util::stream::iter(parts.into_iter().map(Ok));
+            return Ok(Err(Body::from_stream(
+                so_far.chain(body.into_data_stream()),
+            )));
+        }
+    }
+    Ok(Ok(parts.concat().into()))
 }
 
 /// Reads a body of announced `length` whole.

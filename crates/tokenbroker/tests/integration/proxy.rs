@@ -692,6 +692,36 @@ async fn an_upstream_that_closes_every_connection_after_answering_is_still_answe
 }
 
 #[tokio::test]
+async fn a_small_body_of_unknown_length_is_kept_for_the_retry() {
+    let app = spawn_app(Options::default()).await;
+    crate::helpers::current(&app.http, &app.url, &app.scoped_key).await;
+    app.emulator.kick();
+    // Chunked: no Content-Length says how long it is.
+    let item = serde_json::to_vec(&serde_json::json!({ "workItems": [{ "json": {} }] })).unwrap();
+    let chunked =
+        reqwest::Body::wrap_stream(futures_util::stream::iter([Ok::<_, std::io::Error>(item)]));
+    let response = app
+        .http
+        .post(format!(
+            "{}/v1/proxy/{PROVIDER}/v3/wlm/queues/1/workitems",
+            app.url
+        ))
+        .bearer_auth(&app.scoped_key)
+        .header("content-type", "application/json")
+        .body(chunked)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "replayed with the new token"
+    );
+    let seen = app.emulator.counters();
+    assert_eq!((seen.unauthorized, seen.logins), (1, 2), "{seen:?}");
+}
+
+#[tokio::test]
 async fn a_401_to_a_body_too_large_to_replay_is_passed_through_saying_why() {
     let refusing =
         upstream(axum::Router::new().fallback(|| async { (StatusCode::UNAUTHORIZED, "no") })).await;
