@@ -15,14 +15,20 @@ use tokio::sync::Notify;
 use crate::helpers::{Options, PROVIDER, TestApp, spawn_app, upstream};
 use crate::process::ServeProcess;
 
-/// `POST /v1/proxy/controlroom/v3/wlm/queues/1/workitems` with the scoped key.
-async fn create_work_item(app: &TestApp) -> reqwest::Response {
+/// `POST /v1/proxy/controlroom/v3/wlm/queues/1/workitems` with the scoped key, to be given
+/// a body.
+fn work_items(app: &TestApp) -> reqwest::RequestBuilder {
     app.http
         .post(format!(
             "{}/v1/proxy/{PROVIDER}/v3/wlm/queues/1/workitems",
             app.url
         ))
         .bearer_auth(&app.scoped_key)
+}
+
+/// A work item created through the proxy.
+async fn create_work_item(app: &TestApp) -> reqwest::Response {
+    work_items(app)
         .json(&serde_json::json!({ "workItems": [{ "json": { "n": 1 } }] }))
         .send()
         .await
@@ -157,13 +163,7 @@ async fn every_path_escape_is_refused_before_it_reaches_the_upstream() {
     );
 
     // A client cannot choose the token the upstream sees: its own value is replaced.
-    let response = app
-        .http
-        .post(format!(
-            "{}/v1/proxy/{PROVIDER}/v3/wlm/queues/1/workitems",
-            app.url
-        ))
-        .bearer_auth(&app.scoped_key)
+    let response = work_items(&app)
         .header("X-Authorization", "spoofed-token")
         .json(&serde_json::json!({}))
         .send()
@@ -700,13 +700,7 @@ async fn a_small_body_of_unknown_length_is_kept_for_the_retry() {
     let item = serde_json::to_vec(&serde_json::json!({ "workItems": [{ "json": {} }] })).unwrap();
     let chunked =
         reqwest::Body::wrap_stream(futures_util::stream::iter([Ok::<_, std::io::Error>(item)]));
-    let response = app
-        .http
-        .post(format!(
-            "{}/v1/proxy/{PROVIDER}/v3/wlm/queues/1/workitems",
-            app.url
-        ))
-        .bearer_auth(&app.scoped_key)
+    let response = work_items(&app)
         .header("content-type", "application/json")
         .body(chunked)
         .send()
