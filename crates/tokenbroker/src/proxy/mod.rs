@@ -105,6 +105,11 @@ pub(crate) async fn forward(
         state.scheme,
     );
     headers.insert(header::HOST, upstream.host.clone());
+    // hyper gives a body its length, but writes none for an empty one; some upstreams
+    // refuse a POST without it (411), so an announced zero is passed on.
+    if length == Some(0) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
     // Counted "in use" as it is handed out, until the response body is sent (the drain).
     let mut in_use = slot.get_in_use().await?;
     for attempt in 0..2 {

@@ -692,6 +692,29 @@ async fn an_upstream_that_closes_every_connection_after_answering_is_still_answe
 }
 
 #[tokio::test]
+async fn an_announced_empty_body_reaches_the_upstream_announced() {
+    let echo = upstream(axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        format!("{:?}", headers.get("content-length"))
+    }))
+    .await;
+    let app = spawn_app(Options {
+        upstream: Some(echo),
+        ..Options::default()
+    })
+    .await;
+    let response = app
+        .http
+        .post(format!("{}/v1/proxy/{PROVIDER}/action", app.url))
+        .bearer_auth(&app.scoped_key)
+        .header("content-length", "0")
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "Some(\"0\")");
+}
+
+#[tokio::test]
 async fn a_small_body_of_unknown_length_is_kept_for_the_retry() {
     let app = spawn_app(Options::default()).await;
     crate::helpers::current(&app.http, &app.url, &app.scoped_key).await;
