@@ -198,9 +198,20 @@ impl TokenAnswer<'_> {
         if token.chars().any(|c| c.is_control() || c == ' ') {
             return Err(self.malformed("the token holds characters a header cannot carry"));
         }
-        let expires_at = jwt::expiry(token)
-            .or_else(|| expires_in(answer).and_then(|d| issued_at.checked_add(d)))
-            .unwrap_or(issued_at + self.default_lifetime);
+        let expires_at = match jwt::expiry(token) {
+            Some(at) => at,
+            None => match expires_in(answer) {
+                Ok(Some(lifetime)) => issued_at
+                    .checked_add(lifetime)
+                    .ok_or_else(|| self.malformed("expires_in is out of range"))?,
+                Ok(None) => issued_at + self.default_lifetime,
+                // A lifetime the issuer gave but that cannot be read is not replaced by a
+                // guess: the token could be served after it has expired.
+                Err(()) => {
+                    return Err(self.malformed("expires_in is not a number of seconds above 0"));
+                }
+            },
+        };
         Ok(Issued {
             access_token: SecretString::from(token.to_owned()),
             issued_at,
@@ -217,15 +228,18 @@ impl TokenAnswer<'_> {
     }
 }
 
-/// An `expires_in` (seconds, as a number or a numeric string) at the top of the answer.
-fn expires_in(answer: &serde_json::Value) -> Option<Duration> {
-    let value = answer.get("expires_in")?;
+/// An `expires_in` (seconds, as a number or a numeric string) at the top of the answer, if
+/// there is one (`0` and `null` say nothing); an error if it is not a number of seconds.
+fn expires_in(answer: &serde_json::Value) -> Result<Option<Duration>, ()> {
+    let Some(value) = answer.get("expires_in").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
     let secs = value
         .as_f64()
-        .or_else(|| value.as_str()?.trim().parse().ok())?;
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| !d.is_zero())
+        .or_else(|| value.as_str()?.trim().parse().ok())
+        .ok_or(())?;
+    let lifetime = Duration::try_from_secs_f64(secs).map_err(|_| ())?;
+    Ok(Some(lifetime).filter(|d| !d.is_zero()))
 }
 
 /// An RFC 6749 §5.2 error answer: its registered code and its description.

@@ -139,6 +139,23 @@ mod tests {
     }
 
     #[test]
+    fn an_expires_in_that_cannot_be_read_is_malformed_not_guessed() {
+        for expires_in in [
+            serde_json::json!(-5),
+            serde_json::json!("300s"),
+            serde_json::json!(1e300),
+        ] {
+            let answer = serde_json::json!({"token": "abc", "expires_in": expires_in});
+            let err = issuer("")
+                .read_answer(&answer, SystemTime::UNIX_EPOCH, Issuance::Login)
+                .result
+                .unwrap_err();
+            assert_eq!(err.reason(), "malformed", "{expires_in}");
+            assert!(err.to_string().contains("expires_in"), "{err}");
+        }
+    }
+
+    #[test]
     fn expiry_falls_back_to_lifetime_and_pointer_is_followed() {
         let sent = SystemTime::UNIX_EPOCH;
         let answer = serde_json::json!({"data": {"jwt": "abc"}});

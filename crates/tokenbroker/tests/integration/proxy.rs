@@ -693,9 +693,11 @@ async fn an_upstream_that_closes_every_connection_after_answering_is_still_answe
 
 #[tokio::test]
 async fn an_announced_empty_body_reaches_the_upstream_announced() {
-    let echo = upstream(axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
-        format!("{:?}", headers.get("content-length"))
-    }))
+    let echo = upstream(
+        axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+            format!("{:?}", headers.get("content-length"))
+        }),
+    )
     .await;
     let app = spawn_app(Options {
         upstream: Some(echo),
