@@ -59,15 +59,21 @@ impl Broker {
         let mut drivers = Vec::new();
         for (name, config) in providers {
             let issuer = issuer::for_provider(&config)?;
-            let restored = match persistence.store.load_token(&name).await? {
-                Some(stored) => {
-                    slot::restore(&persistence, &Identity::of_tokens(&config), &name, stored)
-                }
+            let stored = persistence.store.load_token(&name).await?;
+            let restored = stored.and_then(|stored| {
+                slot::restore(&persistence, &Identity::of_tokens(&config), &name, stored)
+            });
+            let restored = match restored {
+                Some(restored) => Some(
+                    restored
+                        .checked_at_start(&config, &*persistence.store)
+                        .await?,
+                ),
                 None => None,
             };
             if let Some(slot::Restored {
                 token,
-                foreign: false,
+                out_of_service: false,
             }) = &restored
             {
                 let valid_for = token.remaining(clock.now());

@@ -191,10 +191,10 @@ impl Slot {
         restored: Option<Restored>,
         context: Context,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        // Another identity's token only keeps the numbering going: it is never handed out.
+        // A token out of service only keeps the numbering going: it is never handed out.
         let superseded = restored
             .as_ref()
-            .filter(|r| r.foreign)
+            .filter(|r| r.out_of_service)
             .map_or(0, |r| r.token.generation);
         let (view, _) = watch::channel(View {
             token: restored.map(|r| Arc::new(r.token)),
@@ -447,9 +447,45 @@ impl Slot {
 /// A token read back from the store.
 pub struct Restored {
     pub(crate) token: Token,
-    /// Obtained for another identity than the configured one (the provider's issuer or
-    /// credentials changed in the config): kept for its generation, never handed out.
-    pub(crate) foreign: bool,
+    /// Kept only for its place in the numbering, never handed out: obtained for another
+    /// identity than the configured one (the provider's issuer or credentials changed in
+    /// the config), or perhaps ended by a later login ([`Restored::checked_at_start`]).
+    pub(crate) out_of_service: bool,
+}
+
+impl Restored {
+    /// At start, for a single-session provider on a store that tells of no changes (one
+    /// host): out of service if an issuance request after this token was issued may have
+    /// been answered (with a token never stored, or with an outcome never recorded: the
+    /// broker was killed in between), since that answer ended it. On a store that notifies,
+    /// the drain announced before that request says so instead (`drain::take_up`).
+    pub(crate) async fn checked_at_start(
+        mut self,
+        config: &ProviderConfig,
+        store: &dyn Store,
+    ) -> Result<Self, crate::store::StoreError> {
+        if self.out_of_service || !config.single_session || store.changes().is_some() {
+            return Ok(self);
+        }
+        let issued_at = self.token.issued_at;
+        let answered_later = store
+            .issuances(&config.name, issued_at)
+            .await?
+            .iter()
+            .any(|r| {
+                r.requested_at > issued_at && r.expires_at.is_none_or(|at| at > r.requested_at)
+            });
+        if answered_later {
+            tracing::warn!(
+                provider = %config.name,
+                generation = self.token.generation,
+                "a login after the stored token may have ended it (its outcome was never \
+                 stored: the broker stopped mid-issuance); not handing it out"
+            );
+            self.out_of_service = true;
+        }
+        Ok(self)
+    }
 }
 
 /// The token a stored row holds, if it opens with this broker's key, and whether it was
@@ -467,7 +503,7 @@ pub(crate) fn restore(
         .open(provider, Purpose::AccessToken, &stored.sealed)
         .and_then(|bytes| {
             // Another identity's token is not kept, only its place in the numbering.
-            let (secret, foreign) = match identity.claim(bytes) {
+            let (secret, out_of_service) = match identity.claim(bytes) {
                 Some(secret) => (secret, false),
                 None => {
                     tracing::warn!(
@@ -480,11 +516,11 @@ pub(crate) fn restore(
                 }
             };
             String::from_utf8(secret)
-                .map(|value| (SecretString::from(value), foreign))
+                .map(|value| (SecretString::from(value), out_of_service))
                 .map_err(|_| SealError::WrongKeyOrTampered)
         });
     match opened {
-        Ok((value, foreign)) => {
+        Ok((value, out_of_service)) => {
             let token = Token::new(
                 value,
                 stored.generation,
@@ -493,7 +529,10 @@ pub(crate) fn restore(
                 stored.refresh_at,
             );
             token.mark_handed_out();
-            Some(Restored { token, foreign })
+            Some(Restored {
+                token,
+                out_of_service,
+            })
         }
         Err(e) => {
             tracing::error!(provider, error = %e, "the stored token does not open; ignoring it");
@@ -506,7 +545,7 @@ impl Shared {
     /// The token of a stored row read back while running; another identity's is marked
     /// out of service first.
     fn take_up(&self, restored: Restored) -> Token {
-        if restored.foreign {
+        if restored.out_of_service {
             self.superseded
                 .fetch_max(restored.token.generation, Ordering::AcqRel);
         }

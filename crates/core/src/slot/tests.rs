@@ -492,6 +492,56 @@ async fn a_broker_told_of_its_own_token_does_not_take_it_for_a_new_one() {
     assert_eq!(calls(&h), 2);
 }
 
+/// The stored single-session token of generation 1, issued at `issued_at`, checked at start
+/// against a ledger of `later` requests (each: how long after `issued_at`, its outcome).
+async fn out_of_service_at_start(extra: &str, later: &[(Duration, Option<Duration>)]) -> bool {
+    let issued_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let at = |after: Duration| issued_at + after;
+    let store = MemoryStore::default();
+    // The token's own request, sent just before it was issued.
+    let mut ledger = vec![IssuanceRecord {
+        requested_at: issued_at - Duration::from_millis(1),
+        expires_at: Some(at(Duration::from_secs(600))),
+    }];
+    ledger.extend(later.iter().map(|&(after, expires)| IssuanceRecord {
+        requested_at: at(after),
+        expires_at: expires.map(at),
+    }));
+    *store.ledger.lock().unwrap() = ledger;
+    let text = format!("[providers.fake]\n{}", json_login(extra));
+    let config = Config::parse(&text).expect("valid test config");
+    let token = Token::new(
+        SecretString::from("tok-1"),
+        1,
+        issued_at,
+        at(Duration::from_secs(600)),
+        at(Duration::from_secs(480)),
+    );
+    let restored = Restored {
+        token,
+        out_of_service: false,
+    };
+    restored
+        .checked_at_start(&config.providers["fake"], &store)
+        .await
+        .unwrap()
+        .out_of_service
+}
+
+#[tokio::test]
+async fn a_stored_token_a_later_login_may_have_ended_is_not_reused_at_start() {
+    let later = Duration::from_secs(5);
+    let token_lives = Some(Duration::from_secs(605));
+    // Killed between the issuer's answer and the commit: its token, or its unknown outcome.
+    assert!(out_of_service_at_start("", &[(later, token_lives)]).await);
+    assert!(out_of_service_at_start("", &[(later, None)]).await);
+    // A request known to have produced nothing ended nothing; the token's own is no later.
+    assert!(!out_of_service_at_start("", &[(later, Some(later))]).await);
+    assert!(!out_of_service_at_start("", &[]).await);
+    // A login does not end the token of a provider that is not single-session.
+    assert!(!out_of_service_at_start("single_session = false", &[(later, None)]).await);
+}
+
 #[tokio::test(start_paused = true)]
 async fn invalidation_storm_of_one_generation_reissues_once() {
     let h = harness("", Duration::from_secs(60));

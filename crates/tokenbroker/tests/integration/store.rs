@@ -7,6 +7,8 @@ use futures_util::future::join_all;
 use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::json;
+use tokenbroker_core::store::Store;
+use tokenbroker_store::SqliteStore;
 
 use crate::helpers::{OTHER, Options, PROVIDER, current, providers, spawn_app, start_broker};
 use crate::process::{ServeProcess, output, tokenbroker};
@@ -23,6 +25,27 @@ async fn a_graceful_restart_reuses_the_stored_token() {
         1,
         "no login after the restart"
     );
+}
+
+#[tokio::test]
+async fn a_restart_after_a_kill_mid_login_does_not_reuse_the_token_that_login_may_have_ended() {
+    let mut app = spawn_app(Options::default()).await;
+    let (generation, _) = current(&app.http, &app.url, &app.all_key).await;
+    app.begin_stop().await.unwrap().unwrap();
+    // What a broker killed between a login's answer and its commit leaves behind: a ledger
+    // entry after the stored token, its outcome never recorded.
+    let store = SqliteStore::open_existing(&app.store.path().join("tokenbroker.db"))
+        .await
+        .unwrap();
+    store
+        .begin_issuance(PROVIDER, std::time::SystemTime::now())
+        .await
+        .unwrap();
+    drop(store);
+    app.restart().await;
+    let (after, _) = current(&app.http, &app.url, &app.all_key).await;
+    assert_eq!(after, generation + 1, "a new token, not the stored one");
+    assert_eq!(app.emulator.counters().logins, 2);
 }
 
 #[tokio::test]
