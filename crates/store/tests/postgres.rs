@@ -53,11 +53,18 @@ async fn raw() -> Option<tokio_postgres::Client> {
         Ok(Err(e)) => std::error::Error::source(&e).map_or(e.to_string(), ToString::to_string),
         Err(_) => "no answer within 10 s".to_owned(),
     };
-    eprintln!(
-        "SKIPPED: PostgreSQL not reachable at {} ({why}); set TOKENBROKER_TEST_PG_URL",
+    skipped(&format!(
+        "PostgreSQL not reachable at {} ({why}); set TOKENBROKER_TEST_PG_URL",
         shown(&url)
-    );
+    ));
     None
+}
+
+/// Says on the terminal that a test (or part of one) is skipped and why. Written to stderr
+/// directly: the test harness keeps `eprintln!` of a passing test to itself.
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
 
 /// A fresh schema of the test database, dropped (best effort) when the test ends, even by a
@@ -479,9 +486,7 @@ async fn tls_is_used_and_verified_when_the_url_asks_for_it() {
     let cert: String = cert.get(0);
     let local = url.contains("@127.0.0.1:") || url.contains("@localhost:");
     if ssl.get::<_, String>(0) != "on" || !local || std::fs::metadata(&cert).is_err() {
-        eprintln!(
-            "SKIPPED (part): the server has no TLS certificate this test can read, or is not local"
-        );
+        skipped("(part) the server has no TLS certificate this test can read, or is not local");
         return;
     }
     let verified = url.replacen("@127.0.0.1:", "@localhost:", 1);

@@ -130,6 +130,13 @@ impl Drop for TestSchema {
     }
 }
 
+/// Says on the terminal that a test is skipped and why. Written to stderr directly: the
+/// test harness keeps `eprintln!` of a passing test to itself.
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
 /// The test database, or `None` (and a line saying the test is skipped) when it is down.
 async fn postgres() -> Option<String> {
     let url = std::env::var("TOKENBROKER_TEST_PG_URL")
@@ -144,9 +151,9 @@ async fn postgres() -> Option<String> {
     match tokio::net::TcpStream::connect(&host).await {
         Ok(_) => Some(url),
         Err(e) => {
-            eprintln!(
-                "SKIPPED: PostgreSQL not reachable at {host} ({e}); set TOKENBROKER_TEST_PG_URL"
-            );
+            skipped(&format!(
+                "PostgreSQL not reachable at {host} ({e}); set TOKENBROKER_TEST_PG_URL"
+            ));
             None
         }
     }
@@ -258,7 +265,7 @@ async fn a_database_outage_keeps_cached_tokens_served_and_brokers_recover_by_the
     let database = match crate::private_pg::PrivatePostgres::start() {
         Ok(database) => database,
         Err(why) => {
-            eprintln!("SKIPPED: no private PostgreSQL for the fault test: {why}");
+            skipped(&format!("no private PostgreSQL for the fault test: {why}"));
             return;
         }
     };

@@ -57,6 +57,9 @@ impl PrivatePostgres {
     pub(crate) fn start() -> Result<Self, String> {
         let bin = server_binaries().ok_or("PostgreSQL server binaries (initdb) not installed")?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        if is_root() && Command::new("runuser").arg("--version").output().is_err() {
+            return Err("running as root, and no runuser to run PostgreSQL as postgres".into());
+        }
         if is_root() {
             let chown = Command::new("chown")
                 .args(["-R", "postgres"])
