@@ -781,8 +781,10 @@ async fn audit(shared: &Shared, kind: AuditKind, generation: Option<u64>, detail
 fn numbered(shared: &Shared, issued: Issued, generation: u64) -> Result<Token, IssueError> {
     let config = &shared.config;
     let now = shared.clock.now();
-    let left =
-        || humantime::format_duration(issued.expires_at.duration_since(now).unwrap_or_default());
+    let left = || {
+        let left = issued.expires_at.duration_since(now).unwrap_or_default();
+        humantime::format_duration(Duration::from_secs(left.as_secs()))
+    };
     let malformed = |reason: String| IssueError::Malformed {
         provider: config.name.clone(),
         reason,
@@ -807,8 +809,10 @@ fn numbered(shared: &Shared, issued: Issued, generation: u64) -> Result<Token, I
         .filter(|at| *at > now)
         .ok_or_else(|| {
             malformed(format!(
-                "the token expires in {}, too soon to hand out and replace in time (clock skew?)",
-                left()
+                "the token expires in {}, too soon to hand out for min_validity ({}) and replace \
+                 in time (clock skew, or min_validity longer than the token lives?)",
+                left(),
+                humantime::format_duration(config.min_validity)
             ))
         })?;
     Ok(Token::new(

@@ -101,7 +101,8 @@ pub enum SlotError {
         /// When the next attempt may come, if one is planned.
         retry_after: Option<Duration>,
     },
-    /// No token arrived within the provider's `timeout`.
+    /// No token arrived within the provider's `timeout`, plus its `drain_timeout` for a
+    /// single-session provider (a rotation first drains) and a margin for the store.
     #[error("{provider}: no token within {}", humantime::format_duration(*waited))]
     WaitTimeout { provider: String, waited: Duration },
 }
@@ -269,7 +270,8 @@ impl Slot {
         } else {
             Duration::ZERO
         };
-        let deadline = tokio::time::Instant::now() + shared.config.timeout + drain + STORE_MARGIN;
+        let bound = shared.config.timeout + drain + STORE_MARGIN;
+        let deadline = tokio::time::Instant::now() + bound;
         // The attempt count when this request started waiting: any later outcome is its.
         let mut waiting_since: Option<u64> = None;
         loop {
@@ -337,7 +339,7 @@ impl Slot {
             ) {
                 return Err(SlotError::WaitTimeout {
                     provider: shared.config.name.clone(),
-                    waited: shared.config.timeout,
+                    waited: bound,
                 });
             }
         }

@@ -908,6 +908,7 @@ async fn tokens_too_short_to_keep_promises_with_are_refused_with_backoff() {
             Err(SlotError::Issuer { error, .. }) => {
                 assert_eq!(error.reason(), "malformed");
                 assert!(error.to_string().contains("too soon"), "{error}");
+                assert!(error.to_string().contains("min_validity (1s)"), "{error}");
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
