@@ -44,12 +44,14 @@ const POOL_PROVIDER: &str = "reltio";
 /// The emulated OAuth2 server's cap on a client's live tokens.
 const POOL_CAP: u32 = 3;
 const POOL_LIFETIME: Duration = Duration::from_secs(30);
+/// The longest `--duration` taken: a demo is watched.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 pub async fn run(jobs: usize, duration: Duration, keep_serving: bool) -> Result<u8, Exit> {
-    if jobs == 0 || duration.is_zero() {
+    if jobs == 0 || duration.is_zero() || duration > MAX_DURATION {
         return Err(Exit::new(
             exit::USAGE,
-            "--jobs and --duration must be above zero",
+            "--jobs must be above zero, and --duration above zero and at most a day",
         ));
     }
     crate::cli::init_logging("warn");

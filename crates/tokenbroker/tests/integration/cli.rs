@@ -1,4 +1,5 @@
-//! The binary itself: `check`, `keys new`, `token`, `exec` and `serve` as a user runs them.
+//! The binary itself: `check`, `demo`'s arguments, `keys new`, `token`, `exec` and `serve` as
+//! a user runs them.
 
 use std::io::Write;
 use std::process::Output;
@@ -92,6 +93,20 @@ fn check_rejects_each_kind_of_bad_config_naming_the_key() {
     assert_eq!(missing.status.code(), Some(78));
     assert!(
         text(&missing.stderr).contains("cannot read config file /nonexistent/tokenbroker.toml")
+    );
+}
+
+#[test]
+fn demo_refuses_a_duration_nobody_would_watch_before_it_starts() {
+    let out = tokenbroker()
+        .args(["demo", "--duration", "300000000000y"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--duration"),
+        "{}",
+        text(&out.stderr)
     );
 }
 
