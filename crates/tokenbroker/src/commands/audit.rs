@@ -37,10 +37,15 @@ pub async fn run(config: &Path, provider: Option<&str>, since: Duration) -> Resu
     }
     print!("{table}");
     if events.is_empty() {
-        eprintln!(
-            "no audit events in the last {}",
-            humantime::format_duration(since)
-        );
+        let since = humantime::format_duration(since);
+        match provider {
+            // A provider no longer configured keeps its trail; a typo has none.
+            Some(name) if !config.providers.contains_key(name) => eprintln!(
+                "no audit events for {name:?} in the last {since}, and no provider of that \
+                 name in the config"
+            ),
+            _ => eprintln!("no audit events in the last {since}"),
+        }
     }
     Ok(exit::OK)
 }

@@ -48,9 +48,12 @@ pub async fn run(config: &Path) -> Result<u8, Exit> {
             ),
         )
     })?;
+    let store = match &config.store.url {
+        Some(_) => "the PostgreSQL store".to_owned(),
+        None => config.store.path.display().to_string(),
+    };
     println!(
-        "re-sealed {count} value(s) in {}; start the broker with {MASTER_KEY_ENV} set to the new key",
-        config.store.path.display()
+        "re-sealed {count} value(s) in {store}; start the broker with {MASTER_KEY_ENV} set to the new key"
     );
     Ok(exit::OK)
 }

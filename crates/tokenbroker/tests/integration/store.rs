@@ -386,4 +386,14 @@ async fn operators_see_provider_state_and_the_audit_trail() {
         .filter_map(|l| l.split_whitespace().nth(2))
         .collect();
     assert_eq!(events, ["issued", "invalidated", "issued"], "{trail}");
+    // A mistyped provider is not taken for a quiet one.
+    let typo = tokenbroker()
+        .args(["audit", "controlrom", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("no provider of that name"),
+        "{typo:?}"
+    );
 }
