@@ -13,10 +13,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `check` of `config`, with a master key in the environment.
 fn check(config: &str) -> Output {
+    let key = tokenbroker_core::seal::new_master_key();
+    check_with(config, &[("TOKENBROKER_MASTER_KEY", &key)])
+}
+
+/// `check` of `config`, with `env` (and no master key unless it holds one).
+fn check_with(config: &str, env: &[(&str, &str)]) -> Output {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(config.as_bytes()).unwrap();
     tokenbroker()
+        .envs(env.iter().copied())
         .args(["check", "--config"])
         .arg(file.path())
         .output()
@@ -32,16 +40,14 @@ login_body = { username = "api-bot", apiKey = "${env:TB_TEST_CR_KEY}" }
 
 #[test]
 fn check_accepts_a_valid_config() {
-    let out = {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        file.write_all(GOOD.as_bytes()).unwrap();
-        tokenbroker()
-            .env("TB_TEST_CR_KEY", "secret")
-            .args(["check", "--config"])
-            .arg(file.path())
-            .output()
-            .unwrap()
-    };
+    let key = tokenbroker_core::seal::new_master_key();
+    let out = check_with(
+        GOOD,
+        &[
+            ("TB_TEST_CR_KEY", "secret"),
+            ("TOKENBROKER_MASTER_KEY", &key),
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("OK (1 provider(s), 0 client(s))"));
 }
@@ -80,6 +86,30 @@ fn check_rejects_each_kind_of_bad_config_naming_the_key() {
     for (config, expected) in cases {
         let out = check(config);
         assert_eq!(out.status.code(), Some(78), "{config}");
+        assert!(
+            text(&out.stderr).contains(expected),
+            "expected {expected:?} in {}",
+            text(&out.stderr)
+        );
+    }
+    // What `serve` would refuse at start besides the config's own keys.
+    let with_key = format!(
+        "{}upstream = \"https://cr.example.com\"\n",
+        GOOD.replace("${env:TB_TEST_CR_KEY}", "k")
+    );
+    let files = format!(
+        "[server]\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n\
+         {with_key}upstream_ca = \"/nonexistent/ca.pem\"\n"
+    );
+    for (out, expected) in [
+        (check_with(&with_key, &[]), "master key: "),
+        (check(&files), "server.tls_cert, server.tls_key: "),
+        (
+            check(&files),
+            "providers.cr: cannot read upstream_ca /nonexistent/ca.pem",
+        ),
+    ] {
+        assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
         assert!(
             text(&out.stderr).contains(expected),
             "expected {expected:?} in {}",
