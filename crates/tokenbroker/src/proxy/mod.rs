@@ -153,6 +153,7 @@ pub(crate) async fn forward(
             Some(Err(e)) if relay::body_too_large(&*e) => {
                 return Err(ApiError::BodyTooLarge(config.proxy.max_request_body));
             }
+            Some(Err(e)) if relay::client_body_failed(&*e) => return Err(unreadable_body()),
             Some(Err(e)) => {
                 tracing::warn!(provider, error = %relay::describe(&*e), "upstream request failed");
                 return Err(ApiError::UpstreamUnreachable(provider.to_owned()));
@@ -198,9 +199,7 @@ async fn read_up_to(mut body: Body, limit: u64) -> Result<Result<Bytes, Body>, A
     let mut parts = Vec::new();
     let mut read = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| {
-            ApiError::BadRequest("the request body could not be read to its end".to_owned())
-        })?;
+        let frame = frame.map_err(|_| unreadable_body())?;
         // Trailers are not forwarded (`headers`).
         let Ok(part) = frame.into_data() else {
             continue;
@@ -215,6 +214,11 @@ async fn read_up_to(mut body: Body, limit: u64) -> Result<Result<Bytes, Body>, A
         }
     }
     Ok(Ok(parts.concat().into()))
+}
+
+/// A client's body that broke off or was malformed.
+fn unreadable_body() -> ApiError {
+    ApiError::BadRequest("the request body could not be read to its end".to_owned())
 }
 
 /// Reads a body of announced `length` whole.

@@ -69,6 +69,12 @@ pub(super) fn body_too_large(error: &(dyn Error + 'static)) -> bool {
     sources(error).any(|e| e.is::<http_body_util::LengthLimitError>())
 }
 
+/// Whether a failed upstream request failed because the client's streamed body broke off
+/// or was malformed (hyper's server reports it as the body's error): the client's fault.
+pub(super) fn client_body_failed(error: &(dyn Error + 'static)) -> bool {
+    sources(error).any(|e| e.is::<axum::Error>())
+}
+
 /// The error and its causes, for the log (none of them quotes a header or a body).
 pub(super) fn describe(error: &(dyn Error + 'static)) -> String {
     sources(error)

@@ -109,11 +109,17 @@ async fn planned_rotations_under_continuous_proxied_load_cause_no_401_at_all() {
 /// Sends a raw request line, as an attacker would (HTTP clients normalise paths).
 async fn raw(app: &TestApp, target: &str, extra_headers: &str) -> (u16, String) {
     let address = app.url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let request = format!(
         "GET {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n{extra_headers}Connection: close\r\n\r\n",
         app.scoped_key
     );
+    raw_request(app, &request).await
+}
+
+/// Sends `request` as written and reads the answer to the end: its status and its text.
+async fn raw_request(app: &TestApp, request: &str) -> (u16, String) {
+    let address = app.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer).await;
@@ -689,6 +695,34 @@ async fn an_upstream_that_closes_every_connection_after_answering_is_still_answe
         assert_eq!(response.text().await.unwrap(), "ok");
     }
     assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 20);
+}
+
+#[tokio::test]
+async fn a_client_body_that_breaks_mid_stream_is_the_clients_fault_not_the_upstreams() {
+    let reads_the_body = upstream(
+        axum::Router::new()
+            .fallback(|body: axum::body::Bytes| async move { body.len().to_string() }),
+    )
+    .await;
+    let app = spawn_app(Options {
+        upstream: Some(reads_the_body),
+        provider_extra: "retry_body_limit = 16".into(),
+        ..Options::default()
+    })
+    .await;
+    // A chunk past retry_body_limit (so the body streams), then a chunk size that is not hex.
+    let part = "x".repeat(100);
+    let (status, answer) = raw_request(
+        &app,
+        &format!(
+            "POST /v1/proxy/{PROVIDER}/upload HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer {}\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n64\r\n{part}\r\nZZ\r\n",
+            app.scoped_key
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("could not be read to its end"), "{answer}");
 }
 
 #[tokio::test]
