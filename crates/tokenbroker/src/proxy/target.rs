@@ -93,6 +93,28 @@ fn check_path(path: &str) -> Result<(), UnsafePath> {
                 _ => {}
             }
         }
+        // Rarely needed, so looked at only then: what some servers still make a dot segment
+        // or a separator of.
+        if segment.contains(&b'%') || bare.first() == Some(&b'.') {
+            check_decoded(bare)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a segment (without its `;parameter`) that decodes to a dot segment once
+/// trailing spaces and dots are dropped (as Windows does: `..%20`, `...`), to bytes that
+/// are not UTF-8 (overlong forms such as `%c0%ae`, which some decoders take for `.`), or to
+/// a character that Unicode folds into a dot, a slash or a backslash (full-width forms).
+fn check_decoded(bare: &[u8]) -> Result<(), UnsafePath> {
+    let decoded = percent_decoded(bare).collect::<Result<Vec<u8>, _>>()?;
+    let text = std::str::from_utf8(&decoded).map_err(|_| UnsafePath::Invalid)?;
+    if text.contains("..") && text.trim_end_matches([' ', '.']).is_empty() {
+        return Err(UnsafePath::DotSegment);
+    }
+    const LOOKALIKES: [char; 5] = ['\u{ff0e}', '\u{ff0f}', '\u{ff3c}', '\u{2215}', '\u{2216}'];
+    if text.contains(LOOKALIKES) {
+        return Err(UnsafePath::EncodedSeparator);
     }
     Ok(())
 }
@@ -151,6 +173,10 @@ mod tests {
         assert_eq!(root.to_string(), "/");
         let dotted = uri("files/report.v2.json", None).unwrap();
         assert_eq!(dotted.path(), "/base/files/report.v2.json");
+        let hidden = uri(".well-known/x", None).unwrap();
+        assert_eq!(hidden.path(), "/base/.well-known/x");
+        let encoded = uri("caf%c3%a9/a%20b", None).unwrap();
+        assert_eq!(encoded.path(), "/base/caf%c3%a9/a%20b");
     }
 
     #[test]
@@ -177,6 +203,15 @@ mod tests {
             ("..;/admin", None, UnsafePath::DotSegment),
             ("a/..;x=1/b", None, UnsafePath::DotSegment),
             ("%252e%252e/secret", None, UnsafePath::EncodedSeparator),
+            ("..%20/secret", None, UnsafePath::DotSegment),
+            ("...", None, UnsafePath::DotSegment),
+            ("%c0%ae%c0%ae/secret", None, UnsafePath::Invalid),
+            (
+                "%ef%bc%8e%ef%bc%8e/secret",
+                None,
+                UnsafePath::EncodedSeparator,
+            ),
+            ("a%ef%bc%8fb", None, UnsafePath::EncodedSeparator),
         ];
         for (path, query, expected) in cases {
             assert_eq!(uri(path, *query), Err(expected.clone()), "{path} {query:?}");
