@@ -73,6 +73,16 @@ impl Identity {
         sealer.seal(provider, purpose, &self.stamp(secret.as_bytes()))
     }
 
+    /// A digest of `secret` as this identity's (a configured refresh token): what the store
+    /// keeps to know the token again once it was stored to be sent; never the token.
+    pub fn digest_of(&self, secret: &str) -> [u8; 32] {
+        let mut digest = Fields::new();
+        digest.add(b"seed");
+        digest.add(&self.0);
+        digest.add(secret.as_bytes());
+        digest.finish().0
+    }
+
     /// The secret in an opened value, if the value is this identity's (or unstamped).
     pub fn claim(&self, opened: Vec<u8>) -> Option<Vec<u8>> {
         match opened.strip_prefix(&STAMP[..]) {

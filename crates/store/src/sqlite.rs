@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_refresh_tokens_and_ledger.sql"),
     include_str!("../migrations/sqlite/0003_token_users.sql"),
+    include_str!("../migrations/sqlite/0004_refresh_seeds.sql"),
 ];
 
 /// The SQLite store at one path.
@@ -483,6 +484,37 @@ impl Store for SqliteStore {
             c.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
                 params![KEY_CHECK, sealed],
+            )
+            .map(drop)
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn was_seeded(&self, provider: &str, digest: &[u8]) -> Result<bool, StoreError> {
+        let (provider, digest) = (provider.to_owned(), digest.to_vec());
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT 1 FROM refresh_seeds WHERE provider = ?1 AND digest = ?2",
+                params![provider, digest],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|row| row.is_some())
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn record_seed(&self, provider: &str, digest: &[u8]) -> Result<(), StoreError> {
+        let (provider, digest) = (provider.to_owned(), digest.to_vec());
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO refresh_seeds (provider, digest) VALUES (?1, ?2)
+                 ON CONFLICT (provider, digest) DO NOTHING",
+                params![provider, digest],
             )
             .map(drop)
             .map_err(|e| map(&path, &e))

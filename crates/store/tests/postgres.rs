@@ -162,6 +162,14 @@ async fn key_check_is_written_once() {
 }
 
 #[tokio::test]
+async fn seeds_are_known_again() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::seeds_are_known_again(&store).await;
+}
+
+#[tokio::test]
 async fn rekey_reseals_all_or_nothing() {
     let Some((_schema, store)) = fresh().await else {
         return;

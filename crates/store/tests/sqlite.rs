@@ -40,6 +40,12 @@ async fn key_check_is_written_once() {
 }
 
 #[tokio::test]
+async fn seeds_are_known_again() {
+    let (_dir, _, store) = fresh().await;
+    conformance::seeds_are_known_again(&store).await;
+}
+
+#[tokio::test]
 async fn rekey_reseals_all_or_nothing() {
     let (_dir, _, store) = fresh().await;
     conformance::rekey_reseals_all_or_nothing(&store).await;

@@ -129,7 +129,10 @@ pub(super) async fn still_needs_credentials(shared: &Shared) -> Option<IssueErro
 }
 
 /// Stores the configured refresh token as the successor of generation `expected` (0: none
-/// yet), and reads back what is stored (another holder's, if it stored first).
+/// yet), and reads back what is stored (another holder's, if it stored first). Not a token
+/// stored (and so sent) before: the provider was re-pointed at another client and back, or
+/// brokers with the old and the new config take turns during a deploy; sending it again
+/// could revoke the whole token family, and overwriting the stored one would lose it.
 async fn seed(
     shared: &Shared,
     config: &RefreshTokenConfig,
@@ -139,9 +142,29 @@ async fn seed(
 ) -> Result<StoredRefresh, IssueError> {
     let provider = shared.config.name.as_str();
     let store = &shared.persistence.store;
+    let digest = identity.digest_of(config.refresh_token.expose_secret());
+    if store
+        .was_seeded(provider, &digest)
+        .await
+        .map_err(|e| failure(shared, &e))?
+    {
+        // Not marked in the store: the stored token is another client's, still in service.
+        return Err(needs(
+            shared,
+            "the configured refresh_token was used before, and the stored refresh token \
+             belongs to another client (token_url or client_id changed in the config, and \
+             back?); sending it again could revoke the whole token family: give a new one \
+             with `tokenbroker reseed`"
+                .to_owned(),
+        ));
+    }
     let sealed = sealed(shared, identity, &config.refresh_token);
     match store.save_refresh(provider, fence, expected, &sealed).await {
-        Ok(_) => {}
+        Ok(_) => {
+            if let Err(e) = store.record_seed(provider, &digest).await {
+                tracing::warn!(provider, error = %e, "cannot record the configured refresh token as used");
+            }
+        }
         Err(e) if e.kind == StoreErrorKind::Conflict => {}
         Err(e) => return Err(failure(shared, &e)),
     }

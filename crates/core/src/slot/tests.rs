@@ -91,6 +91,7 @@ struct MemoryStore {
     /// Set: the lease is granted once more, then held by another broker.
     lease_lost_next: AtomicBool,
     lease_granted_once: AtomicBool,
+    seeds: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl MemoryStore {
@@ -130,6 +131,13 @@ impl Store for MemoryStore {
     }
     async fn undrained(&self, _: &str, _: u64) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
+    }
+    async fn was_seeded(&self, _: &str, digest: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.seeds.lock().unwrap().iter().any(|d| d == digest))
+    }
+    async fn record_seed(&self, _: &str, digest: &[u8]) -> Result<(), StoreError> {
+        self.seeds.lock().unwrap().push(digest.to_vec());
+        Ok(())
     }
     async fn load_token(&self, _: &str) -> Result<Option<StoredToken>, StoreError> {
         Ok(self.token.lock().unwrap().clone())

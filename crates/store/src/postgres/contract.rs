@@ -252,6 +252,26 @@ impl Store for PostgresStore {
         .map(drop)
     }
 
+    async fn was_seeded(&self, provider: &str, digest: &[u8]) -> Result<bool, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT 1 FROM refresh_seeds WHERE provider = $1 AND digest = $2",
+                &[&provider, &digest],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn record_seed(&self, provider: &str, digest: &[u8]) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO refresh_seeds (provider, digest) VALUES ($1, $2)
+             ON CONFLICT (provider, digest) DO NOTHING",
+            &[&provider, &digest],
+        )
+        .await
+        .map(drop)
+    }
+
     async fn load_refresh(&self, provider: &str) -> Result<Option<StoredRefresh>, StoreError> {
         let row = self
             .query_opt(

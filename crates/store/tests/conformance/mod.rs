@@ -165,6 +165,18 @@ pub(crate) async fn key_check_is_written_once(store: &dyn Store) {
     );
 }
 
+/// A seed's digest, once recorded, is known again for its provider only; recording it
+/// twice is harmless.
+pub(crate) async fn seeds_are_known_again(store: &dyn Store) {
+    let digest = [7u8; 32];
+    assert!(!store.was_seeded("a", &digest).await.unwrap());
+    store.record_seed("a", &digest).await.unwrap();
+    store.record_seed("a", &digest).await.unwrap();
+    assert!(store.was_seeded("a", &digest).await.unwrap());
+    assert!(!store.was_seeded("b", &digest).await.unwrap());
+    assert!(!store.was_seeded("a", &[8u8; 32]).await.unwrap());
+}
+
 /// Rekey re-seals every sealed value, or nothing if one fails.
 pub(crate) async fn rekey_reseals_all_or_nothing(store: &dyn Store) {
     let (fa, fb) = (fence(store, "a").await, fence(store, "b").await);

@@ -134,14 +134,30 @@ async fn save(
         .await
         .map_err(nothing_changed)?;
     let expected = current.map_or(0, |c| c.generation);
+    // One stored before was sent then: sending it again could revoke the token family.
+    let digest = identity.digest_of(token.expose_secret());
+    if store
+        .was_seeded(provider, &digest)
+        .await
+        .map_err(nothing_changed)?
+    {
+        return Err(Exit::new(
+            exit::USAGE,
+            "this refresh token was stored before, and so sent; nothing changed (give a new one)",
+        ));
+    }
     let sealed = identity.seal(
         sealer,
         provider,
         Purpose::RefreshToken,
         token.expose_secret(),
     );
-    store
+    let generation = store
         .save_refresh(provider, fence, expected, &sealed)
         .await
-        .map_err(nothing_changed)
+        .map_err(nothing_changed)?;
+    if let Err(e) = store.record_seed(provider, &digest).await {
+        eprintln!("warning: cannot record the new refresh token as used: {e}");
+    }
+    Ok(generation)
 }

@@ -227,6 +227,24 @@ async fn a_provider_moved_to_another_token_endpoint_never_sends_it_the_old_refre
         "the configured refresh token, not the old issuer's: {seen:?}"
     );
     broker.stop().await.unwrap();
+
+    // And back: the first issuer's configured refresh token was spent long ago. Sending it
+    // again would be a replay; overwriting the second issuer's stored one would lose it.
+    let broker = start_broker(&setup.config_text, &setup.master_key).await;
+    let (status, back) = setup.token(&broker.url, "crm").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{back}");
+    assert_eq!(back["error"], "needs_credentials", "{back}");
+    let seen = first.counters();
+    assert_eq!(
+        (seen.token_requests, seen.replays_outside_grace),
+        (1, 0),
+        "the spent token was not sent again: {seen:?}"
+    );
+    broker.stop().await.unwrap();
+    let broker = start_broker(&moved, &setup.master_key).await;
+    let (status, forward) = setup.token(&broker.url, "crm").await;
+    assert_eq!(status, StatusCode::OK, "{forward}");
+    broker.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,6 +438,11 @@ async fn a_crash_mid_refresh_without_grace_replays_nothing_and_waits_for_reseed(
     );
     let reseeded = reseed(&setup.master_key).await.unwrap();
     assert!(reseeded.status.success());
+    // The same token once more is refused: once stored, it counts as sent.
+    let again = reseed(&setup.master_key).await.unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("stored before"), "{said}");
     let started = Instant::now();
     loop {
         let (status, _) = setup.token(&serve.url, "crm").await;
