@@ -463,7 +463,7 @@ async fn issue_and_commit(
         Err(error) => Err(error),
     };
     if committed.is_err() && asked.answered_with_token {
-        retire_superseded(shared, current);
+        retire_superseded(shared, current).await;
     }
     (committed, asked.latency)
 }
@@ -569,22 +569,28 @@ async fn ask(shared: &Shared, issuer: &dyn Issuer, exchange: Option<&Token>, fen
 /// stored): for a single-session provider that answer ended `current`, so it is not handed
 /// out again (SPEC guarantee 2) while the driver backs off; consumers get the failure
 /// instead of a token that would answer 401. (A timeout is not such an answer: the login
-/// may never have arrived, and the cached token is served on, guarantee 8.)
-fn retire_superseded(shared: &Shared, current: Option<&Token>) {
+/// may never have arrived, and the cached token is served on, guarantee 8.) It is retired
+/// in the store too: other brokers sharing it serve that token, and would serve it on.
+async fn retire_superseded(shared: &Shared, current: Option<&Token>) {
     let Some(current) = current.filter(|_| shared.config.single_session) else {
         return;
     };
+    let provider = shared.config.name.as_str();
     if shared
         .superseded
         .fetch_max(current.generation, Ordering::AcqRel)
         < current.generation
     {
         tracing::warn!(
-            provider = %shared.config.name,
+            provider,
             generation = current.generation,
             "the issuer answered with a new token that could not be kept; the token it \
              superseded is no longer handed out"
         );
+        let store = &shared.persistence.store;
+        if let Err(e) = store.retire_token(provider, current.generation).await {
+            tracing::warn!(provider, error = %e, "cannot retire the superseded token in the store");
+        }
     }
 }
 

@@ -172,7 +172,17 @@ impl Store for MemoryStore {
         });
         Ok(())
     }
-    async fn retire_token(&self, _: &str, _: u64) -> Result<(), StoreError> {
+    async fn retire_token(&self, _: &str, generation: u64) -> Result<(), StoreError> {
+        if let Some(stored) = self
+            .token
+            .lock()
+            .unwrap()
+            .as_mut()
+            .filter(|t| t.generation == generation)
+        {
+            stored.expires_at = SystemTime::UNIX_EPOCH;
+            stored.refresh_at = SystemTime::UNIX_EPOCH;
+        }
         Ok(())
     }
     async fn acquire_lease(&self, _: &str, _: &str, _: Duration) -> Result<Lease, StoreError> {
@@ -660,6 +670,12 @@ async fn single_session_token_superseded_by_a_login_that_could_not_be_kept_is_no
     .await;
     assert_eq!(calls(&h), 2, "the rotation logged in");
     assert_eq!(h.slot.view().state, SlotState::BackingOff);
+    let stored = h.store.token.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        (stored.generation, stored.expires_at),
+        (1, SystemTime::UNIX_EPOCH),
+        "retired in the store, for the brokers sharing it"
+    );
     match h.slot.get().await {
         Err(SlotError::Issuer { error, retry_after }) => {
             assert_eq!(error.reason(), "store");
