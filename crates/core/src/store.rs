@@ -237,10 +237,11 @@ pub trait Store: Send + Sync + 'static {
     /// Writes the key check if none is there yet.
     async fn set_key_check(&self, sealed: &[u8]) -> Result<(), StoreError>;
 
-    /// Whether a configured (or reseeded) refresh token of this `digest` was stored for
-    /// `provider` before ([`record_seed`](Self::record_seed)): it was sent then, and sending
-    /// it again could be a replay.
-    async fn was_seeded(&self, provider: &str, digest: &[u8]) -> Result<bool, StoreError>;
+    /// Whether a configured (or reseeded) refresh token of this `digest` was stored before
+    /// ([`record_seed`](Self::record_seed)), by any provider (the digest names the client,
+    /// so a renamed provider is the same one): it was sent then, and sending it again could
+    /// be a replay.
+    async fn was_seeded(&self, digest: &[u8]) -> Result<bool, StoreError>;
 
     /// Records that the configured (or reseeded) refresh token of this `digest` has been
     /// stored for `provider`, to be sent; the digest is all that is kept of it.

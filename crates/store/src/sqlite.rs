@@ -491,13 +491,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn was_seeded(&self, provider: &str, digest: &[u8]) -> Result<bool, StoreError> {
-        let (provider, digest) = (provider.to_owned(), digest.to_vec());
+    async fn was_seeded(&self, digest: &[u8]) -> Result<bool, StoreError> {
+        let digest = digest.to_vec();
         let path = self.path.clone();
         self.with(move |c| {
             c.query_row(
-                "SELECT 1 FROM refresh_seeds WHERE provider = ?1 AND digest = ?2",
-                params![provider, digest],
+                "SELECT 1 FROM refresh_seeds WHERE digest = ?1",
+                params![digest],
                 |_| Ok(()),
             )
             .optional()
@@ -513,7 +513,7 @@ impl Store for SqliteStore {
         self.with(move |c| {
             c.execute(
                 "INSERT INTO refresh_seeds (provider, digest) VALUES (?1, ?2)
-                 ON CONFLICT (provider, digest) DO NOTHING",
+                 ON CONFLICT (digest) DO NOTHING",
                 params![provider, digest],
             )
             .map(drop)

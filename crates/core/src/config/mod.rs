@@ -210,7 +210,7 @@ impl Config {
                     problems.push(Problem::new(
                         format!("providers.{name:?}"),
                         "a provider's name goes in URL paths (/v1/tokens/NAME): use letters, \
-                         digits, '-', '_' and '.', not first",
+                         digits, '-', '_', '~' and '.', but no leading '.'",
                     ));
                 }
                 if let Some(t) = table.table(name, &mut problems)
@@ -256,7 +256,7 @@ fn is_provider_name(name: &str) -> bool {
         && !name.is_empty()
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
 }
 
 fn default_listen() -> SocketAddr {

@@ -74,14 +74,14 @@ impl<'a> Table<'a> {
     }
 
     /// A string taken as written: a secret reference in it would be sent as is, so it is
-    /// refused (only [`Table::secret`] and `login_body` resolve them).
+    /// refused (only [`Table::secret`] and the login and refresh bodies resolve them).
     pub(crate) fn string(&mut self, name: &'a str, problems: &mut Vec<Problem>) -> Option<&'a str> {
         let text = self.raw_string(name, problems)?;
         if text.contains("${env:") || text.contains("${file:") {
             problems.push(Problem::new(
                 self.key(name),
-                "secret references are resolved only in login_body, client_secret, \
-                 refresh_token, extra_params and store.url; write this value out",
+                "secret references are resolved only in login_body, refresh_body, \
+                 client_secret, refresh_token, extra_params and store.url; write this value out",
             ));
             return None;
         }

@@ -229,9 +229,12 @@ impl TokenAnswer<'_> {
 }
 
 /// An `expires_in` (seconds, as a number or a numeric string) at the top of the answer, if
-/// there is one (`0` and `null` say nothing); an error if it is not a number of seconds.
+/// there is one (`0`, `null` and `""` say nothing); an error if it is not a number of seconds.
 fn expires_in(answer: &serde_json::Value) -> Result<Option<Duration>, ()> {
-    let Some(value) = answer.get("expires_in").filter(|v| !v.is_null()) else {
+    let Some(value) = answer
+        .get("expires_in")
+        .filter(|v| !v.is_null() && v.as_str().is_none_or(|s| !s.trim().is_empty()))
+    else {
         return Ok(None);
     };
     let secs = value

@@ -158,12 +158,17 @@ mod tests {
     #[test]
     fn expiry_falls_back_to_lifetime_and_pointer_is_followed() {
         let sent = SystemTime::UNIX_EPOCH;
-        let answer = serde_json::json!({"data": {"jwt": "abc"}});
-        let issued = issuer("token_pointer = \"/data/jwt\"")
-            .read_answer(&answer, sent, Issuance::Login)
-            .result
-            .unwrap();
-        assert_eq!(issued.expires_at, sent + Duration::from_secs(600));
+        for answer in [
+            serde_json::json!({"data": {"jwt": "abc"}}),
+            serde_json::json!({"data": {"jwt": "abc"}, "expires_in": ""}),
+            serde_json::json!({"data": {"jwt": "abc"}, "expires_in": null}),
+        ] {
+            let issued = issuer("token_pointer = \"/data/jwt\"")
+                .read_answer(&answer, sent, Issuance::Login)
+                .result
+                .unwrap();
+            assert_eq!(issued.expires_at, sent + Duration::from_secs(600));
+        }
     }
 
     #[test]

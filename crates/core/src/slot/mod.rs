@@ -101,8 +101,8 @@ pub enum SlotError {
         /// When the next attempt may come, if one is planned.
         retry_after: Option<Duration>,
     },
-    /// No token arrived within the provider's `timeout`, plus its `drain_timeout` for a
-    /// single-session provider (a rotation first drains) and a margin for the store.
+    /// No token arrived within the provider's `timeout`, plus its `drain_timeout` where a
+    /// rotation or another broker's logout first drains, and a margin for the store.
     #[error("{provider}: no token within {}", humantime::format_duration(*waited))]
     WaitTimeout { provider: String, waited: Duration },
 }
@@ -264,8 +264,9 @@ impl Slot {
     async fn acquire(&self, for_request: bool) -> Result<(Arc<Token>, Option<InUse>), SlotError> {
         let shared = &*self.shared;
         let mut rx = shared.view.subscribe();
-        // A single-session rotation may first drain the old token's requests.
-        let drain = if shared.config.single_session {
+        // A single-session rotation may first drain the old token's requests, and so may
+        // another broker's logout of a token this one serves.
+        let drain = if shared.config.single_session || shared.drains_across_brokers {
             shared.config.proxy.drain_timeout
         } else {
             Duration::ZERO
@@ -457,10 +458,12 @@ pub struct Restored {
 
 impl Restored {
     /// At start, for a single-session provider on a store that tells of no changes (one
-    /// host): out of service if an issuance request after this token was issued may have
-    /// been answered (with a token never stored, or with an outcome never recorded: the
-    /// broker was killed in between), since that answer ended it. On a store that notifies,
-    /// the drain announced before that request says so instead (`drain::take_up`).
+    /// host): out of service if an issuance request after this token was issued was
+    /// answered with a token that was never stored (the broker was killed in between),
+    /// since that answer ended it. (A request whose outcome the ledger does not know is not
+    /// taken for one: a timeout or a 5xx leaves it so too, and the running broker served
+    /// the token on after those.) On a store that notifies, the drain announced before that
+    /// request says so instead (`drain::take_up`).
     pub(crate) async fn checked_at_start(
         mut self,
         config: &ProviderConfig,
@@ -475,14 +478,14 @@ impl Restored {
             .await?
             .iter()
             .any(|r| {
-                r.requested_at > issued_at && r.expires_at.is_none_or(|at| at > r.requested_at)
+                r.requested_at > issued_at && r.expires_at.is_some_and(|at| at > r.requested_at)
             });
         if answered_later {
             tracing::warn!(
                 provider = %config.name,
                 generation = self.token.generation,
-                "a login after the stored token may have ended it (its outcome was never \
-                 stored: the broker stopped mid-issuance); not handing it out"
+                "a login after the stored token ended it (its token was never stored: the \
+                 broker stopped mid-issuance); not handing it out"
             );
             self.out_of_service = true;
         }

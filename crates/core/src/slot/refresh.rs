@@ -119,13 +119,32 @@ pub(super) async fn still_needs_credentials(shared: &Shared) -> Option<IssueErro
     ) {
         return None;
     }
-    let stored = shared
-        .persistence
-        .store
-        .load_refresh(&shared.config.name)
-        .await
-        .ok()??;
-    stored.needs_credentials.map(|reason| needs(shared, reason))
+    let store = &shared.persistence.store;
+    let stored = store.load_refresh(&shared.config.name).await.ok()??;
+    if let Some(reason) = stored.needs_credentials {
+        return Some(needs(shared, reason));
+    }
+    // Or waiting because the stored token is another client's and the configured one spent
+    // ([`seed`]); still so until either changes.
+    let IssuerConfig::RefreshToken(config) = &shared.config.issuer else {
+        return None;
+    };
+    let identity = Identity::of_refresh_tokens(config);
+    let foreign = open(shared, &identity, &stored).ok()?.is_none();
+    let digest = identity.digest_of(config.refresh_token.expose_secret());
+    (foreign && store.was_seeded(&digest).await.ok()?).then(|| spent(shared))
+}
+
+/// The configured refresh token was stored (and sent) before, and the stored one is another
+/// client's: sending it again could be a replay.
+fn spent(shared: &Shared) -> IssueError {
+    needs(
+        shared,
+        "the configured refresh_token was used before, and the stored refresh token belongs \
+         to another client (token_url or client_id changed in the config, and back?); sending \
+         it again could revoke the whole token family: give a new one with `tokenbroker reseed`"
+            .to_owned(),
+    )
 }
 
 /// Stores the configured refresh token as the successor of generation `expected` (0: none
@@ -144,19 +163,12 @@ async fn seed(
     let store = &shared.persistence.store;
     let digest = identity.digest_of(config.refresh_token.expose_secret());
     if store
-        .was_seeded(provider, &digest)
+        .was_seeded(&digest)
         .await
         .map_err(|e| failure(shared, &e))?
     {
         // Not marked in the store: the stored token is another client's, still in service.
-        return Err(needs(
-            shared,
-            "the configured refresh_token was used before, and the stored refresh token \
-             belongs to another client (token_url or client_id changed in the config, and \
-             back?); sending it again could revoke the whole token family: give a new one \
-             with `tokenbroker reseed`"
-                .to_owned(),
-        ));
+        return Err(spent(shared));
     }
     let sealed = sealed(shared, identity, &config.refresh_token);
     match store.save_refresh(provider, fence, expected, &sealed).await {

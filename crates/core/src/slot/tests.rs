@@ -12,8 +12,10 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 
 use super::*;
-use crate::config::Config;
+use crate::config::{Config, IssuerConfig};
+use crate::identity::Identity;
 use crate::issuer::{Answer, Issuance, IssueInput, Issued};
+use crate::seal::Purpose;
 use crate::seal::new_master_key;
 use crate::store::{
     AuditEvent, Change, IssuanceRecord, Lease, Reseal, StoreError, StoreErrorKind, StoredRefresh,
@@ -132,7 +134,7 @@ impl Store for MemoryStore {
     async fn undrained(&self, _: &str, _: u64) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }
-    async fn was_seeded(&self, _: &str, digest: &[u8]) -> Result<bool, StoreError> {
+    async fn was_seeded(&self, digest: &[u8]) -> Result<bool, StoreError> {
         Ok(self.seeds.lock().unwrap().iter().any(|d| d == digest))
     }
     async fn record_seed(&self, _: &str, digest: &[u8]) -> Result<(), StoreError> {
@@ -547,17 +549,18 @@ async fn out_of_service_at_start(extra: &str, later: &[(Duration, Option<Duratio
 }
 
 #[tokio::test]
-async fn a_stored_token_a_later_login_may_have_ended_is_not_reused_at_start() {
+async fn a_stored_token_a_later_login_ended_is_not_reused_at_start() {
     let later = Duration::from_secs(5);
     let token_lives = Some(Duration::from_secs(605));
-    // Killed between the issuer's answer and the commit: its token, or its unknown outcome.
+    // Killed between the issuer's answer and the commit: a token never stored.
     assert!(out_of_service_at_start("", &[(later, token_lives)]).await);
-    assert!(out_of_service_at_start("", &[(later, None)]).await);
-    // A request known to have produced nothing ended nothing; the token's own is no later.
+    // A request known to have produced nothing ended nothing, nor is an unknown outcome
+    // (a timeout, a 5xx) taken for an answer; the token's own request is no later.
     assert!(!out_of_service_at_start("", &[(later, Some(later))]).await);
+    assert!(!out_of_service_at_start("", &[(later, None)]).await);
     assert!(!out_of_service_at_start("", &[]).await);
     // A login does not end the token of a provider that is not single-session.
-    assert!(!out_of_service_at_start("single_session = false", &[(later, None)]).await);
+    assert!(!out_of_service_at_start("single_session = false", &[(later, token_lives)]).await);
 }
 
 #[tokio::test(start_paused = true)]
@@ -794,6 +797,49 @@ async fn waiting_for_a_reseed_takes_no_place_in_the_budget_and_serves_the_cached
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(h.slot.get().await.unwrap().generation, 2);
     assert_eq!(calls(&h), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_reseed_of_a_spent_configured_token_takes_no_place_in_the_budget() {
+    let h = refresh_harness("max_issuances = \"3/10m\"", Duration::from_secs(120));
+    // The stored refresh token is another client's, and the configured one (r-1) was
+    // stored, and so sent, before: the provider was pointed elsewhere and back.
+    let other = Config::parse(
+        "[providers.fake]\ntype = \"oauth2_refresh_token\"\n\
+         token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"other\"\nrefresh_token = \"x\"\n",
+    )
+    .unwrap();
+    let IssuerConfig::RefreshToken(other) = &other.providers["fake"].issuer else {
+        panic!("a refresh-token provider");
+    };
+    let sealer = &h.slot.shared.persistence.sealer;
+    let sealed =
+        Identity::of_refresh_tokens(other).seal(sealer, "fake", Purpose::RefreshToken, "rt-9");
+    *h.store.refresh.lock().unwrap() = Some(StoredRefresh {
+        generation: 4,
+        sealed,
+        intent_at: None,
+        needs_credentials: None,
+    });
+    let IssuerConfig::RefreshToken(ours) = &h.slot.shared.config.issuer else {
+        panic!("a refresh-token provider");
+    };
+    let spent = Identity::of_refresh_tokens(ours).digest_of("r-1");
+    h.store.seeds.lock().unwrap().push(spent.to_vec());
+
+    for _ in 0..20 {
+        match h.slot.get().await {
+            Err(SlotError::Issuer { error, .. }) => assert_eq!(error.reason(), "needs_credentials"),
+            other => panic!("expected needs_credentials, got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(calls(&h), 0, "nothing sent");
+    assert_eq!(
+        h.store.ledger.lock().unwrap().len(),
+        1,
+        "polls are not issuances"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -252,12 +252,9 @@ impl Store for PostgresStore {
         .map(drop)
     }
 
-    async fn was_seeded(&self, provider: &str, digest: &[u8]) -> Result<bool, StoreError> {
+    async fn was_seeded(&self, digest: &[u8]) -> Result<bool, StoreError> {
         let row = self
-            .query_opt(
-                "SELECT 1 FROM refresh_seeds WHERE provider = $1 AND digest = $2",
-                &[&provider, &digest],
-            )
+            .query_opt("SELECT 1 FROM refresh_seeds WHERE digest = $1", &[&digest])
             .await?;
         Ok(row.is_some())
     }
@@ -265,7 +262,7 @@ impl Store for PostgresStore {
     async fn record_seed(&self, provider: &str, digest: &[u8]) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO refresh_seeds (provider, digest) VALUES ($1, $2)
-             ON CONFLICT (provider, digest) DO NOTHING",
+             ON CONFLICT (digest) DO NOTHING",
             &[&provider, &digest],
         )
         .await

@@ -136,11 +136,7 @@ async fn save(
     let expected = current.map_or(0, |c| c.generation);
     // One stored before was sent then: sending it again could revoke the token family.
     let digest = identity.digest_of(token.expose_secret());
-    if store
-        .was_seeded(provider, &digest)
-        .await
-        .map_err(nothing_changed)?
-    {
+    if store.was_seeded(&digest).await.map_err(nothing_changed)? {
         return Err(Exit::new(
             exit::USAGE,
             "this refresh token was stored before, and so sent; nothing changed (give a new one)",

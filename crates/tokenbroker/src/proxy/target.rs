@@ -103,12 +103,22 @@ fn check_path(path: &str) -> Result<(), UnsafePath> {
 }
 
 /// Refuses a segment (without its `;parameter`) that decodes to a dot segment once
-/// trailing spaces and dots are dropped (as Windows does: `..%20`, `...`), to bytes that
-/// are not UTF-8 (overlong forms such as `%c0%ae`, which some decoders take for `.`), or to
-/// a character that Unicode folds into a dot, a slash or a backslash (full-width forms).
+/// trailing spaces and dots are dropped (as Windows does: `..%20`, `...`), to an overlong
+/// UTF-8 form (such as `%c0%ae`, which some decoders take for `.`), or to a character that
+/// Unicode folds into a dot, a slash or a backslash (full-width forms). Other bytes that are
+/// not UTF-8 (an older upstream's Latin-1) pass.
 fn check_decoded(bare: &[u8]) -> Result<(), UnsafePath> {
     let decoded = percent_decoded(bare).collect::<Result<Vec<u8>, _>>()?;
-    let text = std::str::from_utf8(&decoded).map_err(|_| UnsafePath::Invalid)?;
+    let overlong = decoded.windows(2).any(|w| {
+        matches!(
+            w,
+            [0xc0 | 0xc1, _] | [0xe0, 0x80..=0x9f] | [0xf0, 0x80..=0x8f]
+        )
+    });
+    if overlong {
+        return Err(UnsafePath::Invalid);
+    }
+    let text = String::from_utf8_lossy(&decoded);
     if text.contains("..") && text.trim_end_matches([' ', '.']).is_empty() {
         return Err(UnsafePath::DotSegment);
     }
@@ -175,8 +185,8 @@ mod tests {
         assert_eq!(dotted.path(), "/base/files/report.v2.json");
         let hidden = uri(".well-known/x", None).unwrap();
         assert_eq!(hidden.path(), "/base/.well-known/x");
-        let encoded = uri("caf%c3%a9/a%20b", None).unwrap();
-        assert_eq!(encoded.path(), "/base/caf%c3%a9/a%20b");
+        let encoded = uri("caf%c3%a9/caf%e9/a%20b", None).unwrap();
+        assert_eq!(encoded.path(), "/base/caf%c3%a9/caf%e9/a%20b");
     }
 
     #[test]
@@ -206,6 +216,7 @@ mod tests {
             ("..%20/secret", None, UnsafePath::DotSegment),
             ("...", None, UnsafePath::DotSegment),
             ("%c0%ae%c0%ae/secret", None, UnsafePath::Invalid),
+            ("%e0%80%ae%e0%80%ae/secret", None, UnsafePath::Invalid),
             (
                 "%ef%bc%8e%ef%bc%8e/secret",
                 None,

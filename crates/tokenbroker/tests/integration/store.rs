@@ -28,19 +28,19 @@ async fn a_graceful_restart_reuses_the_stored_token() {
 }
 
 #[tokio::test]
-async fn a_restart_after_a_kill_mid_login_does_not_reuse_the_token_that_login_may_have_ended() {
+async fn a_restart_after_a_kill_mid_login_does_not_reuse_the_token_that_login_ended() {
     let mut app = spawn_app(Options::default()).await;
     let (generation, _) = current(&app.http, &app.url, &app.all_key).await;
     app.begin_stop().await.unwrap().unwrap();
     // What a broker killed between a login's answer and its commit leaves behind: a ledger
-    // entry after the stored token, its outcome never recorded.
+    // entry after the stored token, answered with a token that was never stored.
     let store = SqliteStore::open_existing(&app.store.path().join("tokenbroker.db"))
         .await
         .unwrap();
-    store
-        .begin_issuance(PROVIDER, std::time::SystemTime::now())
-        .await
-        .unwrap();
+    let now = std::time::SystemTime::now();
+    let entry = store.begin_issuance(PROVIDER, now).await.unwrap();
+    let expiry = now + Duration::from_secs(600);
+    store.finish_issuance(entry, Some(expiry)).await.unwrap();
     drop(store);
     app.restart().await;
     let (after, _) = current(&app.http, &app.url, &app.all_key).await;
