@@ -341,6 +341,18 @@ pub trait Store: Send + Sync + 'static {
         generation: u64,
     ) -> Result<(), StoreError>;
 
+    /// Calls off the drain of `generation`, announced by whoever held the lease, now held
+    /// with `fence`: the token was not superseded after all (the attempt to replace it, or
+    /// the logout, failed). Every holder's record of it is back in use, as if no drain had
+    /// been announced, and the other brokers are told if any was asked. `Conflict` if the
+    /// lease no longer has `fence`.
+    async fn withdraw_drain(
+        &self,
+        provider: &str,
+        fence: u64,
+        generation: u64,
+    ) -> Result<(), StoreError>;
+
     /// The generation `holder` is asked to drain and has not acknowledged yet, if any.
     async fn drain_request(&self, provider: &str, holder: &str) -> Result<Option<u64>, StoreError>;
 

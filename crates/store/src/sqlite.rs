@@ -255,6 +255,33 @@ fn unavailable(path: &Path, why: &str) -> StoreError {
     )
 }
 
+/// A write transaction for the drain of `generation`, begun only while the lease has
+/// `fence`: else the drain's `Conflict`.
+fn drain_transaction<'c>(
+    c: &'c mut Connection,
+    provider: &str,
+    fence: u64,
+    generation: u64,
+    path: &Path,
+) -> Result<rusqlite::Transaction<'c>, StoreError> {
+    let db = |e: rusqlite::Error| map(path, &e);
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let leased: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?2)",
+            params![provider, signed(fence)],
+            |row| row.get(0),
+        )
+        .map_err(db)?;
+    if leased {
+        Ok(tx)
+    } else {
+        Err(drain_fenced(generation))
+    }
+}
+
 /// Maps SQLite's errors into the core's kinds.
 fn map(path: &Path, e: &rusqlite::Error) -> StoreError {
     let kind = match e.sqlite_error_code() {
@@ -743,19 +770,7 @@ impl Store for SqliteStore {
         let path = self.path.clone();
         self.with(move |c| {
             let db = |e: rusqlite::Error| map(&path, &e);
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let leased: bool = tx
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?2)",
-                    params![provider, signed(fence)],
-                    |row| row.get(0),
-                )
-                .map_err(db)?;
-            if !leased {
-                return Err(drain_fenced(generation_));
-            }
+            let tx = drain_transaction(c, &provider, fence, generation_, &path)?;
             let generation_ = signed(generation_);
             tx.execute(
                 "DELETE FROM token_users WHERE provider = ?1 AND generation < ?2 AND holder <> ?3",
@@ -774,6 +789,28 @@ impl Store for SqliteStore {
                 "UPDATE token_users SET state = 'draining'
                  WHERE provider = ?1 AND generation = ?2 AND holder <> ?3 AND state = 'using'",
                 params![provider, generation_, holder],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn withdraw_drain(
+        &self,
+        provider: &str,
+        fence: u64,
+        generation_: u64,
+    ) -> Result<(), StoreError> {
+        let provider = provider.to_owned();
+        let path = self.path.clone();
+        self.with(move |c| {
+            let db = |e: rusqlite::Error| map(&path, &e);
+            let tx = drain_transaction(c, &provider, fence, generation_, &path)?;
+            tx.execute(
+                "UPDATE token_users SET state = 'using'
+                 WHERE provider = ?1 AND generation = ?2 AND state <> 'using'",
+                params![provider, signed(generation_)],
             )
             .map_err(db)?;
             tx.commit().map_err(db)

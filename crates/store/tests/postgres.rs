@@ -262,6 +262,14 @@ async fn drains_are_announced_acknowledged_and_fenced() {
 }
 
 #[tokio::test]
+async fn drains_are_called_off_by_the_lease_holder() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::drains_are_called_off_by_the_lease_holder(&store).await;
+}
+
+#[tokio::test]
 async fn a_stale_lease_holder_is_fenced() {
     let Some((_schema, store)) = fresh().await else {
         return;
@@ -639,6 +647,12 @@ async fn writes_notify_the_brokers_of_the_cluster_when_they_commit_a_change() {
     assert_eq!(next_change(&mut changes).await, of("crm"));
     writer.save_refresh("crm", crm, 1, b"rt2").await.unwrap();
     assert_eq!(next_change(&mut changes).await, of("crm"));
+    // A drain: its announcement is told, and its calling off if that changed anything.
+    writer.withdraw_drain("cr", cr, 1).await.unwrap();
+    writer.announce_drain("cr", "a", cr, 1).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, of("cr"));
+    writer.withdraw_drain("cr", cr, 1).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, of("cr"));
     // The listener's own writes are told too (a broker cannot tell its commits apart).
     listener
         .save_token("cr", cr, 1, &conformance::token(2, b"two"))

@@ -132,6 +132,12 @@ async fn drains_are_announced_acknowledged_and_fenced() {
     conformance::drains_are_announced_acknowledged_and_fenced(&store).await;
 }
 
+#[tokio::test]
+async fn drains_are_called_off_by_the_lease_holder() {
+    let (_dir, _, store) = fresh().await;
+    conformance::drains_are_called_off_by_the_lease_holder(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn processes_opening_one_new_file_at_once_migrate_it_once() {
     // Connections of one process race as those of several would: each has its own.

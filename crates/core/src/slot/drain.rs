@@ -163,7 +163,7 @@ async fn answer_once(shared: &Shared) {
         .await
     {
         Ok(Some(generation)) => generation,
-        Ok(None) => return,
+        Ok(None) => return follow_call_off(shared).await,
         Err(e) => {
             tracing::warn!(provider, error = %e, "cannot read the drain requests");
             return;
@@ -205,12 +205,53 @@ async fn answer_once(shared: &Shared) {
     }
 }
 
-/// After this broker's own attempt to replace `generation` failed, having held the lease
-/// with no newer token stored: whoever announced that generation's drain (for a rotation or
-/// a logout) is done and did not replace it, so the announcement no longer keeps it from
-/// consumers here. It is served on while the driver backs off, as the announcer serves it
-/// (SPEC guarantee 8), unless this attempt's own answer superseded it.
-pub(super) fn withdrawn(shared: &Shared, generation: u64) {
+/// Whether the drain of the current token, taken up here, was called off ([`call_off`]):
+/// its record here is in use again. Asked only while the current token is kept from
+/// consumers for a drain.
+async fn follow_call_off(shared: &Shared) {
+    let Some(generation) = shared.view.borrow().token.as_ref().map(|t| t.generation) else {
+        return;
+    };
+    if shared.draining.load(Ordering::SeqCst) != generation {
+        return;
+    }
+    let persistence = &shared.persistence;
+    let provider = shared.config.name.as_str();
+    match persistence
+        .store
+        .register_user(provider, &persistence.holder, generation)
+        .await
+    {
+        Ok(false) => served_again(shared, generation),
+        Ok(true) => {}
+        Err(e) => tracing::warn!(provider, error = %e, "cannot read the token's drain"),
+    }
+}
+
+/// After an attempt to replace `generation`, or to log it out, failed under the lease of
+/// `fence`: the token stays in service, so the drain announced for it (by this broker or an
+/// earlier holder of the lease) is called off, here and on every broker (their answering
+/// tasks see it), and the next drain of it asks them all again. Not when this attempt's own
+/// answer superseded the token, or it was reported rejected: it is dead.
+pub(super) async fn call_off(shared: &Shared, generation: u64, fence: u64) {
+    if !shared.drains_across_brokers || shared.retired(generation) {
+        return;
+    }
+    let provider = shared.config.name.as_str();
+    match shared
+        .persistence
+        .store
+        .withdraw_drain(provider, fence, generation)
+        .await
+    {
+        Ok(()) => served_again(shared, generation),
+        // Fenced: another broker holds the lease, and its drain may be under way.
+        Err(e) => tracing::warn!(provider, error = %e, "cannot call off the drain of the token"),
+    }
+}
+
+/// The announcement of `generation`'s drain no longer keeps it from consumers here.
+fn served_again(shared: &Shared, generation: u64) {
     let _ = shared.draining.compare_exchange(
         generation,
         generation.saturating_sub(1),

@@ -237,15 +237,18 @@ async fn log_out(shared: &Shared, issuer: &dyn Issuer) {
             }
         }
         drain::before_logout(shared, &token, fence).await;
-        end_session(shared, issuer, &token).await;
+        if !end_session(shared, issuer, &token).await {
+            drain::call_off(shared, token.generation, fence).await;
+        }
     };
     renewing(shared, fence, work).await;
     release(shared).await;
 }
 
 /// Logs `token` out at its issuer (bounded by the provider's `timeout`) and, once it is,
-/// retires it in the store.
-async fn end_session(shared: &Shared, issuer: &dyn Issuer, token: &Token) {
+/// retires it in the store; returns whether the session may have ended (it was logged out,
+/// or the logout timed out and may have arrived).
+async fn end_session(shared: &Shared, issuer: &dyn Issuer, token: &Token) -> bool {
     let provider = shared.config.name.as_str();
     let logout = tokio::time::timeout(shared.config.timeout, issuer.log_out_on_shutdown(token));
     match logout.await {
@@ -263,10 +266,17 @@ async fn end_session(shared: &Shared, issuer: &dyn Issuer, token: &Token) {
             {
                 tracing::warn!(provider, error = %e, "cannot retire the stored token");
             }
+            true
         }
-        Ok(Ok(false)) => {}
-        Ok(Err(e)) => tracing::warn!(provider, error = %e, "logout on shutdown failed"),
-        Err(_) => tracing::warn!(provider, "logout on shutdown timed out"),
+        Ok(Ok(false)) => false,
+        Ok(Err(e)) => {
+            tracing::warn!(provider, error = %e, "logout on shutdown failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(provider, "logout on shutdown timed out");
+            true
+        }
     }
 }
 
@@ -337,6 +347,9 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
     // another broker meanwhile (this one stalled past LEASE_TTL), the store refuses them.
     let work = issue_and_commit(shared, issuer, current.as_deref(), expected, fence);
     let (committed, latency) = renewing(shared, fence, work).await;
+    if committed.is_err() {
+        drain::call_off(shared, expected, fence).await;
+    }
     // Released before anyone sees the outcome: a crash after a consumer received a token
     // never leaves the lease behind.
     release(shared).await;
@@ -369,10 +382,7 @@ async fn attempt(shared: &Shared, issuer: &dyn Issuer, reason: &'static str) -> 
             outcome
         }
         Ok((Committed::Theirs(token), _)) => publish(shared, token).await,
-        Err(error) => {
-            drain::withdrawn(shared, expected);
-            failed(shared, error, latency).await
-        }
+        Err(error) => failed(shared, error, latency).await,
     }
 }
 

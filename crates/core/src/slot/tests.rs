@@ -90,6 +90,10 @@ struct MemoryStore {
     changes: Option<tokio::sync::broadcast::Sender<Change>>,
     /// The generation another broker announced it is about to replace.
     drain_request: std::sync::Mutex<Option<u64>>,
+    /// The generation this broker acknowledged draining (until the drain is called off).
+    drained: std::sync::Mutex<Option<u64>>,
+    /// The generations whose drain was called off.
+    withdrawn: std::sync::Mutex<Vec<u64>>,
     /// Set: the lease is granted once more, then held by another broker.
     lease_lost_next: AtomicBool,
     lease_granted_once: AtomicBool,
@@ -115,8 +119,8 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn register_user(&self, _: &str, _: &str, _: u64) -> Result<bool, StoreError> {
-        Ok(false)
+    async fn register_user(&self, _: &str, _: &str, generation: u64) -> Result<bool, StoreError> {
+        Ok(*self.drained.lock().unwrap() == Some(generation))
     }
     async fn announce_drain(&self, _: &str, _: &str, _: u64, _: u64) -> Result<(), StoreError> {
         Ok(())
@@ -124,10 +128,21 @@ impl Store for MemoryStore {
     async fn drain_request(&self, _: &str, _: &str) -> Result<Option<u64>, StoreError> {
         Ok(*self.drain_request.lock().unwrap())
     }
+    async fn withdraw_drain(&self, _: &str, _: u64, generation: u64) -> Result<(), StoreError> {
+        self.withdrawn.lock().unwrap().push(generation);
+        for marked in [&self.drain_request, &self.drained] {
+            let mut marked = marked.lock().unwrap();
+            if *marked == Some(generation) {
+                *marked = None;
+            }
+        }
+        Ok(())
+    }
     async fn ack_drain(&self, _: &str, _: &str, generation: u64) -> Result<(), StoreError> {
         let mut request = self.drain_request.lock().unwrap();
         if *request == Some(generation) {
             *request = None;
+            *self.drained.lock().unwrap() = Some(generation);
         }
         Ok(())
     }
@@ -910,6 +925,39 @@ async fn a_token_whose_announced_replacement_failed_is_served_while_the_issuer_i
     assert_eq!(served.generation, 1);
     assert_eq!(calls(&h), 2, "this broker tried to replace it itself");
     assert_eq!(h.slot.view().state, SlotState::BackingOff);
+    assert_eq!(
+        *h.store.withdrawn.lock().unwrap(),
+        [1],
+        "and called the drain off for every broker"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_another_broker_called_off_puts_the_token_back_in_service_here() {
+    let h = cluster_harness("", Duration::from_secs(600));
+    h.slot.get().await.unwrap();
+    *h.store.drain_request.lock().unwrap() = Some(1);
+    let changes = h.store.changes.as_ref().unwrap();
+    changes.send(Change::Provider("fake".into())).unwrap();
+    wait_for_drain_of(&h, 1).await;
+    while *h.store.drained.lock().unwrap() != Some(1) {
+        tokio::task::yield_now().await; // acknowledged, nothing in use
+    }
+    // The announcer's rotation failed: it calls the drain off, and the brokers are told.
+    h.store.withdraw_drain("fake", 1, 1).await.unwrap();
+    changes.send(Change::Provider("fake".into())).unwrap();
+    for _ in 0..1000 {
+        if h.slot.shared.draining.load(Ordering::SeqCst) < 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        h.slot.get().await.unwrap().generation,
+        1,
+        "in service again"
+    );
+    assert_eq!(calls(&h), 1, "nothing issued here");
 }
 
 /// Yields until the slot's answering task has taken up the announced drain of `generation`.

@@ -547,6 +547,34 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn withdraw_drain(
+        &self,
+        provider: &str,
+        fence: u64,
+        generation_: u64,
+    ) -> Result<(), StoreError> {
+        // Told only if a record changed: a failed attempt with nothing announced is common.
+        let leased = self
+            .notifying(
+                "WITH lease AS (
+                     SELECT provider FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE),
+                 withdrawn AS (
+                     UPDATE token_users SET state = 'using'
+                     WHERE provider = $1 AND generation = $2 AND state <> 'using'
+                         AND EXISTS (SELECT 1 FROM lease)
+                     RETURNING provider),
+                 told AS (SELECT pg_notify($4, provider) FROM withdrawn LIMIT 1)
+                 SELECT provider FROM lease WHERE (SELECT count(*) FROM told) >= 0",
+                &[&provider, &signed(generation_), &signed(fence)],
+            )
+            .await?;
+        if leased == 1 {
+            Ok(())
+        } else {
+            Err(drain_fenced(generation_))
+        }
+    }
+
     async fn drain_request(&self, provider: &str, holder: &str) -> Result<Option<u64>, StoreError> {
         let row = self
             .query_opt(

@@ -22,6 +22,19 @@ pub(crate) async fn fence(store: &dyn Store, provider: &str) -> u64 {
     }
 }
 
+/// The fence of `holder`'s grant of `provider`'s lease, once the checks released theirs.
+async fn lease_passed_to(store: &dyn Store, provider: &str, holder: &str) -> u64 {
+    store.release_lease(provider, "checks").await.unwrap();
+    match store
+        .acquire_lease(provider, holder, Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
+        Lease::Granted { fence } => fence,
+        Lease::HeldElsewhere { .. } => panic!("a released lease is granted"),
+    }
+}
+
 pub(crate) fn token(generation: u64, sealed: &[u8]) -> StoredToken {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     StoredToken {
@@ -413,6 +426,37 @@ pub(crate) async fn ledger_keeps_requests_and_outcomes(store: &dyn Store) {
     assert_eq!(store.issuances("pool", at(0)).await.unwrap().len(), 4);
 }
 
+/// A drain called off (the rotation or logout failed): every broker's record of the
+/// generation is in use again, so the next announcement asks them all, announcer included;
+/// a stale lease holder cannot call it off.
+pub(crate) async fn drains_are_called_off_by_the_lease_holder(store: &dyn Store) {
+    let f = fence(store, "cr").await;
+    for holder in ["a", "b", "c"] {
+        assert!(!store.register_user("cr", holder, 5).await.unwrap());
+    }
+    store.announce_drain("cr", "a", f, 5).await.unwrap();
+    store.ack_drain("cr", "b", 5).await.unwrap();
+    assert_eq!(store.undrained("cr", 5).await.unwrap(), ["c"]);
+
+    store.withdraw_drain("cr", f, 5).await.unwrap();
+    assert!(store.undrained("cr", 5).await.unwrap().is_empty());
+    assert_eq!(store.drain_request("cr", "c").await.unwrap(), None);
+    for holder in ["a", "b", "c", "late"] {
+        assert!(
+            !store.register_user("cr", holder, 5).await.unwrap(),
+            "{holder}: in use, not draining"
+        );
+    }
+    store.withdraw_drain("cr", f, 5).await.unwrap(); // nothing to call off: still fine
+
+    let next = lease_passed_to(store, "cr", "b").await;
+    store.announce_drain("cr", "b", next, 5).await.unwrap();
+    assert_eq!(store.undrained("cr", 5).await.unwrap(), ["a", "c", "late"]);
+    let stale = store.withdraw_drain("cr", f, 5).await.unwrap_err();
+    assert_eq!(stale.kind, StoreErrorKind::Conflict);
+    assert_eq!(store.undrained("cr", 5).await.unwrap(), ["a", "c", "late"]);
+}
+
 /// The drain of a rotation: the rotator (holding the lease) asks every other broker that
 /// took up the generation, each acknowledges, a broker taking it up late is asked too,
 /// older generations are forgotten, and a stale lease holder cannot announce.
@@ -460,14 +504,7 @@ pub(crate) async fn drains_are_announced_acknowledged_and_fenced(store: &dyn Sto
 
     // The next generation starts afresh; a stale holder's announcement is refused.
     assert!(!store.register_user("cr", "b", 4).await.unwrap());
-    store.release_lease("cr", "checks").await.unwrap();
-    let Lease::Granted { fence: next } = store
-        .acquire_lease("cr", "b", Duration::from_secs(60))
-        .await
-        .unwrap()
-    else {
-        panic!("a released lease is granted");
-    };
+    let next = lease_passed_to(store, "cr", "b").await;
     let stale = store
         .announce_drain("cr", "checks", f, 4)
         .await
