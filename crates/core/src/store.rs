@@ -344,7 +344,7 @@ pub trait Store: Send + Sync + 'static {
     /// Calls off the drain of `generation`, announced by whoever held the lease, now held
     /// with `fence`: the token was not superseded after all (the attempt to replace it, or
     /// the logout, failed). Every holder's record of it is back in use, as if no drain had
-    /// been announced, and the other brokers are told if any was asked. `Conflict` if the
+    /// been announced, and the other brokers are told if any record changed. `Conflict` if the
     /// lease no longer has `fence`.
     async fn withdraw_drain(
         &self,

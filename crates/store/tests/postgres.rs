@@ -649,6 +649,12 @@ async fn writes_notify_the_brokers_of_the_cluster_when_they_commit_a_change() {
     assert_eq!(next_change(&mut changes).await, of("crm"));
     // A drain: its announcement is told, and its calling off if that changed anything.
     writer.withdraw_drain("cr", cr, 1).await.unwrap();
+    writer.save_refresh("crm", crm, 2, b"rt3").await.unwrap();
+    assert_eq!(
+        next_change(&mut changes).await,
+        of("crm"),
+        "nothing to call off"
+    );
     writer.announce_drain("cr", "a", cr, 1).await.unwrap();
     assert_eq!(next_change(&mut changes).await, of("cr"));
     writer.withdraw_drain("cr", cr, 1).await.unwrap();

@@ -11,7 +11,9 @@
 //! each other broker, told by the announcement, stops handing the old token to new requests,
 //! waits for its own requests on it (bounded by its own `drain_timeout`) and acknowledges
 //! ([`answer`]). A broker that is dead or cut off costs the rotation `drain_timeout`, never
-//! more. Without change notifications (SQLite) brokers drain their own requests only.
+//! more. A rotation or logout that fails calls its drain off ([`call_off`]), and the others
+//! serve the token on. Without change notifications (SQLite) brokers drain their own
+//! requests only.
 //!
 //! Issuance stays the driver's business; this module only delays it.
 
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use super::Shared;
 use super::sync::Follower;
+use crate::store::StoreErrorKind;
 use crate::token::Token;
 
 /// How often the rotator re-reads who has not acknowledged, should a notification be lost.
@@ -139,8 +142,9 @@ async fn others(shared: &Shared, generation: u64, fence: u64) {
 
 /// Answers other brokers' drain announcements for the slot until aborted:
 /// marks the announced generation not servable, waits (bounded by `drain_timeout`) for this
-/// broker's requests on it, and acknowledges. Looks when the store tells of a change of the
-/// provider and whenever the slot publishes (a token taken up late may already be draining).
+/// broker's requests on it, and acknowledges; and puts it back in service if the drain is
+/// called off. Looks when the store tells of a change of the provider and whenever the slot
+/// publishes (a token taken up late may already be draining).
 pub(super) async fn answer(shared: Arc<Shared>) {
     let mut follower = Follower::new(&shared);
     let mut view = shared.view.subscribe();
@@ -205,9 +209,9 @@ async fn answer_once(shared: &Shared) {
     }
 }
 
-/// Whether the drain of the current token, taken up here, was called off ([`call_off`]):
-/// its record here is in use again. Asked only while the current token is kept from
-/// consumers for a drain.
+/// Puts the current token back in service here if the drain that keeps it from consumers
+/// was called off ([`call_off`]): it is still the stored token, in service, and this
+/// broker's record of it is in use again. Looked at only while that drain lasts.
 async fn follow_call_off(shared: &Shared) {
     let Some(generation) = shared.view.borrow().token.as_ref().map(|t| t.generation) else {
         return;
@@ -217,6 +221,13 @@ async fn follow_call_off(shared: &Shared) {
     }
     let persistence = &shared.persistence;
     let provider = shared.config.name.as_str();
+    // Replaced (the notification was of its successor) or retired: it stays out.
+    let stored = persistence.store.load_token(provider).await;
+    let current = matches!(&stored, Ok(Some(stored))
+        if stored.generation == generation && stored.expires_at > shared.clock.now());
+    if !current {
+        return;
+    }
     match persistence
         .store
         .register_user(provider, &persistence.holder, generation)
@@ -245,7 +256,12 @@ pub(super) async fn call_off(shared: &Shared, generation: u64, fence: u64) {
         .await
     {
         Ok(()) => served_again(shared, generation),
-        // Fenced: another broker holds the lease, and its drain may be under way.
+        // Another broker holds the lease, and its drain of the token may be under way
+        // without asking this one (whose record says drained): kept from consumers here
+        // until that broker replaces the token or calls the drain off.
+        Err(e) if e.kind == StoreErrorKind::Conflict => {
+            shared.draining.fetch_max(generation, Ordering::SeqCst);
+        }
         Err(e) => tracing::warn!(provider, error = %e, "cannot call off the drain of the token"),
     }
 }

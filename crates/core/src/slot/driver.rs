@@ -82,9 +82,10 @@ impl Shared {
                 Step::Sleep(None)
             };
         }
-        // Drained for another broker's logout or rotation, which may never come (it failed,
-        // or that broker died): consumers here wait for a token, so one is issued once the
-        // lease is free (should that fail too, the token is served on: `drain::withdrawn`).
+        // Drained for another broker's logout or rotation, which may never come (that broker
+        // died, or its logout may have landed): consumers here wait for a token, so one is
+        // issued once the lease is free (should that fail too, the drain is called off:
+        // `drain::call_off`).
         if demand && token.generation <= self.draining.load(Ordering::SeqCst) {
             return Step::Issue("drained");
         }
@@ -247,7 +248,7 @@ async fn log_out(shared: &Shared, issuer: &dyn Issuer) {
 
 /// Logs `token` out at its issuer (bounded by the provider's `timeout`) and, once it is,
 /// retires it in the store; returns whether the session may have ended (it was logged out,
-/// or the logout timed out and may have arrived).
+/// or the logout may have arrived: it timed out, or failed after it was sent).
 async fn end_session(shared: &Shared, issuer: &dyn Issuer, token: &Token) -> bool {
     let provider = shared.config.name.as_str();
     let logout = tokio::time::timeout(shared.config.timeout, issuer.log_out_on_shutdown(token));
@@ -271,7 +272,7 @@ async fn end_session(shared: &Shared, issuer: &dyn Issuer, token: &Token) -> boo
         Ok(Ok(false)) => false,
         Ok(Err(e)) => {
             tracing::warn!(provider, error = %e, "logout on shutdown failed");
-            false
+            !e.certainly_not_acted_on()
         }
         Err(_) => {
             tracing::warn!(provider, "logout on shutdown timed out");

@@ -34,12 +34,22 @@ struct FakeIssuer {
     half_usable: Arc<AtomicBool>,
     /// Whether the provider is configured to log out on shutdown.
     logs_out: bool,
+    /// How a logout on shutdown fails, if it does.
+    logout_error: Arc<std::sync::Mutex<Option<IssueError>>>,
 }
 
 #[async_trait]
 impl Issuer for FakeIssuer {
     fn logs_out_on_shutdown(&self) -> bool {
         self.logs_out
+    }
+
+    /// Fails as `logout_error` says, else done.
+    async fn log_out_on_shutdown(&self, _token: &Token) -> Result<bool, IssueError> {
+        match self.logout_error.lock().unwrap().clone() {
+            Some(error) => Err(error),
+            None => Ok(true),
+        }
     }
 
     async fn issue(&self, _input: IssueInput<'_>) -> Answer {
@@ -90,10 +100,13 @@ struct MemoryStore {
     changes: Option<tokio::sync::broadcast::Sender<Change>>,
     /// The generation another broker announced it is about to replace.
     drain_request: std::sync::Mutex<Option<u64>>,
-    /// The generation this broker acknowledged draining (until the drain is called off).
+    /// The generation this broker's record says is drained (it acknowledged or announced the
+    /// drain), until the drain is called off.
     drained: std::sync::Mutex<Option<u64>>,
     /// The generations whose drain was called off.
     withdrawn: std::sync::Mutex<Vec<u64>>,
+    /// Set: calling a drain off is refused, the lease having passed to another broker.
+    lease_passed_on: AtomicBool,
     /// Set: the lease is granted once more, then held by another broker.
     lease_lost_next: AtomicBool,
     lease_granted_once: AtomicBool,
@@ -122,13 +135,24 @@ impl Store for MemoryStore {
     async fn register_user(&self, _: &str, _: &str, generation: u64) -> Result<bool, StoreError> {
         Ok(*self.drained.lock().unwrap() == Some(generation))
     }
-    async fn announce_drain(&self, _: &str, _: &str, _: u64, _: u64) -> Result<(), StoreError> {
+    async fn announce_drain(
+        &self,
+        _: &str,
+        _: &str,
+        _: u64,
+        generation: u64,
+    ) -> Result<(), StoreError> {
+        // The announcer's own record is drained.
+        *self.drained.lock().unwrap() = Some(generation);
         Ok(())
     }
     async fn drain_request(&self, _: &str, _: &str) -> Result<Option<u64>, StoreError> {
         Ok(*self.drain_request.lock().unwrap())
     }
     async fn withdraw_drain(&self, _: &str, _: u64, generation: u64) -> Result<(), StoreError> {
+        if self.lease_passed_on.load(Ordering::SeqCst) {
+            return Err(StoreError::new(StoreErrorKind::Conflict, "lease passed on"));
+        }
         self.withdrawn.lock().unwrap().push(generation);
         for marked in [&self.drain_request, &self.drained] {
             let mut marked = marked.lock().unwrap();
@@ -318,7 +342,8 @@ struct Harness {
     down: Arc<AtomicBool>,
     half_usable: Arc<AtomicBool>,
     store: Arc<MemoryStore>,
-    _stop: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    logout_error: Arc<std::sync::Mutex<Option<IssueError>>>,
 }
 
 /// A Control Room-like provider (`json_login`, single-session unless `extra` says not).
@@ -366,8 +391,10 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
     let half_usable = Arc::new(AtomicBool::new(false));
     let logs_out = matches!(&provider.issuer,
         crate::config::IssuerConfig::JsonLogin(login) if login.logout_on_shutdown);
+    let logout_error = Arc::new(std::sync::Mutex::new(None));
     let issuer = FakeIssuer {
         logs_out,
+        logout_error: logout_error.clone(),
         clock,
         lifetime,
         latency: Duration::from_millis(200),
@@ -402,7 +429,8 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
         down,
         half_usable,
         store,
-        _stop: stop,
+        stop,
+        logout_error,
     }
 }
 
@@ -958,6 +986,98 @@ async fn a_drain_another_broker_called_off_puts_the_token_back_in_service_here()
         "in service again"
     );
     assert_eq!(calls(&h), 1, "nothing issued here");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_whose_token_was_replaced_stays_on_though_this_brokers_record_is_gone() {
+    let h = cluster_harness("", Duration::from_secs(600));
+    let first = h.slot.get().await.unwrap();
+    *h.store.drain_request.lock().unwrap() = Some(1);
+    let changes = h.store.changes.as_ref().unwrap();
+    changes.send(Change::Provider("fake".into())).unwrap();
+    wait_for_drain_of(&h, 1).await;
+    while *h.store.drained.lock().unwrap() != Some(1) {
+        tokio::task::yield_now().await;
+    }
+    // Another broker stored generation 2 (sealed so that it does not open here: not
+    // adopted), and announcing its drain forgot this broker's record of generation 1.
+    *h.store.token.lock().unwrap() = Some(StoredToken {
+        generation: 2,
+        issued_at: first.issued_at,
+        expires_at: first.expires_at,
+        refresh_at: first.refresh_at,
+        sealed: b"not for this broker".to_vec(),
+    });
+    *h.store.drained.lock().unwrap() = None;
+    changes.send(Change::Provider("fake".into())).unwrap();
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        h.slot.shared.draining.load(Ordering::SeqCst),
+        1,
+        "generation 1 stays out of service"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broker_whose_call_off_is_refused_stops_serving_the_token() {
+    let h = cluster_harness("refresh_before = \"20s\"", Duration::from_secs(60));
+    let first = h.slot.get().await.unwrap();
+    // Its rotation fails, and another broker has the lease by the time it calls off.
+    h.down.store(true, Ordering::SeqCst);
+    h.store.lease_passed_on.store(true, Ordering::SeqCst);
+    tokio::time::sleep(
+        first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(h.slot.view().state, SlotState::BackingOff);
+    assert_eq!(h.slot.shared.draining.load(Ordering::SeqCst), 1);
+    assert!(
+        h.slot.get().await.is_err(),
+        "not served while the other broker's drain may be under way"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_logout_on_shutdown_that_surely_did_not_arrive_calls_its_drain_off() {
+    let logs_out = "logout_url = \"http://127.0.0.1:9/logout\"\nlogout_on_shutdown = true";
+    let refused = IssueError::Refused {
+        provider: "fake".into(),
+        status: 403,
+        detail: None,
+    };
+    let unavailable = IssueError::Unavailable {
+        provider: "fake".into(),
+        status: 502,
+        retry_after: None,
+    };
+    // Refused: the session lives on. A 502: the logout may have arrived. Done: retired.
+    for (error, called_off) in [
+        (Some(refused), vec![1]),
+        (Some(unavailable), vec![]),
+        (None, vec![]),
+    ] {
+        let h = cluster_harness(logs_out, Duration::from_secs(600));
+        h.slot.get().await.unwrap();
+        let done = error.is_none();
+        *h.logout_error.lock().unwrap() = error;
+        h.stop.send(true).unwrap();
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            *h.store.withdrawn.lock().unwrap(),
+            called_off,
+            "done: {done}"
+        );
+        let stored = h.store.token.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            stored.expires_at == SystemTime::UNIX_EPOCH,
+            done,
+            "retired once logged out"
+        );
+    }
 }
 
 /// Yields until the slot's answering task has taken up the announced drain of `generation`.
