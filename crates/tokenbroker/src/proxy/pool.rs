@@ -5,10 +5,9 @@
 //! Each connection is hyper's own (`client::conn::http1`), driven by a task on the worker's
 //! runtime. A connection goes back to the pool when its answer's last byte has been read
 //! and its request has been sent whole, with no task to wait for it; an answer cut off
-//! early closes it. The most recently used
-//! idle connection is taken first, so the others age out: one idle for [`IDLE`] is closed
-//! when the pool is next used (upstreams close theirs sooner, typically after 5 to 75 s,
-//! which the connection's task notices).
+//! early closes it. The most recently used idle connection is taken first, so the others
+//! age out: one idle for [`IDLE`] is closed when the pool is next used (upstreams close
+//! theirs sooner, typically after 5 to 75 s, which the connection's task notices).
 //!
 //! A request sent on a reused connection that the upstream closed meanwhile (it is never
 //! written) is sent again on another one; one that was written is not replayed here.
