@@ -329,6 +329,10 @@ pub trait Store: Send + Sync + 'static {
         generation: u64,
     ) -> Result<bool, StoreError>;
 
+    /// Forgets `holder`'s records of the provider's tokens: a broker that stops serving them
+    /// (it shuts down), so that no drain waits for it; a drain waiting now is told.
+    async fn forget_user(&self, provider: &str, holder: &str) -> Result<(), StoreError>;
+
     /// Announces that `holder`, holding the lease with `fence`, is about to supersede
     /// `generation`: every other holder that recorded it is asked to drain it, the other
     /// brokers are told (a [`Change`] of the provider), and the rows of older generations are

@@ -759,6 +759,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn forget_user(&self, provider: &str, holder: &str) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM token_users WHERE provider = ?1 AND holder = ?2",
+            provider,
+            holder,
+        )
+        .await
+    }
+
     async fn announce_drain(
         &self,
         provider: &str,

@@ -262,6 +262,14 @@ async fn drains_are_announced_acknowledged_and_fenced() {
 }
 
 #[tokio::test]
+async fn a_stopped_user_is_not_waited_for() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::a_stopped_user_is_not_waited_for(&store).await;
+}
+
+#[tokio::test]
 async fn drains_are_called_off_by_the_lease_holder() {
     let Some((_schema, store)) = fresh().await else {
         return;

@@ -133,6 +133,12 @@ async fn drains_are_announced_acknowledged_and_fenced() {
 }
 
 #[tokio::test]
+async fn a_stopped_user_is_not_waited_for() {
+    let (_dir, _, store) = fresh().await;
+    conformance::a_stopped_user_is_not_waited_for(&store).await;
+}
+
+#[tokio::test]
 async fn drains_are_called_off_by_the_lease_holder() {
     let (_dir, _, store) = fresh().await;
     conformance::drains_are_called_off_by_the_lease_holder(&store).await;

@@ -266,6 +266,24 @@ pub(super) async fn call_off(shared: &Shared, generation: u64, fence: u64) {
     }
 }
 
+/// When the broker stops (after its logout, if any): its records of the token are
+/// forgotten, so that no later drain waits for a broker that is gone. Its requests are
+/// over by then: the server finished them before stopping the drivers.
+pub(super) async fn leave(shared: &Shared) {
+    if !shared.drains_across_brokers {
+        return;
+    }
+    let persistence = &shared.persistence;
+    let provider = shared.config.name.as_str();
+    if let Err(e) = persistence
+        .store
+        .forget_user(provider, &persistence.holder)
+        .await
+    {
+        tracing::warn!(provider, error = %e, "cannot forget this broker's use of the token; the next drain waits for it");
+    }
+}
+
 /// The announcement of `generation`'s drain no longer keeps it from consumers here.
 fn served_again(shared: &Shared, generation: u64) {
     let _ = shared.draining.compare_exchange(

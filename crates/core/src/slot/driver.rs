@@ -112,6 +112,7 @@ pub(super) async fn run(
     loop {
         if *stop.borrow() {
             log_out(&shared, &*issuer).await;
+            drain::leave(&shared).await;
             return;
         }
         let now = shared.clock.now();

@@ -107,6 +107,8 @@ struct MemoryStore {
     withdrawn: std::sync::Mutex<Vec<u64>>,
     /// Set: calling a drain off is refused, the lease having passed to another broker.
     lease_passed_on: AtomicBool,
+    /// Whether this broker's records of the token were forgotten (it stopped).
+    forgotten: AtomicBool,
     /// Set: the lease is granted once more, then held by another broker.
     lease_lost_next: AtomicBool,
     lease_granted_once: AtomicBool,
@@ -134,6 +136,10 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn register_user(&self, _: &str, _: &str, generation: u64) -> Result<bool, StoreError> {
         Ok(*self.drained.lock().unwrap() == Some(generation))
+    }
+    async fn forget_user(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        self.forgotten.store(true, Ordering::SeqCst);
+        Ok(())
     }
     async fn announce_drain(
         &self,
@@ -1077,6 +1083,21 @@ async fn a_logout_on_shutdown_that_surely_did_not_arrive_calls_its_drain_off() {
             done,
             "retired once logged out"
         );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_broker_is_forgotten_as_a_user_of_the_token() {
+    for (h, in_a_cluster) in [
+        (cluster_harness("", Duration::from_secs(600)), true),
+        (harness("", Duration::from_secs(600)), false),
+    ] {
+        h.slot.get().await.unwrap();
+        h.stop.send(true).unwrap();
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(h.store.forgotten.load(Ordering::SeqCst), in_a_cluster);
     }
 }
 

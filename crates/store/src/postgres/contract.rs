@@ -511,6 +511,18 @@ impl Store for PostgresStore {
         Ok(state.is_some_and(|s| s != "using"))
     }
 
+    async fn forget_user(&self, provider: &str, holder: &str) -> Result<(), StoreError> {
+        self.notifying(
+            "WITH gone AS (
+                 DELETE FROM token_users WHERE provider = $1 AND holder = $2
+                 RETURNING provider)
+             SELECT pg_notify($3, provider) FROM gone",
+            &[&provider, &holder],
+        )
+        .await
+        .map(drop)
+    }
+
     async fn announce_drain(
         &self,
         provider: &str,

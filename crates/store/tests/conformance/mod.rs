@@ -426,6 +426,18 @@ pub(crate) async fn ledger_keeps_requests_and_outcomes(store: &dyn Store) {
     assert_eq!(store.issuances("pool", at(0)).await.unwrap().len(), 4);
 }
 
+/// A broker that stops is forgotten: no drain waits for it.
+pub(crate) async fn a_stopped_user_is_not_waited_for(store: &dyn Store) {
+    let f = fence(store, "cr").await;
+    for holder in ["gone", "staying"] {
+        assert!(!store.register_user("cr", holder, 6).await.unwrap());
+    }
+    store.forget_user("cr", "gone").await.unwrap();
+    store.forget_user("cr", "never-was").await.unwrap();
+    store.announce_drain("cr", "checks", f, 6).await.unwrap();
+    assert_eq!(store.undrained("cr", 6).await.unwrap(), ["staying"]);
+}
+
 /// A drain called off (the rotation or logout failed): every broker's record of the
 /// generation is in use again, so the next announcement asks them all, announcer included;
 /// a stale lease holder cannot call it off.

@@ -204,6 +204,39 @@ async fn a_planned_rotation_waits_for_the_requests_other_brokers_proxy_with_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stopped_gracefully_does_not_delay_a_rotation() {
+    let Some(schema) = TestSchema::new("tb_drain").await else {
+        return;
+    };
+    let upstream = SlowUpstream::start().await;
+    let drain_timeout = Duration::from_secs(2);
+    let (app, config) = cluster_app(&upstream, &schema, Duration::from_secs(6), "2s").await;
+    let mut leaving = ServeProcess::start_ready(1, &config, &app.master_key, &app.http).await;
+    let leaving = leaving.remove(0);
+    let rotator = start_broker(&config, &app.master_key).await;
+    let (_, first) = app.token_at(&rotator.url).await.unwrap();
+    let (status, same) = app.token_at(&leaving.url).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{same}");
+    let (stopped, logs) = leaving.terminate().await;
+    assert!(stopped.success(), "{logs}");
+
+    let refresh_at = humantime::parse_rfc3339(first["refresh_at"].as_str().unwrap()).unwrap();
+    app.emulator
+        .wait_for(|seen| seen.login_attempts >= 2, Duration::from_secs(15))
+        .await
+        .expect("the rotation happens");
+    let delay = SystemTime::now()
+        .duration_since(refresh_at)
+        .unwrap_or_default();
+    // A broker that left is not waited for, as a dead one is (the test below).
+    assert!(
+        delay < drain_timeout / 2,
+        "the rotation came {delay:?} after refresh_at: it waited for the broker that stopped"
+    );
+    rotator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_broker_delays_a_rotation_by_drain_timeout_at_most() {
     let Some(schema) = TestSchema::new("tb_drain").await else {
         return;
