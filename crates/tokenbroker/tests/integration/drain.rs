@@ -203,22 +203,25 @@ async fn a_planned_rotation_waits_for_the_requests_other_brokers_proxy_with_the_
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_stopped_gracefully_does_not_delay_a_rotation() {
-    let Some(schema) = TestSchema::new("tb_drain").await else {
-        return;
-    };
+/// The `drain_timeout` of [`rotation_delay`]'s brokers.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long after `refresh_at` a broker rotated the token when the other broker that served
+/// it had been ended by `end` (a kill, a graceful stop); `None` without PostgreSQL.
+async fn rotation_delay(end: impl AsyncFnOnce(ServeProcess)) -> Option<Duration> {
+    let schema = TestSchema::new("tb_drain").await?;
     let upstream = SlowUpstream::start().await;
-    let drain_timeout = Duration::from_secs(2);
     let (app, config) = cluster_app(&upstream, &schema, Duration::from_secs(6), "2s").await;
-    let mut leaving = ServeProcess::start_ready(1, &config, &app.master_key, &app.http).await;
-    let leaving = leaving.remove(0);
+    // The other broker starts before the first token exists, so it takes the token up
+    // through its driver (recording itself as a user) before it answers.
+    let mut other = ServeProcess::start_ready(1, &config, &app.master_key, &app.http).await;
+    let other = other.remove(0);
     let rotator = start_broker(&config, &app.master_key).await;
     let (_, first) = app.token_at(&rotator.url).await.unwrap();
-    let (status, same) = app.token_at(&leaving.url).await.unwrap();
+    let (status, same) = app.token_at(&other.url).await.unwrap();
     assert_eq!(status, StatusCode::OK, "{same}");
-    let (stopped, logs) = leaving.terminate().await;
-    assert!(stopped.success(), "{logs}");
+    assert_eq!(same["access_token"], first["access_token"]);
+    end(other).await;
 
     let refresh_at = humantime::parse_rfc3339(first["refresh_at"].as_str().unwrap()).unwrap();
     app.emulator
@@ -228,51 +231,40 @@ async fn a_broker_that_stopped_gracefully_does_not_delay_a_rotation() {
     let delay = SystemTime::now()
         .duration_since(refresh_at)
         .unwrap_or_default();
+    rotator.stop().await.unwrap();
+    Some(delay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stopped_gracefully_does_not_delay_a_rotation() {
+    let stop = async |broker: ServeProcess| {
+        let (stopped, logs) = broker.terminate().await;
+        assert!(stopped.success(), "{logs}");
+    };
+    let Some(delay) = rotation_delay(stop).await else {
+        return;
+    };
     // A broker that left is not waited for, as a dead one is (the test below).
     assert!(
-        delay < drain_timeout / 2,
+        delay < DRAIN_TIMEOUT / 2,
         "the rotation came {delay:?} after refresh_at: it waited for the broker that stopped"
     );
-    rotator.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_broker_delays_a_rotation_by_drain_timeout_at_most() {
-    let Some(schema) = TestSchema::new("tb_drain").await else {
+    let Some(delay) = rotation_delay(async |broker: ServeProcess| broker.kill()).await else {
         return;
     };
-    let upstream = SlowUpstream::start().await;
-    let drain_timeout = Duration::from_secs(2);
-    let (app, config) = cluster_app(&upstream, &schema, Duration::from_secs(6), "2s").await;
-    // B starts before the first token exists, so it takes the token up through its driver
-    // (recording itself as a user) before it answers.
-    let mut dead = ServeProcess::start_ready(1, &config, &app.master_key, &app.http).await;
-    let dead = dead.remove(0);
-    let rotator = start_broker(&config, &app.master_key).await;
-    let (_, first) = app.token_at(&rotator.url).await.unwrap();
-    let (status, same) = app.token_at(&dead.url).await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{same}");
-    assert_eq!(same["access_token"], first["access_token"]);
-    dead.kill();
-
-    let refresh_at = humantime::parse_rfc3339(first["refresh_at"].as_str().unwrap()).unwrap();
-    app.emulator
-        .wait_for(|seen| seen.login_attempts >= 2, Duration::from_secs(15))
-        .await
-        .expect("the rotation happens");
-    let delay = SystemTime::now()
-        .duration_since(refresh_at)
-        .unwrap_or_default();
     eprintln!("with a dead user of the token, the rotation came {delay:?} after refresh_at");
     assert!(
-        delay >= drain_timeout - Duration::from_millis(300),
+        delay >= DRAIN_TIMEOUT - Duration::from_millis(300),
         "the rotation came {delay:?} after refresh_at: it did not wait for the broker that used the token"
     );
     assert!(
-        delay <= drain_timeout + Duration::from_millis(1500),
-        "the rotation came {delay:?} after refresh_at, more than drain_timeout ({drain_timeout:?})"
+        delay <= DRAIN_TIMEOUT + Duration::from_millis(1500),
+        "the rotation came {delay:?} after refresh_at, more than drain_timeout ({DRAIN_TIMEOUT:?})"
     );
-    rotator.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
