@@ -13,6 +13,7 @@
 
 mod headers;
 mod pool;
+mod references;
 mod relay;
 mod target;
 mod upload;
@@ -174,7 +175,13 @@ pub(crate) async fn forward(
             }
             // The upstream's answer, at once: the token's successor is the next request's
             // business, and a failure to get one is not this request's answer.
-            let mut response = relay::respond(answer, lease, None, config.proxy.upstream_timeout);
+            let mut response = relay::respond(
+                answer,
+                lease,
+                None,
+                config.proxy.upstream_timeout,
+                &upstream.references,
+            );
             response.headers_mut().insert(
                 NO_RETRY,
                 HeaderValue::from_static("request body too large to replay"),
@@ -188,6 +195,7 @@ pub(crate) async fn forward(
             lease,
             Some(in_use),
             config.proxy.upstream_timeout,
+            &upstream.references,
         ));
     }
     unreachable!("the loop returns on its second attempt")

@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::headers;
 use super::pool::Lease;
+use super::references::References;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -30,9 +31,11 @@ pub(super) fn respond(
     lease: Lease,
     in_use: Option<InUse>,
     idle: Duration,
+    references: &References,
 ) -> Response {
     let (mut parts, body) = answer.into_parts();
     headers::to_client(&mut parts.headers);
+    references.localise(&mut parts.headers);
     let mut relay = Relay {
         body,
         lease: Some(lease),

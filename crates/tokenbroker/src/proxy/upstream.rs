@@ -17,6 +17,7 @@ use tokenbroker_core::tls;
 use tokio_rustls::TlsConnector;
 
 use super::pool::{Endpoint, Pool};
+use super::references::References;
 
 /// One provider's upstream.
 pub(super) struct Upstream {
@@ -28,6 +29,8 @@ pub(super) struct Upstream {
     pub(super) base_path: String,
     /// The header the provider's token goes in.
     pub(super) token_header: HeaderName,
+    /// Its references to itself in an answer, as the client reaches them.
+    pub(super) references: Arc<References>,
 }
 
 /// The upstreams of every provider that has one.
@@ -76,6 +79,12 @@ impl Upstreams {
                 Some(port) => format!("{host}:{port}"),
                 None => host.to_owned(),
             };
+            let base_path = base.path().trim_end_matches('/').to_owned();
+            let references = References::new(
+                format!("{}://{authority}", base.scheme()),
+                base_path.clone(),
+                &provider.name,
+            );
             let endpoint = Arc::new(Endpoint {
                 host: bare_host,
                 port,
@@ -86,9 +95,10 @@ impl Upstreams {
                 Upstream {
                     pool: Arc::new(Pool::new(endpoint)),
                     host: HeaderValue::try_from(authority).map_err(|_| invalid("bad host"))?,
-                    base_path: base.path().trim_end_matches('/').to_owned(),
+                    base_path,
                     token_header: HeaderName::from_bytes(provider.header.as_bytes())
                         .map_err(|_| invalid("bad header name"))?,
+                    references: Arc::new(references),
                 },
             );
         }
@@ -107,6 +117,7 @@ impl Upstreams {
                     host: upstream.host.clone(),
                     base_path: upstream.base_path.clone(),
                     token_header: upstream.token_header.clone(),
+                    references: upstream.references.clone(),
                 };
                 (name.clone(), upstream)
             })

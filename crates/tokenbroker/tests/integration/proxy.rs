@@ -726,6 +726,49 @@ async fn a_client_body_that_breaks_mid_stream_is_the_clients_fault_not_the_upstr
 }
 
 #[tokio::test]
+async fn the_upstreams_references_to_itself_go_through_the_proxy() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let created = axum::Router::new().fallback({
+        let location = format!("{origin}/base/items/8");
+        move || async move {
+            (
+                StatusCode::CREATED,
+                [
+                    ("location", location),
+                    (
+                        "set-cookie",
+                        "sid=1; Path=/; Domain=127.0.0.1; HttpOnly".to_owned(),
+                    ),
+                ],
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, created).await });
+    let app = spawn_app(Options {
+        upstream: Some(format!("{origin}/base")),
+        ..Options::default()
+    })
+    .await;
+    let response = app
+        .http
+        .post(format!("{}/v1/proxy/{PROVIDER}/items", app.url))
+        .bearer_auth(&app.scoped_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(
+        response.headers()["location"],
+        format!("/v1/proxy/{PROVIDER}/items/8")
+    );
+    assert_eq!(
+        response.headers()["set-cookie"],
+        format!("sid=1; Path=/v1/proxy/{PROVIDER}/; HttpOnly")
+    );
+}
+
+#[tokio::test]
 async fn an_announced_empty_body_reaches_the_upstream_announced() {
     let echo = upstream(
         axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
