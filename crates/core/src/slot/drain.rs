@@ -266,13 +266,15 @@ pub(super) async fn call_off(shared: &Shared, generation: u64, fence: u64) {
     }
 }
 
-/// When the broker stops (after its logout, if any): its records of the token are
-/// forgotten, so that no later drain waits for a broker that is gone. Its requests are
-/// over by then: the server finished them before stopping the drivers.
-pub(super) async fn leave(shared: &Shared) {
-    if !shared.drains_across_brokers {
+/// When the broker stops (after its logout, if any): it stops answering, and its records
+/// of the token are forgotten, so that no later drain waits for a broker that is gone. Its
+/// requests are over by then: the server finished them before stopping the drivers.
+pub(super) async fn leave(shared: &Shared, answering: Option<Answering>) {
+    // First, so that no answer it is giving records this broker again.
+    let Some(answering) = answering else {
         return;
-    }
+    };
+    answering.stop().await;
     let persistence = &shared.persistence;
     let provider = shared.config.name.as_str();
     if let Err(e) = persistence
@@ -303,6 +305,12 @@ impl Answering {
         shared
             .drains_across_brokers
             .then(|| Self(tokio::spawn(answer(shared.clone()))))
+    }
+
+    /// Stops answering, and waits until the task is gone.
+    async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
     }
 }
 

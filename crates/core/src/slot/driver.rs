@@ -108,11 +108,11 @@ pub(super) async fn run(
     if let Some(token) = restored {
         drain::take_up(&shared, &token).await;
     }
-    let _answering = drain::Answering::start(&shared);
+    let mut answering = drain::Answering::start(&shared);
     loop {
         if *stop.borrow() {
             log_out(&shared, &*issuer).await;
-            drain::leave(&shared).await;
+            drain::leave(&shared, answering.take()).await;
             return;
         }
         let now = shared.clock.now();

@@ -1,15 +1,18 @@
 //! The upstream's references to itself in an answer, made the proxy's: a client reaches
 //! the upstream only through `/v1/proxy/{provider}`, so a `Location` into the upstream's
-//! base path is rewritten to go through the proxy, and a cookie's `Path` is scoped under it
-//! (its `Domain` dropped), so that one provider's cookies never go to another provider's
-//! upstream by way of the broker's one origin. Other references pass as they are.
+//! base path is rewritten to go through the proxy, and every cookie's `Path` is scoped
+//! under it (its `Domain` dropped), so that one provider's cookies never go to another
+//! provider's upstream by way of the broker's one origin. Other references pass as they
+//! are. (A `__Host-` cookie, which must have `Path=/`, is scoped all the same: a browser
+//! then refuses it, rather than share it across providers.)
 
 use axum::http::header::{self, HeaderMap, HeaderValue};
+use reqwest::Url;
 
 /// How one provider's upstream is reached directly, and through the proxy.
 pub(super) struct References {
-    /// `scheme://host[:port]` of the upstream's base URL, lower case.
-    origin: String,
+    /// The upstream's base URL.
+    base: Url,
     /// The base URL's path without its trailing slash (`""` for the root).
     base_path: String,
     /// `/v1/proxy/{provider}`.
@@ -17,10 +20,10 @@ pub(super) struct References {
 }
 
 impl References {
-    pub(super) fn new(origin: String, base_path: String, provider: &str) -> Self {
+    pub(super) fn new(base: Url, provider: &str) -> Self {
         Self {
-            origin: origin.to_ascii_lowercase(),
-            base_path,
+            base_path: base.path().trim_end_matches('/').to_owned(),
+            base,
             prefix: format!("/v1/proxy/{provider}"),
         }
     }
@@ -30,20 +33,19 @@ impl References {
         let location = headers
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| self.location(v));
-        if let Some(location) = location.and_then(|l| HeaderValue::try_from(l).ok()) {
+            .and_then(|v| self.location(v))
+            .and_then(|v| HeaderValue::try_from(v).ok());
+        if let Some(location) = location {
             headers.insert(header::LOCATION, location);
         }
         if !headers.contains_key(header::SET_COOKIE) {
             return;
         }
+        // A cookie that cannot be rewritten is dropped rather than passed on unscoped.
         let cookies: Vec<HeaderValue> = headers
             .get_all(header::SET_COOKIE)
             .iter()
-            .map(|v| match v.to_str() {
-                Ok(text) => HeaderValue::try_from(self.cookie(text)).unwrap_or_else(|_| v.clone()),
-                Err(_) => v.clone(),
-            })
+            .filter_map(|v| HeaderValue::from_bytes(&self.cookie(v.as_bytes())).ok())
             .collect();
         headers.remove(header::SET_COOKIE);
         for cookie in cookies {
@@ -51,17 +53,38 @@ impl References {
         }
     }
 
-    /// `location` through the proxy, if it points into the upstream's base path (as an
-    /// absolute URL of the upstream's origin, or as an absolute path).
+    /// `location` through the proxy, if it points into the upstream's base path: as an
+    /// absolute URL of the upstream's scheme, host and port, or as an absolute path without
+    /// dot segments (which could lead out of the provider's prefix).
     fn location(&self, location: &str) -> Option<String> {
-        let path = match location.get(..self.origin.len()) {
-            Some(origin) if origin.eq_ignore_ascii_case(&self.origin) => {
-                &location[self.origin.len()..]
+        let path = if location.starts_with('/') && !location.starts_with("//") {
+            let path = location.split(['?', '#']).next().unwrap_or_default();
+            let dotted = path.split('/').any(|segment| {
+                segment == "." || segment == ".." || segment.to_ascii_lowercase().contains("%2e")
+            });
+            if dotted {
+                return None;
             }
-            _ if location.starts_with('/') && !location.starts_with("//") => location,
-            _ => return None,
+            location.to_owned()
+        } else {
+            // Parsing resolves any dot segments.
+            let url = Url::parse(location).ok()?;
+            let same = url.scheme() == self.base.scheme()
+                && url.host_str() == self.base.host_str()
+                && url.port_or_known_default() == self.base.port_or_known_default();
+            if !same {
+                return None;
+            }
+            let mut path = url.path().to_owned();
+            for (mark, part) in [('?', url.query()), ('#', url.fragment())] {
+                if let Some(part) = part {
+                    path.push(mark);
+                    path.push_str(part);
+                }
+            }
+            path
         };
-        let rest = self.under_base(path)?;
+        let rest = self.under_base(&path)?;
         Some(format!("{}{}", self.prefix, rest))
     }
 
@@ -77,30 +100,34 @@ impl References {
     }
 
     /// A `Set-Cookie` value with its `Path` under the proxy's prefix (a path outside the
-    /// base path is scoped to the whole provider) and without its `Domain`.
-    fn cookie(&self, cookie: &str) -> String {
-        let mut parts = cookie.split(';');
+    /// base path, or none, scopes it to the whole provider) and without its `Domain`.
+    fn cookie(&self, cookie: &[u8]) -> Vec<u8> {
+        let mut parts = cookie.split(|&b| b == b';');
         // The first part is the cookie's name and value, whatever they say.
-        let mut out = parts.next().unwrap_or_default().to_owned();
+        let mut out = parts.next().unwrap_or_default().to_vec();
+        let mut path = None;
         for attribute in parts {
-            let trimmed = attribute.trim_start();
-            let named = |name: &str| {
-                trimmed
-                    .get(..name.len())
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            let (name, value) = match attribute.iter().position(|&b| b == b'=') {
+                Some(at) => (&attribute[..at], Some(&attribute[at + 1..])),
+                None => (attribute, None),
             };
-            if named("domain=") {
+            let name = name.trim_ascii();
+            if name.eq_ignore_ascii_case(b"domain") {
                 continue;
             }
-            out.push(';');
-            if named("path=") {
-                let path = trimmed["path=".len()..].trim();
-                let rest = self.under_base(path).unwrap_or("/");
-                out.push_str(&format!(" Path={}{}", self.prefix, rest));
-            } else {
-                out.push_str(attribute);
+            if name.eq_ignore_ascii_case(b"path") {
+                let value = std::str::from_utf8(value.unwrap_or_default()).unwrap_or_default();
+                path = self
+                    .under_base(value.trim())
+                    .filter(|rest| rest.starts_with('/'));
+                continue;
             }
+            out.push(b';');
+            out.extend_from_slice(attribute);
         }
+        out.extend_from_slice(b"; Path=");
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(path.unwrap_or("/").as_bytes());
         out
     }
 }
@@ -110,7 +137,7 @@ mod tests {
     use super::*;
 
     fn references() -> References {
-        References::new("https://API.example.com".into(), "/base".into(), "cr")
+        References::new(Url::parse("https://API.example.com/base/").unwrap(), "cr")
     }
 
     #[test]
@@ -121,11 +148,19 @@ mod tests {
                 "https://api.example.com/base/items/8",
                 Some("/v1/proxy/cr/items/8"),
             ),
-            ("HTTPS://api.example.com/base?x=1", Some("/v1/proxy/cr?x=1")),
+            (
+                "HTTPS://api.example.com:443/base?x=1",
+                Some("/v1/proxy/cr?x=1"),
+            ),
             ("/base/items/8?a=b", Some("/v1/proxy/cr/items/8?a=b")),
             ("/base", Some("/v1/proxy/cr/")),
             ("/based/x", None),
             ("/other/x", None),
+            ("/base/../other/x", None),
+            ("/base/%2E%2E/other/x", None),
+            ("https://api.example.com/base/../other/x", None),
+            ("https://api.example.com:8443/base/x", None),
+            ("http://api.example.com/base/x", None),
             ("https://elsewhere.example.com/base/x", None),
             ("//api.example.com/base/x", None),
             ("items/8", None),
@@ -141,14 +176,23 @@ mod tests {
         let cases = [
             (
                 "sid=1; Path=/base/app; Domain=example.com; HttpOnly",
-                "sid=1; Path=/v1/proxy/cr/app; HttpOnly",
+                "sid=1; HttpOnly; Path=/v1/proxy/cr/app",
             ),
             ("sid=1; path=/", "sid=1; Path=/v1/proxy/cr/"),
-            ("path=/x; Secure", "path=/x; Secure"),
-            ("sid=1", "sid=1"),
+            (
+                "sid=1; Path = /base/a ; Domain = example.com",
+                "sid=1; Path=/v1/proxy/cr/a",
+            ),
+            ("path=/x; Secure", "path=/x; Secure; Path=/v1/proxy/cr/"),
+            ("sid=1", "sid=1; Path=/v1/proxy/cr/"),
+            (
+                "sid=caf\u{e9}; Domain=example.com",
+                "sid=caf\u{e9}; Path=/v1/proxy/cr/",
+            ),
         ];
         for (cookie, expected) in cases {
-            assert_eq!(r.cookie(cookie), expected, "{cookie}");
+            let rewritten = r.cookie(cookie.as_bytes());
+            assert_eq!(String::from_utf8_lossy(&rewritten), expected, "{cookie}");
         }
         let mut headers = HeaderMap::new();
         headers.append(
@@ -159,7 +203,10 @@ mod tests {
         headers.insert(header::LOCATION, HeaderValue::from_static("/base/n"));
         r.localise(&mut headers);
         let cookies: Vec<_> = headers.get_all(header::SET_COOKIE).iter().collect();
-        assert_eq!(cookies, ["a=1; Path=/v1/proxy/cr/", "b=2"]);
+        assert_eq!(
+            cookies,
+            ["a=1; Path=/v1/proxy/cr/", "b=2; Path=/v1/proxy/cr/"]
+        );
         assert_eq!(headers[header::LOCATION], "/v1/proxy/cr/n");
     }
 }

@@ -80,11 +80,7 @@ impl Upstreams {
                 None => host.to_owned(),
             };
             let base_path = base.path().trim_end_matches('/').to_owned();
-            let references = References::new(
-                format!("{}://{authority}", base.scheme()),
-                base_path.clone(),
-                &provider.name,
-            );
+            let references = References::new(base.clone(), &provider.name);
             let endpoint = Arc::new(Endpoint {
                 host: bare_host,
                 port,

@@ -764,7 +764,7 @@ async fn the_upstreams_references_to_itself_go_through_the_proxy() {
     );
     assert_eq!(
         response.headers()["set-cookie"],
-        format!("sid=1; Path=/v1/proxy/{PROVIDER}/; HttpOnly")
+        format!("sid=1; HttpOnly; Path=/v1/proxy/{PROVIDER}/")
     );
 }
 
