@@ -220,6 +220,12 @@ impl Config {
                 }
             }
         }
+        if providers.is_empty() && problems.is_empty() {
+            problems.push(Problem::new(
+                "providers",
+                "no provider is configured: the broker would have no token to give",
+            ));
+        }
         let provider_keys = root
             .get("providers")
             .and_then(toml::Value::as_table)
@@ -343,7 +349,8 @@ fn server(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<ServerConfig>
 }
 
 fn store(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<StoreConfig> {
-    let path = t.string("path", problems).unwrap_or("tokenbroker.db");
+    let given_path = t.string("path", problems);
+    let path = given_path.unwrap_or("tokenbroker.db");
     let key_file = t.string("key_file", problems).map(PathBuf::from);
     let url = t.secret("url", problems).filter(|url| {
         let url = url.expose_secret();
@@ -356,6 +363,12 @@ fn store(mut t: Table<'_>, problems: &mut Vec<Problem>) -> Option<StoreConfig> {
     let schema = t.string("schema", problems).map(str::to_owned);
     if schema.is_some() && url.is_none() {
         problems.push(Problem::new(t.key("schema"), "goes with url"));
+    }
+    if given_path.is_some() && url.is_some() {
+        problems.push(Problem::new(
+            t.key("path"),
+            "is the embedded store's file; with url it would not be used",
+        ));
     }
     let sync_interval = t.duration("sync_interval", problems);
     if sync_interval.is_some_and(|d| d.is_zero()) {

@@ -200,6 +200,16 @@ fn absurd_durations_and_urls_with_credentials_are_refused() {
 }
 
 #[test]
+fn a_config_that_could_not_serve_or_would_ignore_a_key_is_refused() {
+    assert_problem("[server]\n", "providers", "no provider is configured");
+    assert_problem(
+        &format!("[store]\nurl = \"postgres://db/tb\"\npath = \"tb.db\"\n{PROVIDER}"),
+        "store.path",
+        "would not be used",
+    );
+}
+
+#[test]
 fn provider_names_need_no_encoding_in_a_path() {
     let named = |name: &str| PROVIDER.replace("[providers.cr]", &format!("[providers.{name}]"));
     assert!(Config::parse(&named("\"control-room_2.eu~x\"")).is_ok());

@@ -17,6 +17,7 @@ pub async fn run(broker: &str) -> Result<u8, Exit> {
         "REFRESH AT",
         "ISSUED",
         "ISSUANCES",
+        "LIVE",
         "LAST ERROR",
     ]);
     let dash = || "-".to_owned();
@@ -29,6 +30,7 @@ pub async fn run(broker: &str) -> Result<u8, Exit> {
             p.refresh_at.unwrap_or_else(dash),
             p.last_issued_at.unwrap_or_else(dash),
             p.issuances.to_string(),
+            p.live_tokens.to_string(),
             p.last_error
                 .map_or_else(dash, |e| format!("{} {}", e.at, e.message)),
         ]);

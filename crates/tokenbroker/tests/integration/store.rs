@@ -360,6 +360,7 @@ async fn operators_see_provider_state_and_the_audit_trail() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert!(table.starts_with("PROVIDER"), "{table}");
+    assert!(table.lines().next().unwrap().contains(" LIVE "), "{table}");
     assert!(
         table
             .lines()
