@@ -247,6 +247,14 @@ pub trait Store: Send + Sync + 'static {
     /// stored for `provider`, to be sent; the digest is all that is kept of it.
     async fn record_seed(&self, provider: &str, digest: &[u8]) -> Result<(), StoreError>;
 
+    /// Records that the provider's issuer asked to be left alone for `wait` (a 429's
+    /// `Retry-After`), by the store's clock; an earlier, longer hold is kept.
+    async fn hold_off(&self, provider: &str, wait: Duration) -> Result<(), StoreError>;
+
+    /// How much longer the issuer asked to be left alone ([`hold_off`](Self::hold_off)), if
+    /// it did and the time is not up.
+    async fn held_off_for(&self, provider: &str) -> Result<Option<Duration>, StoreError>;
+
     /// The provider's refresh token, if one was stored.
     async fn load_refresh(&self, provider: &str) -> Result<Option<StoredRefresh>, StoreError>;
 

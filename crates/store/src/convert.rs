@@ -33,10 +33,10 @@ pub(crate) fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// When a lease granted at `now` for `ttl` runs out, in Unix milliseconds; saturates rather
-/// than overflowing for an absurd `ttl`.
-pub(crate) fn lease_expiry(now: SystemTime, ttl: Duration) -> i64 {
-    millis(now).saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+/// The time `wait` after `now` (a lease's expiry, the end of an issuer's hold), in Unix
+/// milliseconds; saturates rather than overflowing for an absurd `wait`.
+pub(crate) fn millis_after(now: SystemTime, wait: Duration) -> i64 {
+    millis(now).saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A stored generation, fence or id (never negative when written by [`signed`]).

@@ -22,7 +22,7 @@ use tokenbroker_core::store::{
 };
 
 use crate::convert::{
-    KEY_CHECK, SEALED_TABLES, audit_kind, drain_fenced, generation, lease_expiry, millis,
+    KEY_CHECK, SEALED_TABLES, audit_kind, drain_fenced, generation, millis, millis_after,
     refresh_conflict, refresh_moved, reseal_failed, signed, time, token_conflict, too_new,
 };
 
@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_refresh_tokens_and_ledger.sql"),
     include_str!("../migrations/sqlite/0003_token_users.sql"),
     include_str!("../migrations/sqlite/0004_refresh_seeds.sql"),
+    include_str!("../migrations/sqlite/0005_issuer_holds.sql"),
 ];
 
 /// The SQLite store at one path.
@@ -387,7 +388,7 @@ impl Store for SqliteStore {
                          fence = leases.fence + (leases.holder <> excluded.holder)
                      WHERE leases.expires_at_ms <= ?4 OR leases.holder = excluded.holder
                      RETURNING fence",
-                    params![provider, holder, lease_expiry(now, ttl), millis(now)],
+                    params![provider, holder, millis_after(now, ttl), millis(now)],
                     |row| row.get(0),
                 )
                 .optional()
@@ -547,6 +548,39 @@ impl Store for SqliteStore {
             .map_err(|e| map(&path, &e))
         })
         .await
+    }
+
+    async fn hold_off(&self, provider: &str, wait: Duration) -> Result<(), StoreError> {
+        let provider = provider.to_owned();
+        let until = millis_after(SystemTime::now(), wait);
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO issuer_holds (provider, until_ms) VALUES (?1, ?2)
+                 ON CONFLICT (provider) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+                params![provider, until],
+            )
+            .map(drop)
+            .map_err(|e| map(&path, &e))
+        })
+        .await
+    }
+
+    async fn held_off_for(&self, provider: &str) -> Result<Option<Duration>, StoreError> {
+        let provider = provider.to_owned();
+        let path = self.path.clone();
+        let until: Option<i64> = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT until_ms FROM issuer_holds WHERE provider = ?1",
+                    params![provider],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| map(&path, &e))
+            })
+            .await?;
+        Ok(until.and_then(|until| time(until).duration_since(SystemTime::now()).ok()))
     }
 
     async fn load_refresh(&self, provider: &str) -> Result<Option<StoredRefresh>, StoreError> {

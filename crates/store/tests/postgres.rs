@@ -262,6 +262,14 @@ async fn drains_are_announced_acknowledged_and_fenced() {
 }
 
 #[tokio::test]
+async fn issuer_holds_are_kept_until_their_time_is_up() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    conformance::issuer_holds_are_kept_until_their_time_is_up(&store).await;
+}
+
+#[tokio::test]
 async fn a_stopped_user_is_not_waited_for() {
     let Some((_schema, store)) = fresh().await else {
         return;

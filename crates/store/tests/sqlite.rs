@@ -133,6 +133,12 @@ async fn drains_are_announced_acknowledged_and_fenced() {
 }
 
 #[tokio::test]
+async fn issuer_holds_are_kept_until_their_time_is_up() {
+    let (_dir, _, store) = fresh().await;
+    conformance::issuer_holds_are_kept_until_their_time_is_up(&store).await;
+}
+
+#[tokio::test]
 async fn a_stopped_user_is_not_waited_for() {
     let (_dir, _, store) = fresh().await;
     conformance::a_stopped_user_is_not_waited_for(&store).await;

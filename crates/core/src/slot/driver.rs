@@ -555,6 +555,7 @@ async fn ask(shared: &Shared, issuer: &dyn Issuer, exchange: Option<&Token>, fen
             provider: provider.to_owned(),
         })
         .observe(latency.as_secs_f64());
+    ledger::hold(shared, &answer.result).await;
     // A rotated refresh token means the issuer issued, even beside an unusable access token.
     let answered_with_token = answer.result.is_ok() || answer.rotated_refresh_token.is_some();
     // For the ledger, a token the issuer handed out counts until it expires, whatever

@@ -1,7 +1,9 @@
 //! The issuance ledger's two limits, checked before every issuance request:
 //! `max_issuances` (at most N requests in any sliding window) and `max_active_tokens` (at
 //! most N unexpired tokens out). Both count from the store, so they hold across restarts;
-//! a request whose outcome is unknown (a crash mid-issuance) counts as a live token.
+//! a request whose outcome is unknown (a crash mid-issuance) counts as a live token. Before
+//! them, the issuer's own hold: a 429's `Retry-After`, kept in the store ([`hold`]) so that
+//! no broker sharing it asks before the issuer said it may.
 
 use std::time::{Duration, SystemTime};
 
@@ -9,6 +11,22 @@ use super::Shared;
 use crate::issuer::IssueError;
 use crate::store::IssuanceRecord;
 use crate::token::Token;
+
+/// After an answer of the issuer's: if it asked to be left alone for a while (a 429's
+/// `Retry-After`), every broker sharing the store is told to.
+pub(super) async fn hold(shared: &Shared, answer: &Result<crate::issuer::Issued, IssueError>) {
+    let Err(IssueError::RateLimited {
+        retry_after: Some(wait),
+        ..
+    }) = answer
+    else {
+        return;
+    };
+    let provider = shared.config.name.as_str();
+    if let Err(e) = shared.persistence.store.hold_off(provider, *wait).await {
+        tracing::warn!(provider, error = %e, "cannot tell the other brokers to hold off the issuer");
+    }
+}
 
 /// How long a token whose issuance outcome is unknown is assumed to live, when there is no
 /// token to take the provider's lifetime from.
@@ -20,10 +38,18 @@ const ARRIVAL_MARGIN: Duration = Duration::from_millis(250);
 /// Whether one more issuance request is allowed now; if not, the error says until when.
 pub(super) async fn admit(shared: &Shared, current: Option<&Token>) -> Result<(), IssueError> {
     let config = &shared.config;
+    let provider = config.name.as_str();
+    // The issuer's own word first: it asked the whole cluster (one client to it) to wait.
+    let held = shared.persistence.store.held_off_for(provider).await;
+    if let Ok(Some(wait)) = held {
+        return Err(IssueError::RateLimited {
+            provider: provider.to_owned(),
+            retry_after: Some(wait),
+        });
+    }
     if config.max_issuances.is_none() && config.max_active_tokens.is_none() {
         return Ok(());
     }
-    let provider = config.name.as_str();
     let now = shared.clock.now();
     // The issuer counts requests when they arrive, a little after they were recorded here:
     // the window is held a little longer so that its count never exceeds the budget.

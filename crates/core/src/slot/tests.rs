@@ -179,6 +179,12 @@ impl Store for MemoryStore {
     async fn undrained(&self, _: &str, _: u64) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }
+    async fn hold_off(&self, _: &str, _: Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn held_off_for(&self, _: &str) -> Result<Option<Duration>, StoreError> {
+        Ok(None)
+    }
     async fn was_seeded(&self, digest: &[u8]) -> Result<bool, StoreError> {
         Ok(self.seeds.lock().unwrap().iter().any(|d| d == digest))
     }

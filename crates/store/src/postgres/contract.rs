@@ -12,11 +12,11 @@
 //! lands after the lease passed on.
 //!
 //! Times are the brokers' (Unix milliseconds, as in SQLite), except a lease's expiry, a
-//! refresh intent's time and the issuance ledger's times: they are set and judged by the
-//! database's clock, the one clock all brokers share (`db_now_ms!`), so that brokers whose
-//! clocks disagree by more than a lease still never both hold it, agree on whether an
-//! interrupted refresh is within the issuer's grace, and count each other's issuance
-//! requests in the same window. The ledger's calls take and answer this broker's times; a
+//! refresh intent's time, the issuance ledger's times and the end of an issuer's hold: they
+//! are set and judged by the database's clock, the one clock all brokers share
+//! (`db_now_ms!`), so that brokers whose clocks disagree by more than a lease still never
+//! both hold it, agree on whether an interrupted refresh is within the issuer's grace, count
+//! each other's issuance requests in the same window, and wait out a `Retry-After` alike. The ledger's calls take and answer this broker's times; a
 //! time crosses as its distance from this broker's now, laid off from the database's now.
 
 use std::time::{Duration, SystemTime};
@@ -267,6 +267,39 @@ impl Store for PostgresStore {
         )
         .await
         .map(drop)
+    }
+
+    async fn hold_off(&self, provider: &str, wait: Duration) -> Result<(), StoreError> {
+        let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        self.execute(
+            concat!(
+                "INSERT INTO issuer_holds (provider, until_ms) VALUES ($1, ",
+                db_now_ms!(),
+                " + $2) ON CONFLICT (provider) DO UPDATE
+                 SET until_ms = GREATEST(issuer_holds.until_ms, excluded.until_ms)"
+            ),
+            &[&provider, &wait],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn held_off_for(&self, provider: &str) -> Result<Option<Duration>, StoreError> {
+        let row = self
+            .query_opt(
+                concat!(
+                    "SELECT until_ms - ",
+                    db_now_ms!(),
+                    " FROM issuer_holds WHERE provider = $1"
+                ),
+                &[&provider],
+            )
+            .await?;
+        let left: Option<i64> = row.map(|row| self.get(&row, 0)).transpose()?;
+        Ok(left
+            .and_then(|ms| u64::try_from(ms).ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis))
     }
 
     async fn load_refresh(&self, provider: &str) -> Result<Option<StoredRefresh>, StoreError> {

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_refresh_tokens_and_ledger.sql"),
     include_str!("../../migrations/postgres/0003_token_users.sql"),
     include_str!("../../migrations/postgres/0004_refresh_seeds.sql"),
+    include_str!("../../migrations/postgres/0005_issuer_holds.sql"),
 ];
 
 /// What [`migrate`] may do to the schema.

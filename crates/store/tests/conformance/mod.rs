@@ -426,6 +426,21 @@ pub(crate) async fn ledger_keeps_requests_and_outcomes(store: &dyn Store) {
     assert_eq!(store.issuances("pool", at(0)).await.unwrap().len(), 4);
 }
 
+/// An issuer's hold is kept per provider, the longest one winning, until its time is up.
+pub(crate) async fn issuer_holds_are_kept_until_their_time_is_up(store: &dyn Store) {
+    assert_eq!(store.held_off_for("cr").await.unwrap(), None);
+    store.hold_off("cr", Duration::from_secs(60)).await.unwrap();
+    store.hold_off("cr", Duration::from_secs(1)).await.unwrap();
+    let left = store.held_off_for("cr").await.unwrap().expect("held off");
+    assert!(
+        left > Duration::from_secs(55) && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
+    assert_eq!(store.held_off_for("other").await.unwrap(), None);
+    store.hold_off("past", Duration::ZERO).await.unwrap();
+    assert_eq!(store.held_off_for("past").await.unwrap(), None);
+}
+
 /// A broker that stops is forgotten: no drain waits for it.
 pub(crate) async fn a_stopped_user_is_not_waited_for(store: &dyn Store) {
     let f = fence(store, "cr").await;

@@ -511,6 +511,24 @@ async fn a_429_with_retry_after_2_silences_the_issuer_for_2_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_silences_every_broker_sharing_the_store() {
+    let pool = CappedPool::builder().max_active(10).spawn().await.unwrap();
+    let setup = Setup::new(&pool_provider(&pool.url(), ""));
+    let first = start_broker(&setup.config_text, &setup.master_key).await;
+    let second = start_broker(&setup.config_text, &setup.master_key).await;
+    pool.set_rate_limit(Some(Duration::from_secs(30)));
+    for broker in [&first, &second] {
+        let (status, body) = setup.token(&broker.url, "reltio").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+    assert_eq!(
+        pool.token_request_times().len(),
+        1,
+        "the second broker heeded the first one's Retry-After"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_of_3_per_10s_holds_under_50_consumers_and_invalidations() {
     let pool = CappedPool::builder()
         .max_active(100)
