@@ -259,8 +259,19 @@ fn oauth_error(body: &[u8]) -> Option<(OAuthError, Option<String>)> {
 /// A `Retry-After` given in seconds (the HTTP-date form is rare from token endpoints and
 /// is treated as absent).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let text = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    // RFC 9110 §10.2.3: a number of seconds, or a date.
+    text.parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .or_else(|| {
+            let at = httpdate::parse_http_date(text).ok()?;
+            Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+        })
 }
 
 /// The issuer's own short explanation, if its error body has one in a usual field. Only
@@ -312,6 +323,28 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.reason(), "unreachable", "{e}");
         assert!(e.certainly_not_acted_on(), "{e}");
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_a_date() {
+        let header = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            retry_after(&headers)
+        };
+        assert_eq!(header("120"), Some(Duration::from_secs(120)));
+        let in_two_minutes = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let wait = header(&in_two_minutes).expect("a date");
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        assert_eq!(
+            header("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Duration::ZERO),
+            "a date past"
+        );
+        assert_eq!(header("soon"), None);
     }
 
     #[test]
