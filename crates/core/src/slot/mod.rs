@@ -20,6 +20,8 @@ mod ledger;
 mod refresh;
 mod sync;
 
+pub use refresh::store_given_refresh_token;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};

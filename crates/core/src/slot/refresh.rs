@@ -15,8 +15,8 @@ use super::Shared;
 use crate::config::{IssuerConfig, RefreshTokenConfig};
 use crate::identity::Identity;
 use crate::issuer::{Answer, IssueError, Issued, OAuthError};
-use crate::seal::Purpose;
-use crate::store::{StoreError, StoreErrorKind, StoredRefresh};
+use crate::seal::{Purpose, Sealer};
+use crate::store::{Store, StoreError, StoreErrorKind, StoredRefresh};
 
 /// How long a retried refresh may take to reach the issuer.
 const DELIVERY_MARGIN: Duration = Duration::from_millis(500);
@@ -149,9 +149,9 @@ fn spent(shared: &Shared) -> IssueError {
 
 /// Stores the configured refresh token as the successor of generation `expected` (0: none
 /// yet), and reads back what is stored (another holder's, if it stored first). Not a token
-/// stored (and so sent) before: the provider was re-pointed at another client and back, or
-/// brokers with the old and the new config take turns during a deploy; sending it again
-/// could revoke the whole token family, and overwriting the stored one would lose it.
+/// stored (and so sent) before ([`store_given_refresh_token`]): the provider was re-pointed
+/// at another client and back, or brokers with the old and the new config take turns
+/// during a deploy.
 async fn seed(
     shared: &Shared,
     config: &RefreshTokenConfig,
@@ -160,23 +160,22 @@ async fn seed(
     expected: u64,
 ) -> Result<StoredRefresh, IssueError> {
     let provider = shared.config.name.as_str();
-    let store = &shared.persistence.store;
-    let digest = identity.digest_of(config.refresh_token.expose_secret());
-    if store
-        .was_seeded(&digest)
-        .await
-        .map_err(|e| failure(shared, &e))?
+    let persistence = &shared.persistence;
+    let store = &*persistence.store;
+    match store_given_refresh_token(
+        store,
+        &persistence.sealer,
+        identity,
+        provider,
+        fence,
+        expected,
+        &config.refresh_token,
+    )
+    .await
     {
+        Ok(Some(_)) => {}
         // Not marked in the store: the stored token is another client's, still in service.
-        return Err(spent(shared));
-    }
-    let sealed = sealed(shared, identity, &config.refresh_token);
-    match store.save_refresh(provider, fence, expected, &sealed).await {
-        Ok(_) => {
-            if let Err(e) = store.record_seed(provider, &digest).await {
-                tracing::warn!(provider, error = %e, "cannot record the configured refresh token as used");
-            }
-        }
+        Ok(None) => return Err(spent(shared)),
         Err(e) if e.kind == StoreErrorKind::Conflict => {}
         Err(e) => return Err(failure(shared, &e)),
     }
@@ -185,6 +184,39 @@ async fn seed(
         .await
         .map_err(|e| failure(shared, &e))?
         .ok_or_else(|| needs(shared, "the refresh token could not be stored".to_owned()))
+}
+
+/// Stores `token`, a refresh token given to the broker (the configured one, or a reseed),
+/// as `identity`'s successor of stored generation `expected` under the lease grant `fence`,
+/// and records its digest; returns the new generation. `None` if a token of that digest was
+/// stored before: it was sent then, and sending it again could revoke the whole token
+/// family (and storing it would lose the token stored now). A given token is stored once.
+pub async fn store_given_refresh_token(
+    store: &dyn Store,
+    sealer: &Sealer,
+    identity: &Identity,
+    provider: &str,
+    fence: u64,
+    expected: u64,
+    token: &SecretString,
+) -> Result<Option<u64>, StoreError> {
+    let digest = identity.digest_of(token.expose_secret());
+    if store.was_seeded(&digest).await? {
+        return Ok(None);
+    }
+    let sealed = identity.seal(
+        sealer,
+        provider,
+        Purpose::RefreshToken,
+        token.expose_secret(),
+    );
+    let generation = store
+        .save_refresh(provider, fence, expected, &sealed)
+        .await?;
+    if let Err(e) = store.record_seed(provider, &digest).await {
+        tracing::warn!(provider, error = %e, "cannot record the given refresh token as used");
+    }
+    Ok(Some(generation))
 }
 
 /// `token` sealed for the store, as `identity`'s (the counterpart of [`open`]).

@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 use tokenbroker_core::config::IssuerConfig;
 use tokenbroker_core::identity::Identity;
-use tokenbroker_core::seal::{Purpose, Sealer};
+use tokenbroker_core::seal::Sealer;
+use tokenbroker_core::slot::store_given_refresh_token;
 use tokenbroker_core::store::{AuditEvent, AuditKind, Lease, Store, StoreError};
 
 use super::check::load;
@@ -134,26 +135,13 @@ async fn save(
         .await
         .map_err(nothing_changed)?;
     let expected = current.map_or(0, |c| c.generation);
-    // One stored before was sent then: sending it again could revoke the token family.
-    let digest = identity.digest_of(token.expose_secret());
-    if store.was_seeded(&digest).await.map_err(nothing_changed)? {
-        return Err(Exit::new(
-            exit::USAGE,
-            "this refresh token was stored before, and so sent; nothing changed (give a new one)",
-        ));
-    }
-    let sealed = identity.seal(
-        sealer,
-        provider,
-        Purpose::RefreshToken,
-        token.expose_secret(),
-    );
-    let generation = store
-        .save_refresh(provider, fence, expected, &sealed)
+    store_given_refresh_token(store, sealer, identity, provider, fence, expected, token)
         .await
-        .map_err(nothing_changed)?;
-    if let Err(e) = store.record_seed(provider, &digest).await {
-        eprintln!("warning: cannot record the new refresh token as used: {e}");
-    }
-    Ok(generation)
+        .map_err(nothing_changed)?
+        .ok_or_else(|| {
+            Exit::new(
+                exit::USAGE,
+                "this refresh token was stored before, and so sent; nothing changed (give a new one)",
+            )
+        })
 }
