@@ -5,41 +5,41 @@
 use std::path::Path;
 
 use tokenbroker_core::Config;
-use tokenbroker_core::config::ConfigError;
+use tokenbroker_core::config::{ConfigError, Problem};
 use tokenbroker_core::seal::Sealer;
 
 use crate::exit::{self, Exit};
-use crate::proxy::Upstreams;
+use crate::proxy::{UpstreamError, Upstreams};
 
 /// Runs `tokenbroker check`; returns the exit code.
 pub fn run(path: &Path) -> Result<u8, Exit> {
     let config = load(path)?;
     let mut problems = Vec::new();
+    let mut problem = |key: String, message: String| problems.push(Problem { key, message });
     if let Err(e) = Sealer::from_env_or_file(config.store.key_file.as_deref()) {
-        problems.push(format!("master key: {e}"));
+        problem("master key".to_owned(), e.to_string());
     }
     if let Some(files) = &config.server.tls
         && let Err(e) = crate::tls::server_config(files)
     {
-        problems.push(format!("server.tls_cert, server.tls_key: {e}"));
+        problem("server.tls_cert, server.tls_key".to_owned(), e.to_string());
     }
     for provider in config.providers.values() {
-        if let Err(e) = Upstreams::new(std::iter::once(provider)) {
-            // It names the provider first.
-            problems.push(format!("providers.{e}"));
+        let key = |name: &str| format!("providers.{}.{name}", provider.name);
+        match Upstreams::new(std::iter::once(provider)) {
+            Ok(_) => {}
+            Err(UpstreamError::Ca { path, reason, .. }) => {
+                problem(key("upstream_ca"), format!("{path}: {reason}"));
+            }
+            Err(UpstreamError::Client { reason, .. }) => problem(key("upstream"), reason),
         }
     }
     if !problems.is_empty() {
-        let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
-        return Err(Exit::new(
-            exit::CONFIG,
-            format!(
-                "{} problem(s) in {}:\n{}",
-                problems.len(),
-                path.display(),
-                list.join("\n")
-            ),
-        ));
+        let invalid = ConfigError::Invalid {
+            origin: path.display().to_string(),
+            problems,
+        };
+        return Err(Exit::new(exit::CONFIG, invalid.to_string()));
     }
     println!(
         "{}: OK ({} provider(s), {} client(s))",

@@ -106,7 +106,7 @@ fn check_rejects_each_kind_of_bad_config_naming_the_key() {
         (check(&files), "server.tls_cert, server.tls_key: "),
         (
             check(&files),
-            "providers.cr: cannot read upstream_ca /nonexistent/ca.pem",
+            "providers.cr.upstream_ca: /nonexistent/ca.pem: cannot read it",
         ),
     ] {
         assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
