@@ -560,8 +560,7 @@ async fn a_broker_told_of_its_own_token_does_not_take_it_for_a_new_one() {
     h.slot.get().await.unwrap();
     tokio::time::sleep(Duration::from_secs(55)).await;
     assert_eq!(calls(&h), 2, "the handed-out token was rotated");
-    let changes = h.store.changes.as_ref().unwrap();
-    changes.send(Change::Provider("fake".into())).unwrap();
+    tell_of_a_change(&h);
     // Nobody asked for generation 2: it is left to expire.
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(calls(&h), 2);
@@ -931,12 +930,7 @@ async fn a_token_another_broker_announced_it_replaces_is_not_served_while_backin
     assert_eq!(h.slot.view().state, SlotState::BackingOff);
     assert_eq!(h.slot.get().await.unwrap().generation, 1);
     // Another broker announces it is about to replace generation 1.
-    *h.store.drain_request.lock().unwrap() = Some(1);
-    let changes = h.store.changes.as_ref().unwrap();
-    changes.send(Change::Provider("fake".into())).unwrap();
-    while h.slot.shared.draining.load(Ordering::SeqCst) < 1 {
-        tokio::task::yield_now().await; // the slot's answering task takes it up
-    }
+    announce_drain_of_1(&h).await;
     match h.slot.get().await {
         Ok(token) => panic!("served generation {} after its drain", token.generation),
         Err(SlotError::Issuer { error, .. }) => assert_eq!(error.reason(), "unavailable"),
@@ -950,10 +944,7 @@ async fn a_token_whose_announced_replacement_failed_is_served_while_the_issuer_i
     h.slot.get().await.unwrap();
     // Another broker announces the drain of generation 1, and its attempt then fails with
     // the issuer down: generation 1 stays the stored token, valid for minutes.
-    *h.store.drain_request.lock().unwrap() = Some(1);
-    let changes = h.store.changes.as_ref().unwrap();
-    changes.send(Change::Provider("fake".into())).unwrap();
-    wait_for_drain_of(&h, 1).await;
+    announce_drain_of_1(&h).await;
     h.down.store(true, Ordering::SeqCst);
     // A consumer's request makes this broker try, once the lease is free; that fails too,
     // and the consumer gets the cached token.
@@ -976,22 +967,16 @@ async fn a_token_whose_announced_replacement_failed_is_served_while_the_issuer_i
 async fn a_drain_another_broker_called_off_puts_the_token_back_in_service_here() {
     let h = cluster_harness("", Duration::from_secs(600));
     h.slot.get().await.unwrap();
-    *h.store.drain_request.lock().unwrap() = Some(1);
-    let changes = h.store.changes.as_ref().unwrap();
-    changes.send(Change::Provider("fake".into())).unwrap();
-    wait_for_drain_of(&h, 1).await;
-    while *h.store.drained.lock().unwrap() != Some(1) {
-        tokio::task::yield_now().await; // acknowledged, nothing in use
-    }
+    announce_drain_of_1(&h).await;
+    until("the acknowledgement", || {
+        *h.store.drained.lock().unwrap() == Some(1)
+    })
+    .await;
     // The announcer's rotation failed: it calls the drain off, and the brokers are told.
     h.store.withdraw_drain("fake", 1, 1).await.unwrap();
-    changes.send(Change::Provider("fake".into())).unwrap();
-    for _ in 0..1000 {
-        if h.slot.shared.draining.load(Ordering::SeqCst) < 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    tell_of_a_change(&h);
+    let draining = || h.slot.shared.draining.load(Ordering::SeqCst);
+    until("the call-off taken up", || draining() == 0).await;
     assert_eq!(
         h.slot.get().await.unwrap().generation,
         1,
@@ -1004,13 +989,11 @@ async fn a_drain_another_broker_called_off_puts_the_token_back_in_service_here()
 async fn a_drain_whose_token_was_replaced_stays_on_though_this_brokers_record_is_gone() {
     let h = cluster_harness("", Duration::from_secs(600));
     let first = h.slot.get().await.unwrap();
-    *h.store.drain_request.lock().unwrap() = Some(1);
-    let changes = h.store.changes.as_ref().unwrap();
-    changes.send(Change::Provider("fake".into())).unwrap();
-    wait_for_drain_of(&h, 1).await;
-    while *h.store.drained.lock().unwrap() != Some(1) {
-        tokio::task::yield_now().await;
-    }
+    announce_drain_of_1(&h).await;
+    until("the acknowledgement", || {
+        *h.store.drained.lock().unwrap() == Some(1)
+    })
+    .await;
     // Another broker stored generation 2 (sealed so that it does not open here: not
     // adopted), and announcing its drain forgot this broker's record of generation 1.
     *h.store.token.lock().unwrap() = Some(StoredToken {
@@ -1021,10 +1004,8 @@ async fn a_drain_whose_token_was_replaced_stays_on_though_this_brokers_record_is
         sealed: b"not for this broker".to_vec(),
     });
     *h.store.drained.lock().unwrap() = None;
-    changes.send(Change::Provider("fake".into())).unwrap();
-    for _ in 0..1000 {
-        tokio::task::yield_now().await;
-    }
+    tell_of_a_change(&h);
+    settle().await;
     assert_eq!(
         h.slot.shared.draining.load(Ordering::SeqCst),
         1,
@@ -1075,9 +1056,7 @@ async fn a_logout_on_shutdown_that_surely_did_not_arrive_calls_its_drain_off() {
         let done = error.is_none();
         *h.logout_error.lock().unwrap() = error;
         h.stop.send(true).unwrap();
-        for _ in 0..1000 {
-            tokio::task::yield_now().await;
-        }
+        settle().await;
         assert_eq!(
             *h.store.withdrawn.lock().unwrap(),
             called_off,
@@ -1100,22 +1079,43 @@ async fn a_stopping_broker_is_forgotten_as_a_user_of_the_token() {
     ] {
         h.slot.get().await.unwrap();
         h.stop.send(true).unwrap();
-        for _ in 0..1000 {
-            tokio::task::yield_now().await;
-        }
+        settle().await;
         assert_eq!(h.store.forgotten.load(Ordering::SeqCst), in_a_cluster);
     }
 }
 
-/// Yields until the slot's answering task has taken up the announced drain of `generation`.
-async fn wait_for_drain_of(h: &Harness, generation: u64) {
+/// Another broker announces the drain of generation 1; returns once the slot's answering
+/// task has taken it up.
+async fn announce_drain_of_1(h: &Harness) {
+    *h.store.drain_request.lock().unwrap() = Some(1);
+    tell_of_a_change(h);
+    let draining = || h.slot.shared.draining.load(Ordering::SeqCst);
+    until("the announced drain taken up", || draining() >= 1).await;
+}
+
+/// The store tells the slot of a change of its provider, as another broker's write would.
+fn tell_of_a_change(h: &Harness) {
+    let changes = h.store.changes.as_ref().expect("a cluster harness");
+    changes.send(Change::Provider("fake".into())).unwrap();
+}
+
+/// Yields until `done` (tokio's clock stands still meanwhile), a thousand times at most.
+async fn until(what: &str, done: impl Fn() -> bool) {
     for _ in 0..1000 {
-        if h.slot.shared.draining.load(Ordering::SeqCst) >= generation {
+        if done() {
             return;
         }
         tokio::task::yield_now().await;
     }
-    panic!("the announced drain of generation {generation} was not taken up");
+    panic!("{what} did not happen");
+}
+
+/// Lets every task run that can (a thousand yields): before asserting that something did
+/// not happen.
+async fn settle() {
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -1139,10 +1139,7 @@ async fn drained_for_a_logout_that_never_comes(extra: &str) {
     let first = h.slot.get().await.unwrap();
     // Another broker, stopping, announces the drain of generation 1 for its logout, and
     // then its logout fails (or it dies): nothing replaces the token.
-    *h.store.drain_request.lock().unwrap() = Some(1);
-    let changes = h.store.changes.as_ref().unwrap();
-    changes.send(Change::Provider("fake".into())).unwrap();
-    wait_for_drain_of(&h, 1).await;
+    announce_drain_of_1(&h).await;
     let next = h.slot.get().await.expect("a token, long before refresh_at");
     assert_eq!(next.generation, 2);
     assert!(h.clock.now() < first.refresh_at);
