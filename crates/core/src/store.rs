@@ -238,14 +238,10 @@ pub trait Store: Send + Sync + 'static {
     async fn set_key_check(&self, sealed: &[u8]) -> Result<(), StoreError>;
 
     /// Whether a configured (or reseeded) refresh token of this `digest` was stored before
-    /// ([`record_seed`](Self::record_seed)), by any provider (the digest names the client,
-    /// so a renamed provider is the same one): it was sent then, and sending it again could
-    /// be a replay.
+    /// ([`save_given_refresh`](Self::save_given_refresh)), by any provider (the digest names
+    /// the client, so a renamed provider is the same one): it was sent then, and sending it
+    /// again could be a replay.
     async fn was_seeded(&self, digest: &[u8]) -> Result<bool, StoreError>;
-
-    /// Records that the configured (or reseeded) refresh token of this `digest` has been
-    /// stored for `provider`, to be sent; the digest is all that is kept of it.
-    async fn record_seed(&self, provider: &str, digest: &[u8]) -> Result<(), StoreError>;
 
     /// Records that the provider's issuer asked to be left alone for `wait` (a 429's
     /// `Retry-After`), by the store's clock; an earlier, longer hold is kept.
@@ -269,6 +265,20 @@ pub trait Store: Send + Sync + 'static {
         expected: u64,
         sealed: &[u8],
     ) -> Result<u64, StoreError>;
+
+    /// Stores a refresh token given to the broker (the configured one, or a reseed) as
+    /// [`save_refresh`](Self::save_refresh) does, and records its `digest` (all that is kept
+    /// of it) in the same transaction: both or neither, so no crash between them lets the
+    /// token be stored, and sent, again. `None`, storing nothing, if a token of that digest
+    /// was stored before.
+    async fn save_given_refresh(
+        &self,
+        provider: &str,
+        fence: u64,
+        expected: u64,
+        sealed: &[u8],
+        digest: &[u8],
+    ) -> Result<Option<u64>, StoreError>;
 
     /// Records, durably, that a refresh with token `generation` is about to be sent, `at`
     /// (this broker's now; a store shared by several hosts uses its own clock instead); an

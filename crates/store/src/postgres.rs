@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{
-    Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+    GenericClient, Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokenbroker_core::store::{StoreError, StoreErrorKind};
@@ -202,6 +202,50 @@ impl PostgresStore {
     /// Runs one query that finds at most one row.
     async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    /// The fenced compare-and-set that stores refresh token `sealed` as the successor of
+    /// generation `expected` (0: none yet), clears any intent and `needs_credentials`, and
+    /// notifies the cluster, on `client` (a pooled connection or a transaction); whether it
+    /// did (not: another generation is stored, or the lease has moved on).
+    async fn put_refresh(
+        &self,
+        client: &impl GenericClient,
+        provider: &str,
+        fence: u64,
+        expected: u64,
+        sealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let channel: &str = &self.channel;
+        let (fence, expected, next) = (signed(fence), signed(expected), signed(expected + 1));
+        let (sql, params): (&str, Params<'_>) = if expected == 0 {
+            (
+                "WITH changed AS (
+                     INSERT INTO refresh_tokens (provider, generation, sealed)
+                     SELECT $1, 1, $2 WHERE EXISTS (
+                         SELECT 1 FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE)
+                     ON CONFLICT (provider) DO NOTHING RETURNING provider)
+                 SELECT pg_notify($4, provider) FROM changed",
+                &[&provider, &sealed, &fence, &channel],
+            )
+        } else {
+            (
+                "WITH changed AS (
+                     UPDATE refresh_tokens SET generation = $3, sealed = $2, intent_at_ms = NULL,
+                            needs_credentials = NULL
+                     WHERE provider = $1 AND generation = $4 AND EXISTS (
+                         SELECT 1 FROM leases WHERE provider = $1 AND fence = $5 FOR SHARE)
+                     RETURNING provider)
+                 SELECT pg_notify($6, provider) FROM changed",
+                &[&provider, &sealed, &next, &expected, &fence, &channel],
+            )
+        };
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.db(&e))?;
+        let changed = client
+            .query(&statement, params)
+            .await
+            .map_err(|e| self.db(&e))?;
+        Ok(changed.len() == 1)
     }
 
     /// Runs a fenced compare-and-set update of refresh token `generation_`; `Conflict` if

@@ -256,6 +256,41 @@ fn unavailable(path: &Path, why: &str) -> StoreError {
     )
 }
 
+/// The fenced compare-and-set that stores refresh token `sealed` as the successor of
+/// generation `expected` (0: none yet) and clears any intent and `needs_credentials`;
+/// whether it did (not: another generation is stored, or the lease has moved on).
+fn put_refresh(
+    c: &Connection,
+    provider: &str,
+    fence: u64,
+    expected: u64,
+    sealed: &[u8],
+) -> rusqlite::Result<bool> {
+    let changed = if expected == 0 {
+        c.execute(
+            "INSERT INTO refresh_tokens (provider, generation, sealed) SELECT ?1, 1, ?2
+             WHERE EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?3)
+             ON CONFLICT (provider) DO NOTHING",
+            params![provider, sealed, signed(fence)],
+        )?
+    } else {
+        c.execute(
+            "UPDATE refresh_tokens SET generation = ?3, sealed = ?2, intent_at_ms = NULL,
+                    needs_credentials = NULL
+             WHERE provider = ?1 AND generation = ?4
+                 AND EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?5)",
+            params![
+                provider,
+                sealed,
+                signed(expected + 1),
+                signed(expected),
+                signed(fence)
+            ],
+        )?
+    };
+    Ok(changed == 1)
+}
+
 /// A write transaction for the drain of `generation`, begun only while the lease has
 /// `fence`: else the drain's `Conflict`.
 fn drain_transaction<'c>(
@@ -535,21 +570,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_seed(&self, provider: &str, digest: &[u8]) -> Result<(), StoreError> {
-        let (provider, digest) = (provider.to_owned(), digest.to_vec());
-        let path = self.path.clone();
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO refresh_seeds (provider, digest) VALUES (?1, ?2)
-                 ON CONFLICT (digest) DO NOTHING",
-                params![provider, digest],
-            )
-            .map(drop)
-            .map_err(|e| map(&path, &e))
-        })
-        .await
-    }
-
     async fn hold_off(&self, provider: &str, wait: Duration) -> Result<(), StoreError> {
         let provider = provider.to_owned();
         let until = millis_after(SystemTime::now(), wait);
@@ -618,30 +638,46 @@ impl Store for SqliteStore {
         let sealed = sealed.to_vec();
         let path = self.path.clone();
         self.with(move |c| {
-            let next = expected + 1;
-            let changed =
-                if expected == 0 {
-                    c.execute(
-                        "INSERT INTO refresh_tokens (provider, generation, sealed) SELECT ?1, 1, ?2
-                     WHERE EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?3)
-                     ON CONFLICT (provider) DO NOTHING",
-                        params![provider, sealed, signed(fence)],
-                    )
-                } else {
-                    c.execute(
-                    "UPDATE refresh_tokens SET generation = ?3, sealed = ?2, intent_at_ms = NULL,
-                            needs_credentials = NULL
-                     WHERE provider = ?1 AND generation = ?4
-                         AND EXISTS (SELECT 1 FROM leases WHERE provider = ?1 AND fence = ?5)",
-                    params![provider, sealed, signed(next), signed(expected), signed(fence)],
-                )
-                }
-                .map_err(|e| map(&path, &e))?;
-            if changed == 1 {
-                Ok(next)
+            if put_refresh(c, &provider, fence, expected, &sealed).map_err(|e| map(&path, &e))? {
+                Ok(expected + 1)
             } else {
                 Err(refresh_conflict(expected))
             }
+        })
+        .await
+    }
+
+    async fn save_given_refresh(
+        &self,
+        provider: &str,
+        fence: u64,
+        expected: u64,
+        sealed: &[u8],
+        digest: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        let (provider, sealed, digest) = (provider.to_owned(), sealed.to_vec(), digest.to_vec());
+        let path = self.path.clone();
+        self.with(move |c| {
+            let db = |e: rusqlite::Error| map(&path, &e);
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let first = tx
+                .execute(
+                    "INSERT INTO refresh_seeds (provider, digest) VALUES (?1, ?2)
+                     ON CONFLICT (digest) DO NOTHING",
+                    params![provider, digest],
+                )
+                .map_err(db)?
+                == 1;
+            if !first {
+                return Ok(None);
+            }
+            if !put_refresh(&tx, &provider, fence, expected, &sealed).map_err(db)? {
+                return Err(refresh_conflict(expected));
+            }
+            tx.commit().map_err(db)?;
+            Ok(Some(expected + 1))
         })
         .await
     }

@@ -162,11 +162,11 @@ async fn key_check_is_written_once() {
 }
 
 #[tokio::test]
-async fn seeds_are_known_again() {
+async fn given_refresh_tokens_are_stored_once() {
     let Some((_schema, store)) = fresh().await else {
         return;
     };
-    conformance::seeds_are_known_again(&store).await;
+    conformance::given_refresh_tokens_are_stored_once(&store).await;
 }
 
 #[tokio::test]

@@ -188,7 +188,7 @@ async fn seed(
 
 /// Stores `token`, a refresh token given to the broker (the configured one, or a reseed),
 /// as `identity`'s successor of stored generation `expected` under the lease grant `fence`,
-/// and records its digest; returns the new generation. `None` if a token of that digest was
+/// and records its digest in the same transaction; returns the new generation. `None` if a token of that digest was
 /// stored before: it was sent then, and sending it again could revoke the whole token
 /// family (and storing it would lose the token stored now). A given token is stored once.
 pub async fn store_given_refresh_token(
@@ -201,22 +201,15 @@ pub async fn store_given_refresh_token(
     token: &SecretString,
 ) -> Result<Option<u64>, StoreError> {
     let digest = identity.digest_of(token.expose_secret());
-    if store.was_seeded(&digest).await? {
-        return Ok(None);
-    }
     let sealed = identity.seal(
         sealer,
         provider,
         Purpose::RefreshToken,
         token.expose_secret(),
     );
-    let generation = store
-        .save_refresh(provider, fence, expected, &sealed)
-        .await?;
-    if let Err(e) = store.record_seed(provider, &digest).await {
-        tracing::warn!(provider, error = %e, "cannot record the given refresh token as used");
-    }
-    Ok(Some(generation))
+    store
+        .save_given_refresh(provider, fence, expected, &sealed, &digest)
+        .await
 }
 
 /// `token` sealed for the store, as `identity`'s (the counterpart of [`open`]).

@@ -188,10 +188,6 @@ impl Store for MemoryStore {
     async fn was_seeded(&self, digest: &[u8]) -> Result<bool, StoreError> {
         Ok(self.seeds.lock().unwrap().iter().any(|d| d == digest))
     }
-    async fn record_seed(&self, _: &str, digest: &[u8]) -> Result<(), StoreError> {
-        self.seeds.lock().unwrap().push(digest.to_vec());
-        Ok(())
-    }
     async fn load_token(&self, _: &str) -> Result<Option<StoredToken>, StoreError> {
         Ok(self.token.lock().unwrap().clone())
     }
@@ -284,6 +280,21 @@ impl Store for MemoryStore {
             needs_credentials: None,
         });
         Ok(expected + 1)
+    }
+    async fn save_given_refresh(
+        &self,
+        provider: &str,
+        fence: u64,
+        expected: u64,
+        sealed: &[u8],
+        digest: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        if self.was_seeded(digest).await? {
+            return Ok(None);
+        }
+        let generation = self.save_refresh(provider, fence, expected, sealed).await?;
+        self.seeds.lock().unwrap().push(digest.to_vec());
+        Ok(Some(generation))
     }
     async fn begin_refresh(
         &self,

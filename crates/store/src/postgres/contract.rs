@@ -259,16 +259,6 @@ impl Store for PostgresStore {
         Ok(row.is_some())
     }
 
-    async fn record_seed(&self, provider: &str, digest: &[u8]) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO refresh_seeds (provider, digest) VALUES ($1, $2)
-             ON CONFLICT (digest) DO NOTHING",
-            &[&provider, &digest],
-        )
-        .await
-        .map(drop)
-    }
-
     async fn hold_off(&self, provider: &str, wait: Duration) -> Result<(), StoreError> {
         let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
         self.execute(
@@ -344,42 +334,49 @@ impl Store for PostgresStore {
         expected: u64,
         sealed: &[u8],
     ) -> Result<u64, StoreError> {
-        let next = expected + 1;
-        let changed = if expected == 0 {
-            self.notifying(
-                "WITH changed AS (
-                     INSERT INTO refresh_tokens (provider, generation, sealed)
-                     SELECT $1, 1, $2 WHERE EXISTS (
-                         SELECT 1 FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE)
-                     ON CONFLICT (provider) DO NOTHING RETURNING provider)
-                 SELECT pg_notify($4, provider) FROM changed",
-                &[&provider, &sealed, &signed(fence)],
-            )
+        let client = self.client().await?;
+        if self
+            .put_refresh(&client, provider, fence, expected, sealed)
             .await?
-        } else {
-            self.notifying(
-                "WITH changed AS (
-                     UPDATE refresh_tokens SET generation = $3, sealed = $2, intent_at_ms = NULL,
-                            needs_credentials = NULL
-                     WHERE provider = $1 AND generation = $4 AND EXISTS (
-                         SELECT 1 FROM leases WHERE provider = $1 AND fence = $5 FOR SHARE)
-                     RETURNING provider)
-                 SELECT pg_notify($6, provider) FROM changed",
-                &[
-                    &provider,
-                    &sealed,
-                    &signed(next),
-                    &signed(expected),
-                    &signed(fence),
-                ],
-            )
-            .await?
-        };
-        if changed == 1 {
-            Ok(next)
+        {
+            Ok(expected + 1)
         } else {
             Err(refresh_conflict(expected))
         }
+    }
+
+    async fn save_given_refresh(
+        &self,
+        provider: &str,
+        fence: u64,
+        expected: u64,
+        sealed: &[u8],
+        digest: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.db(&e))?;
+        // The digest's unique index makes a concurrent seed of the same token wait for this
+        // transaction, and then find the digest taken.
+        let first = tx
+            .execute(
+                "INSERT INTO refresh_seeds (provider, digest) VALUES ($1, $2)
+                 ON CONFLICT (digest) DO NOTHING",
+                &[&provider, &digest],
+            )
+            .await
+            .map_err(|e| self.db(&e))?
+            == 1;
+        if !first {
+            return Ok(None);
+        }
+        if !self
+            .put_refresh(&tx, provider, fence, expected, sealed)
+            .await?
+        {
+            return Err(refresh_conflict(expected));
+        }
+        tx.commit().await.map_err(|e| self.db(&e))?;
+        Ok(Some(expected + 1))
     }
 
     async fn begin_refresh(

@@ -178,15 +178,53 @@ pub(crate) async fn key_check_is_written_once(store: &dyn Store) {
     );
 }
 
-/// A seed's digest, once recorded, is known again (whichever provider asks: one renamed in
-/// the config is the same client); recording it twice is harmless.
-pub(crate) async fn seeds_are_known_again(store: &dyn Store) {
-    let digest = [7u8; 32];
-    assert!(!store.was_seeded(&digest).await.unwrap());
-    store.record_seed("a", &digest).await.unwrap();
-    store.record_seed("b", &digest).await.unwrap();
-    assert!(store.was_seeded(&digest).await.unwrap());
-    assert!(!store.was_seeded(&[8u8; 32]).await.unwrap());
+/// A given refresh token is stored once, with its digest, or not at all: a digest stored
+/// before (whichever provider asks: one renamed in the config is the same client) stores
+/// nothing, and a save that loses its compare-and-set records no digest.
+pub(crate) async fn given_refresh_tokens_are_stored_once(store: &dyn Store) {
+    let (a, b) = (fence(store, "a").await, fence(store, "b").await);
+    let (first, second) = ([7u8; 32], [8u8; 32]);
+    assert!(!store.was_seeded(&first).await.unwrap());
+    assert_eq!(
+        store
+            .save_given_refresh("a", a, 0, b"rt1", &first)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert!(store.was_seeded(&first).await.unwrap());
+    for (provider, fence, expected) in [("a", a, 1), ("b", b, 0)] {
+        assert_eq!(
+            store
+                .save_given_refresh(provider, fence, expected, b"rt1 again", &first)
+                .await
+                .unwrap(),
+            None,
+            "{provider}: the token was stored before"
+        );
+    }
+    assert_eq!(store.load_refresh("b").await.unwrap(), None);
+    let error = store
+        .save_given_refresh("a", a, 0, b"rt2", &second)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, StoreErrorKind::Conflict);
+    assert!(
+        !store.was_seeded(&second).await.unwrap(),
+        "a token that was not stored is not recorded as sent"
+    );
+    assert_eq!(
+        store
+            .save_given_refresh("a", a, 1, b"rt2", &second)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    let stored = store.load_refresh("a").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.generation, stored.sealed.as_slice()),
+        (2, &b"rt2"[..])
+    );
 }
 
 /// Rekey re-seals every sealed value, or nothing if one fails.
