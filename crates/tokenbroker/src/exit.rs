@@ -20,6 +20,9 @@ pub const CONFIG: u8 = 78;
 pub const CANNOT_EXECUTE: u8 = 126;
 /// `exec`: the command was not found (as in a POSIX shell).
 pub const NOT_FOUND: u8 = 127;
+/// Stopped by SIGINT or SIGTERM before it was done (`demo`; as a shell reports a
+/// program killed by SIGINT).
+pub const INTERRUPTED: u8 = 130;
 
 /// An error that ends the process with a given code after printing its message.
 #[derive(Debug)]

@@ -55,6 +55,47 @@ pub async fn run(jobs: usize, duration: Duration, keep_serving: bool) -> Result<
         ));
     }
     crate::cli::init_logging("warn");
+    // Listening before anything is made: an interruption then ends the acts, and the
+    // store's directory is removed on the way out, with the broker's sealed tokens. With
+    // `--serve`, the same signal then ends the serving.
+    let mut signalled = std::pin::pin!(server::signal());
+    let store = tempfile::tempdir().context("cannot make a directory for the demo's store")?;
+    let path = store.path().join("demo.db");
+    let finished = tokio::select! {
+        finished = acts(jobs, duration, keep_serving, &path) => finished?,
+        () = &mut signalled => {
+            return Err(Exit::new(
+                exit::INTERRUPTED,
+                "interrupted; the demo's temporary store is removed",
+            ));
+        }
+    };
+    if keep_serving {
+        report::try_it(&finished.broker.url, &finished.key, PROVIDER);
+        signalled.await;
+    }
+    finished.broker.stop().await.context("the broker failed")?;
+    finished.shared.shutdown();
+    finished.pooled.shutdown();
+    Ok(exit::OK)
+}
+
+/// What outlives the acts: the broker, for `--serve`, and the emulators it talks to.
+struct Finished {
+    broker: server::Running,
+    key: String,
+    shared: RunningControlRoom,
+    pooled: RunningCappedPool,
+}
+
+/// Both acts, each half without and then with the broker (its store at `store`), and the
+/// table that compares them.
+async fn acts(
+    jobs: usize,
+    duration: Duration,
+    keep_serving: bool,
+    store: &Path,
+) -> Result<Finished, Exit> {
     println!(
         "tokenbroker demo: {jobs} jobs share one Control Room API user (one live session per user, \
          {}s tokens), each creating work items and polling them to completion.\n",
@@ -85,16 +126,8 @@ pub async fn run(jobs: usize, duration: Duration, keep_serving: bool) -> Result<
 
     let shared = emulator().await?;
     let key = new_client_key();
-    let store = tempfile::tempdir().context("cannot make a directory for the demo's store")?;
     let pooled = pool_emulator().await?;
-    let broker = start_broker(
-        &shared,
-        &pooled,
-        &key,
-        keep_serving,
-        &store.path().join("demo.db"),
-    )
-    .await?;
+    let broker = start_broker(&shared, &pooled, &key, keep_serving, store).await?;
     let client = BrokerClient::new(&broker.url, SecretString::from(key.clone()))
         .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
     let tally = Tally::default();
@@ -155,14 +188,12 @@ pub async fn run(jobs: usize, duration: Duration, keep_serving: bool) -> Result<
     );
 
     println!("\n{}", report::table(&[first, second, third, fourth]));
-    if keep_serving {
-        report::try_it(&broker.url, &key, PROVIDER);
-        server::signal().await;
-    }
-    broker.stop().await.context("the broker failed")?;
-    shared.shutdown();
-    pooled.shutdown();
-    Ok(exit::OK)
+    Ok(Finished {
+        broker,
+        key,
+        shared,
+        pooled,
+    })
 }
 
 async fn pool_emulator() -> Result<RunningCappedPool, Exit> {

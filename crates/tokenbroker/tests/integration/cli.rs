@@ -140,6 +140,54 @@ fn demo_refuses_a_duration_nobody_would_watch_before_it_starts() {
     );
 }
 
+/// Ctrl-C in the middle of the demo ends it with 130 and leaves no temporary store behind
+/// (it holds the broker's sealed tokens).
+#[test]
+fn an_interrupted_demo_removes_its_store() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut demo = tokenbroker()
+        .env("TMPDIR", tmp.path())
+        .args(["demo", "--duration", "10m"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first line comes after the store's directory is made.
+    let mut first = String::new();
+    std::io::BufReader::new(demo.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("tokenbroker demo:"), "{first}");
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "the store"
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(demo.wait_with_output()));
+    let out = ended
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the demo ends within 30 s of Ctrl-C")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "the store's directory is gone"
+    );
+}
+
 #[test]
 fn keys_new_prints_a_key_and_the_config_lines_with_its_hash() {
     let out = tokenbroker()
