@@ -136,6 +136,9 @@ pub enum KeyKind {
     New {
         /// The client's name in the config (letters, digits, '-' and '_').
         client: String,
+        /// The providers it may use, comma-separated [default: every one, "*"].
+        #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+        providers: Vec<String>,
     },
     /// A master key for encryption at rest (32 random bytes, base64).
     Master,
@@ -182,8 +185,8 @@ async fn run(command: Command) -> Result<u8, Exit> {
             action: StoreAction::Rekey { config },
         } => commands::rekey::run(&config).await,
         Command::Keys {
-            kind: KeyKind::New { client },
-        } => commands::keys::new_client(&client),
+            kind: KeyKind::New { client, providers },
+        } => commands::keys::new_client(&client, &providers),
         Command::Keys {
             kind: KeyKind::Master,
         } => commands::keys::master(),

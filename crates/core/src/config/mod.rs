@@ -256,8 +256,9 @@ impl Config {
     }
 }
 
-/// A name that stands for itself in a URL path: no encoding, no `.` or `..` segment.
-fn is_provider_name(name: &str) -> bool {
+/// Whether `name` can name a provider: it stands for itself in a URL path (no encoding, no
+/// `.` or `..` segment).
+pub fn is_provider_name(name: &str) -> bool {
     !name.starts_with('.')
         && !name.is_empty()
         && name

@@ -1,12 +1,14 @@
 //! `tokenbroker keys new CLIENT` and `keys master`.
 
 use tokenbroker_core::access::{hex, key_sha256, new_client_key};
+use tokenbroker_core::config::is_provider_name;
 use tokenbroker_core::seal::new_master_key;
 
 use crate::exit::{self, Exit};
 
-/// Prints a new client key once, and the config lines that hold its hash.
-pub fn new_client(client: &str) -> Result<u8, Exit> {
+/// Prints a new client key once, and the config lines that hold its hash and grant it
+/// `providers` (none given: every one, `"*"`).
+pub fn new_client(client: &str, providers: &[String]) -> Result<u8, Exit> {
     let valid = !client.is_empty()
         && client
             .bytes()
@@ -17,16 +19,36 @@ pub fn new_client(client: &str) -> Result<u8, Exit> {
             format!("bad client name {client:?}: use letters, digits, '-' and '_'"),
         ));
     }
+    if let Some(bad) = providers.iter().find(|name| !is_provider_name(name)) {
+        return Err(Exit::new(
+            exit::USAGE,
+            format!(
+                "bad provider name {bad:?} in --providers: use letters, digits, '-', '_', '~' \
+                 and '.', but no leading '.'"
+            ),
+        ));
+    }
     let key = new_client_key();
     println!(
         "# client key for {client:?}; shown only now: give it to the client as TOKENBROKER_KEY"
     );
     println!("{key}");
     println!();
-    println!("# add to tokenbroker.toml (list only the providers this client needs):");
+    if providers.is_empty() {
+        println!(
+            "# add to tokenbroker.toml (\"*\" is every provider: list only those this client \
+             needs):"
+        );
+    } else {
+        println!("# add to tokenbroker.toml:");
+    }
     println!("[clients.{client}]");
     println!("key_sha256 = \"{}\"", hex(&key_sha256(&key)));
-    println!("providers = [\"*\"]");
+    let granted: Vec<String> = match providers {
+        [] => vec!["\"*\"".to_owned()],
+        names => names.iter().map(|name| format!("\"{name}\"")).collect(),
+    };
+    println!("providers = [{}]", granted.join(", "));
     Ok(exit::OK)
 }
 

@@ -207,11 +207,47 @@ fn keys_new_prints_a_key_and_the_config_lines_with_its_hash() {
         .output()
         .unwrap();
     assert!(!text(&again.stdout).contains(key), "every key is new");
-    let bad = tokenbroker()
-        .args(["keys", "new", "bad name"])
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(2));
+    for bad in [&["bad name"][..], &["bots", "--providers", "cr,.hidden"]] {
+        let out = tokenbroker()
+            .args(["keys", "new"])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+}
+
+/// The lines `keys new --providers` prints make a config `check` takes, granting those
+/// providers, and only if they are configured.
+#[test]
+fn keys_new_lines_for_named_providers_pass_check() {
+    let check_lines = |providers: &str| {
+        let out = tokenbroker()
+            .args(["keys", "new", "bots", "--providers", providers])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let stdout = text(&out.stdout);
+        let lines = stdout
+            .split_once("[clients.bots]")
+            .expect("the config lines")
+            .1;
+        let master = tokenbroker_core::seal::new_master_key();
+        let config = format!("{GOOD}\n[clients.bots]{lines}");
+        let checked = check_with(
+            &config,
+            &[
+                ("TB_TEST_CR_KEY", "secret"),
+                ("TOKENBROKER_MASTER_KEY", &master),
+            ],
+        );
+        (config, checked)
+    };
+    let (config, checked) = check_lines("cr");
+    assert!(config.contains("providers = [\"cr\"]\n"), "{config}");
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    let (_, refused) = check_lines("cr,crm");
+    assert_eq!(refused.status.code(), Some(78), "crm is no provider here");
 }
 
 #[tokio::test]
