@@ -7,7 +7,7 @@ use reqwest::{RequestBuilder, StatusCode, Url};
 
 use secrecy::SecretString;
 
-use super::{Answer, Issuance, IssueError, Issued, OAuthError, jwt};
+use super::{Answer, Issuance, IssueError, Issued, OAuthError, Rotation, jwt};
 
 /// Sends `request` and returns the JSON body of a 2xx answer, or the error it amounts to.
 pub(crate) async fn send_json(
@@ -161,18 +161,18 @@ impl TokenAnswer<'_> {
         issued_at: SystemTime,
         how: Issuance,
     ) -> Answer {
-        let rotated = match answer.get("refresh_token") {
-            None | Some(serde_json::Value::Null) => Ok(None),
+        let rotation = match answer.get("refresh_token") {
+            None | Some(serde_json::Value::Null) => Ok(Rotation::Unchanged),
             Some(value) => value
                 .as_str()
                 .filter(|t| !t.is_empty())
-                .map(|t| Some(SecretString::from(t.to_owned())))
+                .map(|t| Rotation::Rotated(SecretString::from(t.to_owned())))
                 .ok_or_else(|| self.malformed("refresh_token is not a non-empty string")),
         };
-        match rotated {
-            Ok(rotated_refresh_token) => Answer {
+        match rotation {
+            Ok(rotation) => Answer {
                 result: self.issued(answer, issued_at, how),
-                rotated_refresh_token,
+                rotation,
             },
             Err(error) => error.into(),
         }

@@ -38,18 +38,38 @@ pub struct Issued {
 pub struct Answer {
     /// The new token, or why there is none.
     pub result: Result<Issued, IssueError>,
-    /// The new refresh token, when the issuer rotated it. It is kept apart from `result`
-    /// because it must be stored whatever became of the access token: the one sent is
-    /// spent, even when the access token beside the new one is unusable.
-    pub rotated_refresh_token: Option<SecretString>,
+    /// What the answer says of the refresh token that was sent. It is kept apart from
+    /// `result` because it holds whatever became of the access token: a rotated refresh
+    /// token must be stored even when the access token beside it is unusable, since the one
+    /// sent is spent.
+    pub rotation: Rotation,
+}
+
+/// What a token answer says of the refresh token the request sent, if any.
+#[derive(Debug)]
+pub enum Rotation {
+    /// A token answer with a new refresh token: this one, and the one sent is spent.
+    Rotated(SecretString),
+    /// A token answer without one: a refresh token sent stays valid.
+    Unchanged,
+    /// No token answer came (an error, or no answer at all): it is not known.
+    Unknown,
+}
+
+impl Answer {
+    /// Whether the issuer handed out a token, usable here or not: a token answer came. For a
+    /// single-session provider that ended the current session.
+    pub fn handed_out_a_token(&self) -> bool {
+        self.result.is_ok() || !matches!(self.rotation, Rotation::Unknown)
+    }
 }
 
 impl From<Result<Issued, IssueError>> for Answer {
-    /// An answer that rotated nothing.
+    /// An answer that says nothing of a refresh token.
     fn from(result: Result<Issued, IssueError>) -> Self {
         Self {
             result,
-            rotated_refresh_token: None,
+            rotation: Rotation::Unknown,
         }
     }
 }

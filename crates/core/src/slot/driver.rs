@@ -556,8 +556,8 @@ async fn ask(shared: &Shared, issuer: &dyn Issuer, exchange: Option<&Token>, fen
         })
         .observe(latency.as_secs_f64());
     ledger::hold(shared, &answer.result).await;
-    // A rotated refresh token means the issuer issued, even beside an unusable access token.
-    let answered_with_token = answer.result.is_ok() || answer.rotated_refresh_token.is_some();
+    // A token answer means the issuer issued, even when its access token is unusable here.
+    let answered_with_token = answer.handed_out_a_token();
     // For the ledger, a token the issuer handed out counts until it expires, whatever
     // becomes of it here; so does an unknown outcome; only a certain refusal frees its place.
     let outcome = match &answer.result {

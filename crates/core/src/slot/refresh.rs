@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::Shared;
 use crate::config::{IssuerConfig, RefreshTokenConfig};
 use crate::identity::Identity;
-use crate::issuer::{Answer, IssueError, Issued, OAuthError};
+use crate::issuer::{Answer, IssueError, Issued, OAuthError, Rotation};
 use crate::seal::{Purpose, Sealer};
 use crate::store::{Store, StoreError, StoreErrorKind, StoredRefresh};
 
@@ -259,11 +259,8 @@ pub(super) async fn settle(
 ) -> Result<Issued, IssueError> {
     let provider = shared.config.name.as_str();
     let store = &shared.persistence.store;
-    let Answer {
-        result,
-        rotated_refresh_token,
-    } = answer;
-    if let Some(rotated) = rotated_refresh_token {
+    let Answer { result, rotation } = answer;
+    if let Rotation::Rotated(rotated) = rotation {
         let sealed = sealed(shared, &ticket.identity, &rotated);
         if let Err(e) = store
             .save_refresh(provider, ticket.fence, ticket.generation, &sealed)
@@ -281,6 +278,9 @@ pub(super) async fn settle(
     }
     match &result {
         Ok(_) => clear(shared, &ticket).await,
+        // A token answer that kept the refresh token, even beside an unusable access token:
+        // nothing was rotated, and the next attempt may send the same one, at any time.
+        Err(_) if matches!(rotation, Rotation::Unchanged) => clear(shared, &ticket).await,
         Err(IssueError::OAuth {
             error: OAuthError::InvalidGrant,
             description,

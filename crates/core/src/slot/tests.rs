@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::*;
 use crate::config::{Config, IssuerConfig};
 use crate::identity::Identity;
-use crate::issuer::{Answer, Issuance, IssueInput, Issued};
+use crate::issuer::{Answer, Issuance, IssueInput, Issued, Rotation};
 use crate::seal::Purpose;
 use crate::seal::new_master_key;
 use crate::store::{
@@ -22,7 +22,7 @@ use crate::store::{
 };
 
 /// An issuer that mints `tok-N` tokens of a fixed lifetime, after a latency, and can be
-/// told to fail, or to answer a rotated refresh token `rt-N` beside an unusable access token.
+/// told to fail, or to answer an unusable access token ([`Unusable`]).
 struct FakeIssuer {
     clock: Clock,
     lifetime: Duration,
@@ -31,7 +31,7 @@ struct FakeIssuer {
     in_flight: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
-    half_usable: Arc<AtomicBool>,
+    unusable: Arc<std::sync::Mutex<Unusable>>,
     /// Whether the provider is configured to log out on shutdown.
     logs_out: bool,
     /// How a logout on shutdown fails, if it does.
@@ -68,13 +68,20 @@ impl Issuer for FakeIssuer {
             }
             .into();
         }
-        if self.half_usable.load(Ordering::SeqCst) {
+        let rotation = match *self.unusable.lock().unwrap() {
+            Unusable::No => None,
+            Unusable::BesideARotation => {
+                Some(Rotation::Rotated(SecretString::from(format!("rt-{n}"))))
+            }
+            Unusable::Alone => Some(Rotation::Unchanged),
+        };
+        if let Some(rotation) = rotation {
             return Answer {
                 result: Err(IssueError::Malformed {
                     provider: "fake".into(),
                     reason: "no access token".into(),
                 }),
-                rotated_refresh_token: Some(SecretString::from(format!("rt-{n}"))),
+                rotation,
             };
         }
         Ok(Issued {
@@ -85,6 +92,17 @@ impl Issuer for FakeIssuer {
         })
         .into()
     }
+}
+
+/// Whether the fake's token answers carry a usable access token.
+#[derive(Clone, Copy)]
+enum Unusable {
+    /// They do.
+    No,
+    /// Not usable, beside a rotated refresh token `rt-N`.
+    BesideARotation,
+    /// Not usable, and no refresh token either (whatever was sent stays valid).
+    Alone,
 }
 
 /// A store that keeps the token, the refresh token and the ledger in memory and grants
@@ -363,7 +381,7 @@ struct Harness {
     calls: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
-    half_usable: Arc<AtomicBool>,
+    unusable: Arc<std::sync::Mutex<Unusable>>,
     store: Arc<MemoryStore>,
     stop: watch::Sender<bool>,
     logout_error: Arc<std::sync::Mutex<Option<IssueError>>>,
@@ -411,7 +429,7 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
     let calls = Arc::new(AtomicU64::new(0));
     let max_in_flight = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicBool::new(false));
-    let half_usable = Arc::new(AtomicBool::new(false));
+    let unusable = Arc::new(std::sync::Mutex::new(Unusable::No));
     let logs_out = matches!(&provider.issuer,
         crate::config::IssuerConfig::JsonLogin(login) if login.logout_on_shutdown);
     let logout_error = Arc::new(std::sync::Mutex::new(None));
@@ -425,7 +443,7 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
         in_flight: Arc::new(AtomicU64::new(0)),
         max_in_flight: max_in_flight.clone(),
         down: down.clone(),
-        half_usable: half_usable.clone(),
+        unusable: unusable.clone(),
     };
     let (stop, stop_rx) = watch::channel(false);
     let store = Arc::new(store);
@@ -450,7 +468,7 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
         calls,
         max_in_flight,
         down,
-        half_usable,
+        unusable,
         store,
         stop,
         logout_error,
@@ -763,27 +781,19 @@ async fn single_session_token_superseded_by_a_login_that_could_not_be_kept_is_no
     assert_eq!(next.expose(), format!("tok-{}", calls(&h)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_rotation_beside_an_unusable_access_token_retires_a_single_session_token() {
-    let h = refresh_harness(
-        "single_session = true\nrefresh_before = \"10s\"",
-        Duration::from_secs(60),
-    );
-    let first = h.slot.get().await.unwrap();
-    h.half_usable.store(true, Ordering::SeqCst);
-    // The refresh rotates (so the issuer issued, ending generation 1 of a single session)
-    // but answers no usable access token.
+/// Lets the driver's attempt at `first`'s `refresh_at` be answered, with answers made
+/// `unusable`: the second request to the issuer.
+async fn refresh_answered(h: &Harness, first: &Token, unusable: Unusable) {
+    *h.unusable.lock().unwrap() = unusable;
     tokio::time::sleep(
         first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_millis(300),
     )
     .await;
-    assert_eq!(calls(&h), 2, "the refresh was sent");
-    let stored = h.store.refresh.lock().unwrap().clone().unwrap();
-    assert_eq!(
-        (stored.generation, stored.intent_at),
-        (2, None),
-        "the rotated refresh token is stored, as the configured one's successor"
-    );
+    assert_eq!(calls(h), 2, "the request at refresh_at was sent");
+}
+
+/// The slot answers the issuer's unusable answer, not the token that answer replaced.
+async fn serves_the_unusable_answer(h: &Harness) {
     match h.slot.get().await {
         Err(SlotError::Issuer { error, .. }) => assert_eq!(error.reason(), "malformed"),
         Ok(token) => panic!(
@@ -792,6 +802,62 @@ async fn a_rotation_beside_an_unusable_access_token_retires_a_single_session_tok
         ),
         Err(other) => panic!("expected the malformed answer, got {other}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotation_beside_an_unusable_access_token_retires_a_single_session_token() {
+    let h = refresh_harness(
+        "single_session = true\nrefresh_before = \"10s\"",
+        Duration::from_secs(60),
+    );
+    let first = h.slot.get().await.unwrap();
+    // The refresh rotates (so the issuer issued, ending generation 1 of a single session)
+    // but answers no usable access token.
+    refresh_answered(&h, &first, Unusable::BesideARotation).await;
+    let stored = h.store.refresh.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        (stored.generation, stored.intent_at),
+        (2, None),
+        "the rotated refresh token is stored, as the configured one's successor"
+    );
+    serves_the_unusable_answer(&h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unusable_login_answer_retires_a_single_session_token() {
+    let h = harness("refresh_before = \"10s\"", Duration::from_secs(60));
+    let first = h.slot.get().await.unwrap();
+    // The login at refresh_at answers, so the issuer opened a session and ended generation
+    // 1, but with no usable token.
+    refresh_answered(&h, &first, Unusable::Alone).await;
+    serves_the_unusable_answer(&h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_answered_without_a_new_refresh_token_leaves_no_intent_behind() {
+    // No grace: an intent left behind would put the provider out of service at the next
+    // attempt, though the refresh token was never spent.
+    let h = refresh_harness(
+        "refresh_before = \"10s\"\nrefresh_token_grace = \"0s\"",
+        Duration::from_secs(60),
+    );
+    let first = h.slot.get().await.unwrap();
+    refresh_answered(&h, &first, Unusable::Alone).await;
+    let stored = h.store.refresh.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        (
+            stored.generation,
+            stored.intent_at,
+            stored.needs_credentials
+        ),
+        (1, None, None),
+        "the refresh token sent is still the one to send"
+    );
+    *h.unusable.lock().unwrap() = Unusable::No;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let next = h.slot.get().await.unwrap();
+    assert_eq!(next.expose(), format!("tok-{}", calls(&h)), "a new token");
+    assert_ne!(h.slot.view().state, SlotState::NeedsCredentials);
 }
 
 /// What the provider's `needs_credentials` says after its rotation at `refresh_at` found an
