@@ -11,19 +11,20 @@
 //! each other broker, told by the announcement, stops handing the old token to new requests,
 //! waits for its own requests on it (bounded by its own `drain_timeout`) and acknowledges
 //! ([`answer`]). A broker that is dead or cut off costs the rotation `drain_timeout`, never
-//! more. A rotation or logout that fails calls its drain off ([`call_off`]), and the others
-//! serve the token on. Without change notifications (SQLite) brokers drain their own
+//! more; but if the store does not take the announcement itself within `drain_timeout`, the
+//! login or logout is not made, since nobody was told. A rotation or logout that fails calls
+//! its drain off ([`call_off`]), and the others serve the token on. Without change notifications (SQLite) brokers drain their own
 //! requests only.
 //!
 //! Issuance stays the driver's business; this module only delays it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::Shared;
 use super::sync::Follower;
-use crate::store::StoreErrorKind;
+use crate::store::{StoreError, StoreErrorKind};
 use crate::token::Token;
 
 /// How often the rotator re-reads who has not acknowledged, should a notification be lost.
@@ -61,31 +62,65 @@ pub(super) async fn take_up(shared: &Shared, token: &Token) {
 /// current token finish, here and on every other broker that serves it, bounded by
 /// `drain_timeout`. New requests already wait here, since the token is past its
 /// `refresh_at`; the other brokers stop handing it out when the announcement reaches them.
-pub(super) async fn before_login(shared: &Shared, current: Option<&Token>, fence: u64) {
+/// Fails if the other brokers could not be told ([`Untold`]): the login would end the token
+/// under their requests.
+pub(super) async fn before_login(
+    shared: &Shared,
+    current: Option<&Token>,
+    fence: u64,
+) -> Result<(), Untold> {
     let Some(token) = current.filter(|t| {
         shared.config.single_session
             && !shared.retired(t.generation)
             && !t.remaining(shared.clock.now()).is_zero()
     }) else {
-        return;
+        return Ok(());
     };
-    everywhere(shared, token, fence, "rotating").await;
+    everywhere(shared, token, fence, "rotating").await
 }
 
 /// Before a logout on shutdown ends `token`'s session: the logout kills the token on every
 /// broker that serves it, so their requests on it finish first, as before a rotation. New
-/// requests there wait for the token that replaces it (the driver's `drained` step).
-pub(super) async fn before_logout(shared: &Shared, token: &Token, fence: u64) {
-    everywhere(shared, token, fence, "logging out").await;
+/// requests there wait for the token that replaces it (the driver's `drained` step). Fails
+/// as [`before_login`] does.
+pub(super) async fn before_logout(
+    shared: &Shared,
+    token: &Token,
+    fence: u64,
+) -> Result<(), Untold> {
+    everywhere(shared, token, fence, "logging out").await
 }
 
+/// The other brokers could not be told of a drain: the store refused the announcement (the
+/// lease passed on) or did not take it within `drain_timeout`.
+#[derive(Debug)]
+pub(super) struct Untold(pub(super) StoreError);
+
 /// Lets the requests on `token` finish here and on every other broker that serves it,
-/// bounded by `drain_timeout`; then what `then` does (for the log) goes ahead anyway.
-async fn everywhere(shared: &Shared, token: &Token, fence: u64, then: &str) {
+/// bounded by `drain_timeout`; then what `then` does (for the log) goes ahead anyway, once
+/// the others were told.
+async fn everywhere(shared: &Shared, token: &Token, fence: u64, then: &str) -> Result<(), Untold> {
     let timeout = shared.config.proxy.drain_timeout;
-    let both = async { tokio::join!(token.drained(), others(shared, token.generation, fence)) };
-    if tokio::time::timeout(timeout, both).await.is_ok() {
-        return;
+    let announced = AtomicBool::new(!shared.drains_across_brokers);
+    let both = async {
+        tokio::join!(
+            token.drained(),
+            others(shared, token.generation, fence, &announced)
+        )
+    };
+    match tokio::time::timeout(timeout, both).await {
+        Ok(((), result)) => return result.map_err(Untold),
+        Err(_) if !announced.load(Ordering::SeqCst) => {
+            return Err(Untold(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "the drain could not be announced to the other brokers within \
+                     drain_timeout ({} ms)",
+                    timeout.as_millis()
+                ),
+            )));
+        }
+        Err(_) => {}
     }
     let provider = shared.config.name.as_str();
     let waiting_for = if shared.drains_across_brokers {
@@ -104,30 +139,44 @@ async fn everywhere(shared: &Shared, token: &Token, fence: u64, then: &str) {
         brokers = ?waiting_for,
         "requests may still use the old token after drain_timeout; {then} anyway"
     );
+    Ok(())
 }
 
-/// Announces the drain of `generation` to the other brokers and waits until none of them
-/// has a request left on it. Unbounded: the caller bounds it.
-async fn others(shared: &Shared, generation: u64, fence: u64) {
+/// Announces the drain of `generation` to the other brokers (again and again while the
+/// store is unavailable; `announced` tells when it took it) and waits until none of them
+/// has a request left on it. Unbounded: the caller bounds it. Fails only if the store
+/// refuses the announcement: the lease passed on.
+async fn others(
+    shared: &Shared,
+    generation: u64,
+    fence: u64,
+    announced: &AtomicBool,
+) -> Result<(), StoreError> {
     if !shared.drains_across_brokers {
-        return;
+        return Ok(());
     }
     let persistence = &shared.persistence;
     let provider = shared.config.name.as_str();
     // Subscribed before announcing, so that no acknowledgement is missed.
     let mut follower = Follower::new(shared);
-    if let Err(e) = persistence
-        .store
-        .announce_drain(provider, &persistence.holder, fence, generation)
-        .await
-    {
-        // Fenced: this issuance's commit will be refused too. Unavailable: nobody hears.
-        tracing::warn!(provider, error = %e, "cannot announce the drain to the other brokers");
-        return;
+    loop {
+        match persistence
+            .store
+            .announce_drain(provider, &persistence.holder, fence, generation)
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if e.kind == StoreErrorKind::Conflict => return Err(e),
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "cannot announce the drain to the other brokers; trying again");
+                tokio::time::sleep(ACK_POLL).await;
+            }
+        }
     }
+    announced.store(true, Ordering::SeqCst);
     loop {
         match persistence.store.undrained(provider, generation).await {
-            Ok(left) if left.is_empty() => return,
+            Ok(left) if left.is_empty() => return Ok(()),
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(provider, error = %e, "cannot read the drain's acknowledgements")

@@ -238,7 +238,16 @@ async fn log_out(shared: &Shared, issuer: &dyn Issuer) {
                 return;
             }
         }
-        drain::before_logout(shared, &token, fence).await;
+        if let Err(drain::Untold(e)) = drain::before_logout(shared, &token, fence).await {
+            tracing::warn!(
+                provider,
+                error = %e,
+                "not logging out on shutdown: the other brokers serving the token were not told"
+            );
+            // An announcement that took after all is called off.
+            drain::call_off(shared, token.generation, fence).await;
+            return;
+        }
         if !end_session(shared, issuer, &token).await {
             drain::call_off(shared, token.generation, fence).await;
         }
@@ -439,7 +448,9 @@ async fn issue_and_commit(
     if let Err(error) = ledger::admit(shared, current).await {
         return (Err(error), Duration::ZERO);
     }
-    drain::before_login(shared, current, fence).await;
+    if let Err(drain::Untold(e)) = drain::before_login(shared, current, fence).await {
+        return (Err(store_error(provider, &e)), Duration::ZERO);
+    }
     // Only a token still in service and still valid can be exchanged.
     let exchangeable = current.filter(|t| {
         !shared.retired(t.generation)

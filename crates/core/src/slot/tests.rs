@@ -114,6 +114,8 @@ struct MemoryStore {
     refresh: std::sync::Mutex<Option<StoredRefresh>>,
     ledger: std::sync::Mutex<Vec<IssuanceRecord>>,
     failing_saves: AtomicBool,
+    /// How many more drain announcements fail as if the store were unreachable.
+    failing_announcements: AtomicU64,
     /// Set for a store shared by a cluster: it tells of changes.
     changes: Option<tokio::sync::broadcast::Sender<Change>>,
     /// The generation another broker announced it is about to replace.
@@ -166,6 +168,12 @@ impl Store for MemoryStore {
         _: u64,
         generation: u64,
     ) -> Result<(), StoreError> {
+        let failing =
+            self.failing_announcements
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(StoreError::new(StoreErrorKind::Unavailable, "unreachable"));
+        }
         // The announcer's own record is drained.
         *self.drained.lock().unwrap() = Some(generation);
         Ok(())
@@ -1168,6 +1176,43 @@ async fn announce_drain_of_1(h: &Harness) {
     tell_of_a_change(h);
     let draining = || h.slot.shared.draining.load(Ordering::SeqCst);
     until("the announced drain taken up", || draining() >= 1).await;
+}
+
+/// A cluster broker's rotation at `refresh_at` (drain_timeout 2 s) while the store refuses
+/// its first `failures` drain announcements as unreachable; returns the harness once the
+/// drain's time is up.
+async fn rotation_with_announcements_failing(failures: u64) -> Harness {
+    let h = cluster_harness(
+        "refresh_before = \"10s\"\ndrain_timeout = \"2s\"",
+        Duration::from_secs(60),
+    );
+    let first = h.slot.get().await.unwrap();
+    h.store
+        .failing_announcements
+        .store(failures, Ordering::SeqCst);
+    tokio::time::sleep(
+        first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_secs(2),
+    )
+    .await;
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_announced_after_the_store_came_back_lets_the_rotation_go_ahead() {
+    let h = rotation_with_announcements_failing(2).await;
+    assert_eq!(*h.store.drained.lock().unwrap(), Some(1), "announced");
+    assert_eq!(calls(&h), 2, "the login was sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotation_whose_drain_cannot_be_announced_does_not_log_in() {
+    let h = rotation_with_announcements_failing(u64::MAX).await;
+    assert_eq!(
+        calls(&h),
+        1,
+        "the login would end the token under the other brokers' requests"
+    );
+    assert_eq!(h.slot.get().await.unwrap().generation, 1, "served on");
 }
 
 /// The store tells the slot of a change of its provider, as another broker's write would.
