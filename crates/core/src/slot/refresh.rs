@@ -1,6 +1,7 @@
 //! Rotating refresh tokens (SPEC guarantee 6): the refresh token is read from the store,
 //! an intent is committed before it is sent, and the rotated token is committed before the
-//! access token it came with is handed to anyone.
+//! access token it came with is handed to anyone (tried again for a while if the store is
+//! unavailable: the broker holds its only copy).
 //!
 //! After a crash (an intent with no outcome) the same refresh token is retried only within
 //! the issuer's reuse grace (`refresh_token_grace`); beyond it, replaying the token could make
@@ -20,6 +21,9 @@ use crate::store::{Store, StoreError, StoreErrorKind, StoredRefresh};
 
 /// How long a retried refresh may take to reach the issuer.
 const DELIVERY_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long a rotated refresh token's save is tried again while the store is unavailable.
+const ROTATED_SAVE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The refresh token an issuance may use, which stored generation it is, and the lease
 /// grant the issuance writes under.
@@ -258,14 +262,9 @@ pub(super) async fn settle(
     answer: Answer,
 ) -> Result<Issued, IssueError> {
     let provider = shared.config.name.as_str();
-    let store = &shared.persistence.store;
     let Answer { result, rotation } = answer;
     if let Rotation::Rotated(rotated) = rotation {
-        let sealed = sealed(shared, &ticket.identity, &rotated);
-        if let Err(e) = store
-            .save_refresh(provider, ticket.fence, ticket.generation, &sealed)
-            .await
-        {
+        if let Err(e) = store_rotated(shared, &ticket, &rotated).await {
             // The intent stays: within the grace the next attempt may retry.
             return Err(IssueError::Store {
                 provider: provider.to_owned(),
@@ -302,6 +301,60 @@ pub(super) async fn settle(
         Err(_) => {}
     }
     result
+}
+
+/// Stores `rotated` as the successor of the ticket's refresh token. This broker holds the
+/// only copy, and the token sent is spent, so a store that is unavailable is tried again
+/// for up to [`ROTATED_SAVE_WINDOW`] (the lease is renewed meanwhile, and the save is
+/// fenced by it); a save whose answer was lost is recognised by reading the stored token.
+async fn store_rotated(
+    shared: &Shared,
+    ticket: &Ticket,
+    rotated: &SecretString,
+) -> Result<(), StoreError> {
+    let provider = shared.config.name.as_str();
+    let store = &shared.persistence.store;
+    let sealed = sealed(shared, &ticket.identity, rotated);
+    let deadline = tokio::time::Instant::now() + ROTATED_SAVE_WINDOW;
+    let mut wait = Duration::from_millis(100);
+    let mut unsure = false;
+    loop {
+        let e = match store
+            .save_refresh(provider, ticket.fence, ticket.generation, &sealed)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        match e.kind {
+            StoreErrorKind::Conflict if unsure && is_stored(shared, ticket, rotated).await => {
+                return Ok(());
+            }
+            StoreErrorKind::Unavailable if tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(provider, error = %e, "cannot store the rotated refresh token yet; trying again");
+                unsure = true;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Whether `rotated` is stored as the successor of the ticket's refresh token.
+async fn is_stored(shared: &Shared, ticket: &Ticket, rotated: &SecretString) -> bool {
+    let stored = shared
+        .persistence
+        .store
+        .load_refresh(&shared.config.name)
+        .await;
+    match stored {
+        Ok(Some(stored)) if stored.generation == ticket.generation + 1 => {
+            matches!(open(shared, &ticket.identity, &stored),
+                Ok(Some(token)) if token.expose_secret() == rotated.expose_secret())
+        }
+        _ => false,
+    }
 }
 
 async fn clear(shared: &Shared, ticket: &Ticket) {

@@ -22,7 +22,7 @@ use crate::store::{
 };
 
 /// An issuer that mints `tok-N` tokens of a fixed lifetime, after a latency, and can be
-/// told to fail, or to answer an unusable access token ([`Unusable`]).
+/// told to fail, or to answer otherwise ([`Answers`]).
 struct FakeIssuer {
     clock: Clock,
     lifetime: Duration,
@@ -31,7 +31,7 @@ struct FakeIssuer {
     in_flight: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
-    unusable: Arc<std::sync::Mutex<Unusable>>,
+    answers: Arc<std::sync::Mutex<Answers>>,
     /// Whether the provider is configured to log out on shutdown.
     logs_out: bool,
     /// How a logout on shutdown fails, if it does.
@@ -68,14 +68,15 @@ impl Issuer for FakeIssuer {
             }
             .into();
         }
-        let rotation = match *self.unusable.lock().unwrap() {
-            Unusable::No => None,
-            Unusable::BesideARotation => {
-                Some(Rotation::Rotated(SecretString::from(format!("rt-{n}"))))
-            }
-            Unusable::Alone => Some(Rotation::Unchanged),
+        let answers = *self.answers.lock().unwrap();
+        let rotated = || Rotation::Rotated(SecretString::from(format!("rt-{n}")));
+        let (usable, rotation) = match answers {
+            Answers::Plain => (true, Rotation::Unknown),
+            Answers::Rotating => (true, rotated()),
+            Answers::UnusableBesideARotation => (false, rotated()),
+            Answers::Unusable => (false, Rotation::Unchanged),
         };
-        if let Some(rotation) = rotation {
+        if !usable {
             return Answer {
                 result: Err(IssueError::Malformed {
                     provider: "fake".into(),
@@ -84,25 +85,36 @@ impl Issuer for FakeIssuer {
                 rotation,
             };
         }
-        Ok(Issued {
-            access_token: SecretString::from(format!("tok-{n}")),
-            issued_at,
-            expires_at: issued_at + self.lifetime,
-            how: Issuance::Login,
-        })
-        .into()
+        Answer {
+            result: Ok(Issued {
+                access_token: SecretString::from(format!("tok-{n}")),
+                issued_at,
+                expires_at: issued_at + self.lifetime,
+                how: Issuance::Login,
+            }),
+            rotation,
+        }
     }
 }
 
-/// Whether the fake's token answers carry a usable access token.
+/// Takes one from `count` if it is above zero; whether it was.
+fn take_one(count: &AtomicU64) -> bool {
+    count
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// What the fake's token answers carry.
 #[derive(Clone, Copy)]
-enum Unusable {
-    /// They do.
-    No,
-    /// Not usable, beside a rotated refresh token `rt-N`.
-    BesideARotation,
-    /// Not usable, and no refresh token either (whatever was sent stays valid).
-    Alone,
+enum Answers {
+    /// A usable access token, and nothing said of a refresh token.
+    Plain,
+    /// A usable access token beside a rotated refresh token `rt-N`.
+    Rotating,
+    /// An unusable access token beside a rotated refresh token `rt-N`.
+    UnusableBesideARotation,
+    /// An unusable access token, and no refresh token (whatever was sent stays valid).
+    Unusable,
 }
 
 /// A store that keeps the token, the refresh token and the ledger in memory and grants
@@ -116,6 +128,11 @@ struct MemoryStore {
     failing_saves: AtomicBool,
     /// How many more drain announcements fail as if the store were unreachable.
     failing_announcements: AtomicU64,
+    /// How many more refresh token saves fail as if the store were unreachable.
+    failing_refresh_saves: AtomicU64,
+    /// How many more refresh token saves are made but answered as unreachable (the answer
+    /// was lost).
+    lost_refresh_saves: AtomicU64,
     /// Set for a store shared by a cluster: it tells of changes.
     changes: Option<tokio::sync::broadcast::Sender<Change>>,
     /// The generation another broker announced it is about to replace.
@@ -137,6 +154,21 @@ struct MemoryStore {
 
 impl MemoryStore {
     /// Applies `change` to the stored refresh token of `generation`; `Conflict` if it moved on.
+    /// Stores `sealed` as the successor of refresh token generation `expected`.
+    fn put_refresh(&self, expected: u64, sealed: &[u8]) -> Result<u64, StoreError> {
+        let mut stored = self.refresh.lock().unwrap();
+        if stored.as_ref().map_or(0, |r| r.generation) != expected {
+            return Err(StoreError::new(StoreErrorKind::Conflict, "moved on"));
+        }
+        *stored = Some(StoredRefresh {
+            generation: expected + 1,
+            sealed: sealed.to_vec(),
+            intent_at: None,
+            needs_credentials: None,
+        });
+        Ok(expected + 1)
+    }
+
     fn refresh_of(
         &self,
         generation: u64,
@@ -295,22 +327,20 @@ impl Store for MemoryStore {
         expected: u64,
         sealed: &[u8],
     ) -> Result<u64, StoreError> {
-        let mut stored = self.refresh.lock().unwrap();
-        if stored.as_ref().map_or(0, |r| r.generation) != expected {
-            return Err(StoreError::new(StoreErrorKind::Conflict, "moved on"));
+        let unreachable = || StoreError::new(StoreErrorKind::Unavailable, "unreachable");
+        if take_one(&self.failing_refresh_saves) {
+            return Err(unreachable());
         }
-        *stored = Some(StoredRefresh {
-            generation: expected + 1,
-            sealed: sealed.to_vec(),
-            intent_at: None,
-            needs_credentials: None,
-        });
-        Ok(expected + 1)
+        let saved = self.put_refresh(expected, sealed)?;
+        if take_one(&self.lost_refresh_saves) {
+            return Err(unreachable());
+        }
+        Ok(saved)
     }
     async fn save_given_refresh(
         &self,
-        provider: &str,
-        fence: u64,
+        _: &str,
+        _: u64,
         expected: u64,
         sealed: &[u8],
         digest: &[u8],
@@ -318,7 +348,7 @@ impl Store for MemoryStore {
         if self.was_seeded(digest).await? {
             return Ok(None);
         }
-        let generation = self.save_refresh(provider, fence, expected, sealed).await?;
+        let generation = self.put_refresh(expected, sealed)?;
         self.seeds.lock().unwrap().push(digest.to_vec());
         Ok(Some(generation))
     }
@@ -389,7 +419,7 @@ struct Harness {
     calls: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
-    unusable: Arc<std::sync::Mutex<Unusable>>,
+    answers: Arc<std::sync::Mutex<Answers>>,
     store: Arc<MemoryStore>,
     stop: watch::Sender<bool>,
     logout_error: Arc<std::sync::Mutex<Option<IssueError>>>,
@@ -437,7 +467,7 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
     let calls = Arc::new(AtomicU64::new(0));
     let max_in_flight = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicBool::new(false));
-    let unusable = Arc::new(std::sync::Mutex::new(Unusable::No));
+    let answers = Arc::new(std::sync::Mutex::new(Answers::Plain));
     let logs_out = matches!(&provider.issuer,
         crate::config::IssuerConfig::JsonLogin(login) if login.logout_on_shutdown);
     let logout_error = Arc::new(std::sync::Mutex::new(None));
@@ -451,7 +481,7 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
         in_flight: Arc::new(AtomicU64::new(0)),
         max_in_flight: max_in_flight.clone(),
         down: down.clone(),
-        unusable: unusable.clone(),
+        answers: answers.clone(),
     };
     let (stop, stop_rx) = watch::channel(false);
     let store = Arc::new(store);
@@ -476,7 +506,7 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
         calls,
         max_in_flight,
         down,
-        unusable,
+        answers,
         store,
         stop,
         logout_error,
@@ -789,10 +819,10 @@ async fn single_session_token_superseded_by_a_login_that_could_not_be_kept_is_no
     assert_eq!(next.expose(), format!("tok-{}", calls(&h)));
 }
 
-/// Lets the driver's attempt at `first`'s `refresh_at` be answered, with answers made
-/// `unusable`: the second request to the issuer.
-async fn refresh_answered(h: &Harness, first: &Token, unusable: Unusable) {
-    *h.unusable.lock().unwrap() = unusable;
+/// Lets the driver's attempt at `first`'s `refresh_at` be answered as `answers` says: the
+/// second request to the issuer.
+async fn refresh_answered(h: &Harness, first: &Token, answers: Answers) {
+    *h.answers.lock().unwrap() = answers;
     tokio::time::sleep(
         first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_millis(300),
     )
@@ -821,7 +851,7 @@ async fn a_rotation_beside_an_unusable_access_token_retires_a_single_session_tok
     let first = h.slot.get().await.unwrap();
     // The refresh rotates (so the issuer issued, ending generation 1 of a single session)
     // but answers no usable access token.
-    refresh_answered(&h, &first, Unusable::BesideARotation).await;
+    refresh_answered(&h, &first, Answers::UnusableBesideARotation).await;
     let stored = h.store.refresh.lock().unwrap().clone().unwrap();
     assert_eq!(
         (stored.generation, stored.intent_at),
@@ -837,7 +867,7 @@ async fn an_unusable_login_answer_retires_a_single_session_token() {
     let first = h.slot.get().await.unwrap();
     // The login at refresh_at answers, so the issuer opened a session and ended generation
     // 1, but with no usable token.
-    refresh_answered(&h, &first, Unusable::Alone).await;
+    refresh_answered(&h, &first, Answers::Unusable).await;
     serves_the_unusable_answer(&h).await;
 }
 
@@ -850,7 +880,7 @@ async fn a_refresh_answered_without_a_new_refresh_token_leaves_no_intent_behind(
         Duration::from_secs(60),
     );
     let first = h.slot.get().await.unwrap();
-    refresh_answered(&h, &first, Unusable::Alone).await;
+    refresh_answered(&h, &first, Answers::Unusable).await;
     let stored = h.store.refresh.lock().unwrap().clone().unwrap();
     assert_eq!(
         (
@@ -861,11 +891,49 @@ async fn a_refresh_answered_without_a_new_refresh_token_leaves_no_intent_behind(
         (1, None, None),
         "the refresh token sent is still the one to send"
     );
-    *h.unusable.lock().unwrap() = Unusable::No;
+    *h.answers.lock().unwrap() = Answers::Plain;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let next = h.slot.get().await.unwrap();
     assert_eq!(next.expose(), format!("tok-{}", calls(&h)), "a new token");
     assert_ne!(h.slot.view().state, SlotState::NeedsCredentials);
+}
+
+/// A refresh-token provider whose rotation at `refresh_at` rotates the refresh token while
+/// the store is told to `fault` its first save of it; returns the harness once the rotation
+/// is over (the retries included).
+async fn rotation_stored_through(fault: impl FnOnce(&MemoryStore)) -> Harness {
+    let h = refresh_harness("refresh_before = \"10s\"", Duration::from_secs(60));
+    let first = h.slot.get().await.unwrap();
+    fault(&h.store);
+    refresh_answered(&h, &first, Answers::Rotating).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h
+}
+
+/// The rotated refresh token `rt-2` is stored as generation 2, and its access token served.
+async fn rotated_token_kept(h: &Harness) {
+    let stored = h.store.refresh.lock().unwrap().clone().unwrap();
+    assert_eq!((stored.generation, stored.intent_at), (2, None));
+    let token = h.slot.get().await.unwrap();
+    assert_eq!((token.generation, token.expose()), (2, "tok-2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotated_refresh_token_is_stored_once_the_store_is_back() {
+    let h = rotation_stored_through(|store| {
+        store.failing_refresh_saves.store(3, Ordering::SeqCst);
+    })
+    .await;
+    rotated_token_kept(&h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotated_refresh_token_whose_save_answer_was_lost_is_found_stored() {
+    let h = rotation_stored_through(|store| {
+        store.lost_refresh_saves.store(1, Ordering::SeqCst);
+    })
+    .await;
+    rotated_token_kept(&h).await;
 }
 
 /// What the provider's `needs_credentials` says after its rotation at `refresh_at` found an
