@@ -124,15 +124,17 @@ impl PostgresStore {
             .wait_timeout(Some(POOL_TIMEOUT))
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT));
+        // The fenced writes rely on READ COMMITTED (see `contract`): a write that waited for
+        // a lease renewal then sees the renewed row, where a stricter default of the server's
+        // or the role's would fail it as a serialization failure.
+        let mut set = "SET default_transaction_isolation TO 'read committed'".to_owned();
         if let Some(quoted) = &quoted {
-            let set = format!("SET search_path TO {quoted}");
-            builder = builder.post_create(Hook::async_fn(move |client, _| {
-                let set = set.clone();
-                Box::pin(
-                    async move { client.batch_execute(&set).await.map_err(HookError::Backend) },
-                )
-            }));
+            set.push_str(&format!("; SET search_path TO {quoted}"));
         }
+        builder = builder.post_create(Hook::async_fn(move |client, _| {
+            let set = set.clone();
+            Box::pin(async move { client.batch_execute(&set).await.map_err(HookError::Backend) })
+        }));
         let pool = builder.build().map_err(|e| {
             StoreError::new(StoreErrorKind::Unavailable, format!("store {name}: {e}"))
         })?;

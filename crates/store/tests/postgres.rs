@@ -489,6 +489,79 @@ async fn the_lease_excludes_a_second_broker_on_the_same_schema() {
     assert_eq!(granted, 1, "{outcomes:?}");
 }
 
+/// A fenced write that waits for a lease renewal goes ahead once the renewal commits, even
+/// where the database's default isolation is stricter than READ COMMITTED (given here by the
+/// URL's `options`, as a server or role default would): there, the write would fail as a
+/// serialization failure.
+#[tokio::test]
+async fn a_fenced_write_after_a_lease_renewal_holds_under_a_strict_default_isolation() {
+    let Some(renewal) = raw().await else {
+        return;
+    };
+    let schema = Schema::new();
+    let strict = format!(
+        "{}{}options=-c%20default_transaction_isolation%3Dserializable",
+        url(),
+        if url().contains('?') { '&' } else { '?' }
+    );
+    let store = PostgresStore::connect(&SecretString::from(strict), Some(&schema.name))
+        .await
+        .unwrap();
+    let Lease::Granted { fence } = store
+        .acquire_lease("cr", "broker-a", Duration::from_secs(60))
+        .await
+        .unwrap()
+    else {
+        panic!("a free lease is granted");
+    };
+    // A renewal of the lease, held open: it has the lease's row locked.
+    renewal.batch_execute("BEGIN").await.unwrap();
+    renewal
+        .execute(
+            &format!(
+                "UPDATE \"{}\".leases SET expires_at_ms = expires_at_ms + 1 WHERE provider = 'cr'",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let xid: String = renewal
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let write = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .save_token("cr", fence, 0, &conformance::token(1, b"one"))
+                .await
+        }
+    });
+    // Until the write waits for the renewal's lock.
+    let waiting = "SELECT count(*) FROM pg_locks \
+                   WHERE NOT granted AND locktype = 'transactionid' AND transactionid::text = $1";
+    let mut polls = 0;
+    while renewal
+        .query_one(waiting, &[&xid])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        polls += 1;
+        assert!(polls < 1000, "the write never waited for the renewal");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    renewal.batch_execute("COMMIT").await.unwrap();
+    write
+        .await
+        .unwrap()
+        .expect("the write goes ahead under its own fence");
+    assert_eq!(store.load_token("cr").await.unwrap().unwrap().generation, 1);
+}
+
 #[tokio::test]
 async fn tls_is_used_and_verified_when_the_url_asks_for_it() {
     let Some(client) = raw().await else {

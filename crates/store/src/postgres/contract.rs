@@ -9,7 +9,8 @@
 //! The issuance writes are fenced by `EXISTS (SELECT ... FROM leases WHERE fence = $n FOR
 //! SHARE)`: the share lock makes a concurrent grant of the lease to another holder wait for
 //! the write's commit, or the write see that grant and change nothing, so no fenced write
-//! lands after the lease passed on.
+//! lands after the lease passed on. "See" is READ COMMITTED's re-check of a row it waited
+//! for, so every pooled connection is set to READ COMMITTED, whatever the server's default.
 //!
 //! Times are the brokers' (Unix milliseconds, as in SQLite), except a lease's expiry, a
 //! refresh intent's time, the issuance ledger's times and the end of an issuer's hold: they

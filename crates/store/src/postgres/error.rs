@@ -20,10 +20,10 @@ pub(super) fn map(name: &str, e: &tokio_postgres::Error) -> StoreError {
     };
     let code = db.code().code();
     let kind = match code {
-        // Integrity violations (a unique key above all), as SQLite's constraint errors, and
-        // serialization failures: someone else wrote first.
+        // Integrity violations (a unique key above all), as SQLite's constraint errors:
+        // someone else wrote first. (A serialization failure, 40001, says only "try again",
+        // not that a newer generation is stored: it falls through to `Unavailable`.)
         _ if code.starts_with("23") => StoreErrorKind::Conflict,
-        "40001" => StoreErrorKind::Conflict,
         // Data exceptions, tables or columns missing after migration, corrupted pages.
         _ if code.starts_with("22") => StoreErrorKind::Corrupt,
         "42P01" | "42703" | "XX001" | "XX002" => StoreErrorKind::Corrupt,
