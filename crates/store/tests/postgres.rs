@@ -53,7 +53,7 @@ async fn raw() -> Option<tokio_postgres::Client> {
         Ok(Err(e)) => std::error::Error::source(&e).map_or(e.to_string(), ToString::to_string),
         Err(_) => "no answer within 10 s".to_owned(),
     };
-    skipped(&format!(
+    no_database(&format!(
         "PostgreSQL not reachable at {} ({why}); set TOKENBROKER_TEST_PG_URL",
         shown(&url)
     ));
@@ -65,6 +65,15 @@ async fn raw() -> Option<tokio_postgres::Client> {
 fn skipped(why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
+/// A PostgreSQL test cannot run for want of a database: skipped (saying `why`), or a
+/// failure where one is required (`TOKENBROKER_REQUIRE_PG`, which CI sets).
+fn no_database(why: &str) {
+    if std::env::var_os("TOKENBROKER_REQUIRE_PG").is_some() {
+        panic!("TOKENBROKER_REQUIRE_PG is set, and {why}");
+    }
+    skipped(why);
 }
 
 /// A fresh schema of the test database, dropped (best effort) when the test ends, even by a

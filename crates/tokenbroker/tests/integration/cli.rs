@@ -146,16 +146,19 @@ fn demo_refuses_a_duration_nobody_would_watch_before_it_starts() {
 fn an_interrupted_demo_removes_its_store() {
     use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
-    let mut demo = tokenbroker()
-        .env("TMPDIR", tmp.path())
-        .args(["demo", "--duration", "10m"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut demo = Reaped(Some(
+        tokenbroker()
+            .env("TMPDIR", tmp.path())
+            .args(["demo", "--duration", "10m"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let child = demo.0.as_mut().unwrap();
     // The first line comes after the store's directory is made.
     let mut first = String::new();
-    std::io::BufReader::new(demo.stdout.take().unwrap())
+    std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
     assert!(first.starts_with("tokenbroker demo:"), "{first}");
@@ -164,16 +167,23 @@ fn an_interrupted_demo_removes_its_store() {
         1,
         "the store"
     );
+    let pid = child.id().to_string();
     let sent = std::process::Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
+        .args(["-INT", &pid])
         .status()
         .unwrap();
     assert!(sent.success());
+    let child = demo.0.take().unwrap();
     let (done, ended) = std::sync::mpsc::channel();
-    std::thread::spawn(move || done.send(demo.wait_with_output()));
+    std::thread::spawn(move || done.send(child.wait_with_output()));
     let out = ended
         .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the demo ends within 30 s of Ctrl-C")
+        .unwrap_or_else(|_| {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid])
+                .status();
+            panic!("the demo did not end within 30 s of Ctrl-C")
+        })
         .unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
     assert!(
@@ -186,6 +196,18 @@ fn an_interrupted_demo_removes_its_store() {
         0,
         "the store's directory is gone"
     );
+}
+
+/// A child process, killed if the test ends (by a failed assertion) while it holds it.
+struct Reaped(Option<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 #[test]

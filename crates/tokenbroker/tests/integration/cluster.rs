@@ -137,6 +137,15 @@ fn skipped(why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
 
+/// A PostgreSQL test cannot run for want of a database: skipped (saying `why`), or a
+/// failure where one is required (`TOKENBROKER_REQUIRE_PG`, which CI sets).
+fn no_database(why: &str) {
+    if std::env::var_os("TOKENBROKER_REQUIRE_PG").is_some() {
+        panic!("TOKENBROKER_REQUIRE_PG is set, and {why}");
+    }
+    skipped(why);
+}
+
 /// The test database, or `None` (and a line saying the test is skipped) when it is down.
 async fn postgres() -> Option<String> {
     let url = std::env::var("TOKENBROKER_TEST_PG_URL")
@@ -151,7 +160,7 @@ async fn postgres() -> Option<String> {
     match tokio::net::TcpStream::connect(&host).await {
         Ok(_) => Some(url),
         Err(e) => {
-            skipped(&format!(
+            no_database(&format!(
                 "PostgreSQL not reachable at {host} ({e}); set TOKENBROKER_TEST_PG_URL"
             ));
             None
@@ -265,7 +274,7 @@ async fn a_database_outage_keeps_cached_tokens_served_and_brokers_recover_by_the
     let database = match crate::private_pg::PrivatePostgres::start() {
         Ok(database) => database,
         Err(why) => {
-            skipped(&format!("no private PostgreSQL for the fault test: {why}"));
+            no_database(&format!("no private PostgreSQL for the fault test: {why}"));
             return;
         }
     };

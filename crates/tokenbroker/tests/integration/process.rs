@@ -144,21 +144,28 @@ impl ServeProcess {
         self.child.wait().expect("reaped");
     }
 
-    /// SIGTERM, then waits for the exit.
+    /// SIGTERM, then waits for the exit (a minute at most: then SIGKILL, and the test fails).
     pub(crate) async fn terminate(mut self) -> (ExitStatus, String) {
+        let pid = self.child.id().to_string();
         let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &pid])
             .status()
             .expect("kill runs");
         assert!(killed.success());
-        let status = tokio::task::spawn_blocking(move || {
+        let waiting = tokio::task::spawn_blocking(move || {
             let status = self.child.wait().expect("reaped");
             (status, self)
-        })
-        .await
-        .expect("the wait finishes");
-        let (status, this) = status;
-        (status, this.logs())
+        });
+        match tokio::time::timeout(Duration::from_secs(60), waiting).await {
+            Ok(exited) => {
+                let (status, this) = exited.expect("the wait finishes");
+                (status, this.logs())
+            }
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                panic!("the broker did not exit within a minute of SIGTERM");
+            }
+        }
     }
 }
 
