@@ -30,6 +30,9 @@ use crate::token::Token;
 /// How often the rotator re-reads who has not acknowledged, should a notification be lost.
 const ACK_POLL: Duration = Duration::from_millis(500);
 
+/// How often a broker re-reads the drain requests, should a notification be lost.
+const ANSWER_POLL: Duration = Duration::from_secs(1);
+
 /// Records, before `token` is served, that this broker uses its generation. If the drain of
 /// that generation was already announced, the token is never handed out here, and the
 /// answering task acknowledges at once (it is told by the view's change).
@@ -192,8 +195,9 @@ async fn others(
 /// Answers other brokers' drain announcements for the slot until aborted:
 /// marks the announced generation not servable, waits (bounded by `drain_timeout`) for this
 /// broker's requests on it, and acknowledges; and puts it back in service if the drain is
-/// called off. Looks when the store tells of a change of the provider and whenever the slot
-/// publishes (a token taken up late may already be draining).
+/// called off. Looks when the store tells of a change of the provider, whenever the slot
+/// publishes (a token taken up late may already be draining), and every [`ANSWER_POLL`]
+/// (a notification lost with its connection is not noticed at once).
 pub(super) async fn answer(shared: Arc<Shared>) {
     let mut follower = Follower::new(&shared);
     let mut view = shared.view.subscribe();
@@ -203,6 +207,7 @@ pub(super) async fn answer(shared: Arc<Shared>) {
             () = follower.changed(&shared.config.name) => {}
             // The sender lives in `shared`, held here: this ends only by the abort.
             _ = view.changed() => {}
+            () = tokio::time::sleep(ANSWER_POLL) => {}
         }
     }
 }

@@ -1283,6 +1283,19 @@ async fn a_rotation_whose_drain_cannot_be_announced_does_not_log_in() {
     assert_eq!(h.slot.get().await.unwrap().generation, 1, "served on");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_drain_announced_without_a_notification_is_answered_within_a_second_or_so() {
+    let h = cluster_harness("", Duration::from_secs(60));
+    h.slot.get().await.unwrap();
+    // Another broker's announcement whose notification was lost with its connection.
+    *h.store.drain_request.lock().unwrap() = Some(1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        h.slot.shared.draining.load(Ordering::SeqCst) >= 1,
+        "the drain was read from the store again"
+    );
+}
+
 /// The store tells the slot of a change of its provider, as another broker's write would.
 fn tell_of_a_change(h: &Harness) {
     let changes = h.store.changes.as_ref().expect("a cluster harness");
