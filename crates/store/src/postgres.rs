@@ -201,6 +201,33 @@ impl PostgresStore {
         Ok(self.query(sql, &all).await?.len() as u64)
     }
 
+    /// Runs a write of the token's users (`token_users`) in a transaction that first takes
+    /// the provider's users lock (an advisory lock of this schema and provider); returns its
+    /// rows. Those writes decide from what the others wrote (a broker taking a token up looks
+    /// for its drain; an announcement asks the brokers that use it): under the lock, each
+    /// one's snapshot is taken after the other committed, so neither misses the other.
+    async fn users_write(
+        &self,
+        provider: &str,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, StoreError> {
+        let db = |e: tokio_postgres::Error| self.db(&e);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let key = format!("{}/{provider}", self.channel);
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&key],
+        )
+        .await
+        .map_err(db)?;
+        let statement = tx.prepare_cached(sql).await.map_err(db)?;
+        let rows = tx.query(&statement, params).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(rows)
+    }
+
     /// Runs one query that finds at most one row.
     async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params).await?.into_iter().next())

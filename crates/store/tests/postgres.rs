@@ -498,6 +498,35 @@ async fn the_lease_excludes_a_second_broker_on_the_same_schema() {
     assert_eq!(granted, 1, "{outcomes:?}");
 }
 
+/// A broker that takes a token up at the moment another announces its drain is asked to
+/// drain it, whichever of the two writes comes first: neither may decide from a snapshot
+/// that misses the other (it would serve the token on, and not be waited for).
+#[tokio::test]
+async fn a_token_taken_up_while_its_drain_is_announced_is_drained() {
+    let Some((_schema, store)) = fresh().await else {
+        return;
+    };
+    let ttl = Duration::from_secs(60);
+    for round in 0..100 {
+        let provider = format!("cr{round}");
+        let Lease::Granted { fence } = store.acquire_lease(&provider, "a", ttl).await.unwrap()
+        else {
+            panic!("a free lease is granted");
+        };
+        let (taken_up, announced) = tokio::join!(
+            store.register_user(&provider, "b", 1),
+            store.announce_drain(&provider, "a", fence, 1)
+        );
+        taken_up.unwrap();
+        announced.unwrap();
+        assert_eq!(
+            store.drain_request(&provider, "b").await.unwrap(),
+            Some(1),
+            "round {round}: the broker that took the token up is not asked to drain it"
+        );
+    }
+}
+
 /// A fenced write that waits for a lease renewal goes ahead once the renewal commits, even
 /// where the database's default isolation is stricter than READ COMMITTED (given here by the
 /// URL's `options`, as a server or role default would): there, the write would fail as a

@@ -1,5 +1,6 @@
 //! The [`Store`] contract as PostgreSQL statements, one per call except the lease and rekey
-//! transactions. Each mirrors its SQLite twin in `sqlite.rs` (same tables, same
+//! transactions, and the writes of a token's users, each run behind the provider's advisory
+//! lock (`users_write`). Each mirrors its SQLite twin in `sqlite.rs` (same tables, same
 //! compare-and-sets, `ON CONFLICT` upserts, the same ledger query) with `$n` placeholders, so
 //! the conformance suite holds for both alike. The writes other brokers must hear of (tokens
 //! and refresh tokens) also `pg_notify` the cluster's channel from the same statement, only
@@ -524,8 +525,9 @@ impl Store for PostgresStore {
         holder: &str,
         generation_: u64,
     ) -> Result<bool, StoreError> {
-        let row = self
-            .query_opt(
+        let rows = self
+            .users_write(
+                provider,
                 "INSERT INTO token_users (provider, holder, generation, state)
                  VALUES ($1, $2, $3, CASE WHEN EXISTS (
                      SELECT 1 FROM token_users WHERE provider = $1 AND generation = $3
@@ -538,7 +540,7 @@ impl Store for PostgresStore {
                 &[&provider, &holder, &signed(generation_)],
             )
             .await?;
-        let state: Option<String> = row.map(|row| self.get(&row, 0)).transpose()?;
+        let state: Option<String> = rows.first().map(|row| self.get(row, 0)).transpose()?;
         Ok(state.is_some_and(|s| s != "using"))
     }
 
@@ -561,10 +563,12 @@ impl Store for PostgresStore {
         fence: u64,
         generation_: u64,
     ) -> Result<(), StoreError> {
+        let channel: &str = &self.channel;
         // One statement: the sub-statements see one snapshot and touch distinct rows (older
         // generations of others; this holder's row; this generation's other rows).
         let announced = self
-            .notifying(
+            .users_write(
+                provider,
                 "WITH lease AS (
                      SELECT provider FROM leases WHERE provider = $1 AND fence = $4 FOR SHARE),
                  forgotten AS (
@@ -580,9 +584,16 @@ impl Store for PostgresStore {
                      WHERE provider = $1 AND generation = $3 AND holder <> $2 AND state = 'using'
                          AND EXISTS (SELECT 1 FROM lease))
                  SELECT pg_notify($5, provider) FROM lease",
-                &[&provider, &holder, &signed(generation_), &signed(fence)],
+                &[
+                    &provider,
+                    &holder,
+                    &signed(generation_),
+                    &signed(fence),
+                    &channel,
+                ],
             )
-            .await?;
+            .await?
+            .len();
         if announced == 1 {
             Ok(())
         } else {
@@ -596,9 +607,11 @@ impl Store for PostgresStore {
         fence: u64,
         generation_: u64,
     ) -> Result<(), StoreError> {
+        let channel: &str = &self.channel;
         // Told only if a record changed: a failed attempt with nothing announced is common.
         let leased = self
-            .notifying(
+            .users_write(
+                provider,
                 "WITH lease AS (
                      SELECT provider FROM leases WHERE provider = $1 AND fence = $3 FOR SHARE),
                  withdrawn AS (
@@ -608,9 +621,10 @@ impl Store for PostgresStore {
                      RETURNING provider),
                  told AS (SELECT pg_notify($4, provider) FROM withdrawn LIMIT 1)
                  SELECT provider FROM lease WHERE (SELECT count(*) FROM told) >= 0",
-                &[&provider, &signed(generation_), &signed(fence)],
+                &[&provider, &signed(generation_), &signed(fence), &channel],
             )
-            .await?;
+            .await?
+            .len();
         if leased == 1 {
             Ok(())
         } else {
