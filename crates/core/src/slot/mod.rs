@@ -183,6 +183,11 @@ struct Shared {
     /// The highest generation another broker announced it is about to replace (0: none):
     /// not handed to new requests here, as a token past its `refresh_at`.
     draining: AtomicU64,
+    /// A refresh intent this broker left in the store without sending its refresh token
+    /// (the intent's write or its clearing failed, or lost its answer): the refresh token's
+    /// generation and the lease grant it was under. Cleared by the next attempt under the
+    /// same grant, when no other broker can have sent the token since.
+    unsent_intent: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 impl Slot {
@@ -225,6 +230,7 @@ impl Slot {
             rejection_audited: AtomicU64::new(0),
             drains_across_brokers,
             draining: AtomicU64::new(0),
+            unsent_intent: std::sync::Mutex::new(None),
         });
         let driver = tokio::spawn(driver::run(shared.clone(), issuer, context.stop));
         (Self { shared }, driver)

@@ -6,7 +6,9 @@
 //! After a crash (an intent with no outcome) the same refresh token is retried only within
 //! the issuer's reuse grace (`refresh_token_grace`); beyond it, replaying the token could make
 //! the issuer revoke the whole token family, so the provider is marked `needs_credentials`
-//! until a person runs `tokenbroker reseed`. An `invalid_grant` does the same.
+//! until a person runs `tokenbroker reseed`. An `invalid_grant` does the same. An intent
+//! this broker left in the store without sending its token (the intent's write or its
+//! clearing failed) is no crash's: its next attempt under the same lease grant clears it.
 
 use std::time::{Duration, SystemTime};
 
@@ -74,6 +76,16 @@ pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket
         return Err(needs(shared, reason));
     }
     let now = shared.clock.now();
+    // Forgotten whatever the answer: the intent this attempt writes will be sent.
+    let left_unsent_here = unsent(shared, stored.generation, fence);
+    if stored.intent_at.is_some() && left_unsent_here {
+        // Left by this broker without sending, under this same grant: no one sent it since.
+        store
+            .clear_refresh_intent(provider, fence, stored.generation)
+            .await
+            .map_err(|e| failure(shared, &e))?;
+        stored.intent_at = None;
+    }
     if let Some(intent_at) = stored.intent_at {
         let since = now.duration_since(intent_at).unwrap_or_default();
         // The retry must reach the issuer within its grace, not merely leave before it ends.
@@ -100,10 +112,14 @@ pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket
             "retrying an interrupted refresh within refresh_token_grace"
         );
     }
-    store
+    if let Err(e) = store
         .begin_refresh(provider, fence, stored.generation, now)
         .await
-        .map_err(|e| failure(shared, &e))?;
+    {
+        // The intent may have been written all the same; the token is not sent.
+        left_unsent(shared, stored.generation, fence, &e);
+        return Err(failure(shared, &e));
+    }
     Ok(Some(Ticket {
         generation: stored.generation,
         fence,
@@ -366,7 +382,29 @@ async fn clear(shared: &Shared, ticket: &Ticket) {
         .await
     {
         tracing::warn!(provider, error = %e, "cannot clear the refresh intent");
+        left_unsent(shared, ticket.generation, ticket.fence, &e);
     }
+}
+
+/// Remembers that the intent of refresh token `generation`, under the lease grant `fence`,
+/// is (or may be) in the store although the token was not sent, or rotated nothing: unless
+/// the write was refused (`Conflict`: the token or the lease moved on).
+fn left_unsent(shared: &Shared, generation: u64, fence: u64, e: &StoreError) {
+    if e.kind != StoreErrorKind::Conflict {
+        *shared.unsent_intent.lock().expect("unsent intent lock") = Some((generation, fence));
+    }
+}
+
+/// Whether this broker left the stored intent of refresh token `generation` unsent, under
+/// the lease grant `fence` (so no other broker held the lease, and sent it, since); forgets
+/// it either way.
+fn unsent(shared: &Shared, generation: u64, fence: u64) -> bool {
+    shared
+        .unsent_intent
+        .lock()
+        .expect("unsent intent lock")
+        .take()
+        == Some((generation, fence))
 }
 
 /// Takes refresh token `generation` out of service; a no-op (logged) if another holder has

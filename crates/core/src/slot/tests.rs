@@ -128,6 +128,11 @@ struct MemoryStore {
     failing_saves: AtomicBool,
     /// How many more drain announcements fail as if the store were unreachable.
     failing_announcements: AtomicU64,
+    /// How many more refresh intents are written but answered as unreachable (the answer
+    /// was lost).
+    lost_intents: AtomicU64,
+    /// How many more clearings of a refresh intent fail as if the store were unreachable.
+    failing_clears: AtomicU64,
     /// How many more refresh token saves fail as if the store were unreachable.
     failing_refresh_saves: AtomicU64,
     /// How many more refresh token saves are made but answered as unreachable (the answer
@@ -361,7 +366,11 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         self.refresh_of(generation, |r| {
             r.intent_at.get_or_insert(at);
-        })
+        })?;
+        if take_one(&self.lost_intents) {
+            return Err(StoreError::new(StoreErrorKind::Unavailable, "unreachable"));
+        }
+        Ok(())
     }
     async fn clear_refresh_intent(
         &self,
@@ -369,6 +378,9 @@ impl Store for MemoryStore {
         _: u64,
         generation: u64,
     ) -> Result<(), StoreError> {
+        if take_one(&self.failing_clears) {
+            return Err(StoreError::new(StoreErrorKind::Unavailable, "unreachable"));
+        }
         self.refresh_of(generation, |r| r.intent_at = None)
     }
     async fn mark_needs_credentials(
@@ -896,6 +908,55 @@ async fn a_refresh_answered_without_a_new_refresh_token_leaves_no_intent_behind(
     let next = h.slot.get().await.unwrap();
     assert_eq!(next.expose(), format!("tok-{}", calls(&h)), "a new token");
     assert_ne!(h.slot.view().state, SlotState::NeedsCredentials);
+}
+
+/// A refresh-token provider without a reuse grace, whose refresh at `refresh_at` the store
+/// (`fault`) and the issuer (`answers`) make leave an intent in the store though its token
+/// was not sent, or rotated nothing; the next attempt must send the same token, not take the
+/// intent for a crash's and put the provider out of service.
+async fn after_an_intent_left_unsent(fault: impl FnOnce(&MemoryStore), answers: Answers) {
+    let h = refresh_harness(
+        "refresh_before = \"10s\"\nrefresh_token_grace = \"0s\"",
+        Duration::from_secs(60),
+    );
+    let first = h.slot.get().await.unwrap();
+    fault(&h.store);
+    *h.answers.lock().unwrap() = answers;
+    tokio::time::sleep(
+        first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_millis(300),
+    )
+    .await;
+    assert!(
+        h.store
+            .refresh
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap()
+            .intent_at
+            .is_some(),
+        "the intent is left in the store"
+    );
+    *h.answers.lock().unwrap() = Answers::Plain;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let next = h.slot.get().await.unwrap();
+    assert_eq!(next.expose(), format!("tok-{}", calls(&h)), "a new token");
+    assert_eq!(
+        h.store.refresh.lock().unwrap().clone().unwrap().intent_at,
+        None
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_intent_whose_write_lost_its_answer_does_not_put_the_provider_out_of_service() {
+    let lost = |store: &MemoryStore| store.lost_intents.store(1, Ordering::SeqCst);
+    after_an_intent_left_unsent(lost, Answers::Plain).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_intent_that_could_not_be_cleared_does_not_put_the_provider_out_of_service() {
+    let failing = |store: &MemoryStore| store.failing_clears.store(1, Ordering::SeqCst);
+    after_an_intent_left_unsent(failing, Answers::Unusable).await;
 }
 
 /// A refresh-token provider whose rotation at `refresh_at` rotates the refresh token while
