@@ -273,7 +273,10 @@ async fn rotating_refresh_tokens_survive_20_sigkills_without_a_replay() {
         seen.max_requests_in_flight, 1,
         "never two refreshes at once: {seen:?}"
     );
-    assert!(seen.refreshes >= 10, "{seen:?}");
+    // With 2 s access tokens, about one refresh per second and a half of the ~13 s the
+    // brokers ran (fewer on a loaded machine, where starting takes longer): refreshing went
+    // on across the kills.
+    assert!(seen.refreshes >= 5, "{seen:?}");
     let (code, logs) = serve.terminate().await;
     assert!(code.success(), "{logs}");
 }
