@@ -183,8 +183,9 @@ struct Shared {
     /// The highest generation another broker announced it is about to replace (0: none):
     /// not handed to new requests here, as a token past its `refresh_at`.
     draining: AtomicU64,
-    /// A refresh intent this broker left in the store without sending its refresh token
-    /// (the intent's write or its clearing failed, or lost its answer): the refresh token's
+    /// A refresh intent this broker left in the store although it knows the refresh token
+    /// unspent (the intent's first write failed or lost its answer before the token was
+    /// sent, or its clearing failed after an answer that rotated nothing): the token's
     /// generation and the lease grant it was under. Cleared by the next attempt under the
     /// same grant, when no other broker can have sent the token since.
     unsent_intent: std::sync::Mutex<Option<(u64, u64)>>,

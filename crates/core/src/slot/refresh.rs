@@ -7,8 +7,9 @@
 //! the issuer's reuse grace (`refresh_token_grace`); beyond it, replaying the token could make
 //! the issuer revoke the whole token family, so the provider is marked `needs_credentials`
 //! until a person runs `tokenbroker reseed`. An `invalid_grant` does the same. An intent
-//! this broker left in the store without sending its token (the intent's write or its
-//! clearing failed) is no crash's: its next attempt under the same lease grant clears it.
+//! this broker left in the store although it knows its token is unspent (the intent's write
+//! failed before the token was sent, or its clearing after an answer that rotated nothing)
+//! is no crash's: its next attempt under the same lease grant clears it.
 
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +33,9 @@ const ROTATED_SAVE_WINDOW: Duration = Duration::from_secs(10);
 pub(super) struct Ticket {
     generation: u64,
     fence: u64,
+    /// Whether an earlier request with this token left its intent, with no known outcome:
+    /// that request may have rotated it, whatever this one comes to.
+    retry: bool,
     pub(super) token: SecretString,
     /// Whose it is: the rotated token that replaces it is stored as the same identity's.
     identity: Identity,
@@ -112,17 +116,23 @@ pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket
             "retrying an interrupted refresh within refresh_token_grace"
         );
     }
+    // A retry: an earlier request with this token may have been sent (and rotated it).
+    let retry = stored.intent_at.is_some();
     if let Err(e) = store
         .begin_refresh(provider, fence, stored.generation, now)
         .await
     {
-        // The intent may have been written all the same; the token is not sent.
-        left_unsent(shared, stored.generation, fence, &e);
+        // The intent may have been written all the same, and the token is not sent; but
+        // on a retry the stored intent is the earlier request's, and stays its evidence.
+        if !retry {
+            left_unsent(shared, stored.generation, fence, &e);
+        }
         return Err(failure(shared, &e));
     }
     Ok(Some(Ticket {
         generation: stored.generation,
         fence,
+        retry,
         token,
         identity,
     }))
@@ -311,8 +321,10 @@ pub(super) async fn settle(
             mark(shared, ticket.fence, ticket.generation, &reason).await;
             return Err(needs(shared, reason));
         }
-        // Never delivered, or refused outright: nothing was rotated.
-        Err(e) if e.certainly_not_acted_on() => clear(shared, &ticket).await,
+        // Never delivered, or refused outright: this request rotated nothing. On a retry
+        // the earlier request's outcome is still unknown: its intent stays, for the grace
+        // to judge.
+        Err(e) if e.certainly_not_acted_on() && !ticket.retry => clear(shared, &ticket).await,
         // Anything else may have rotated the token: the intent stays, and the grace decides.
         Err(_) => {}
     }
@@ -387,8 +399,9 @@ async fn clear(shared: &Shared, ticket: &Ticket) {
 }
 
 /// Remembers that the intent of refresh token `generation`, under the lease grant `fence`,
-/// is (or may be) in the store although the token was not sent, or rotated nothing: unless
-/// the write was refused (`Conflict`: the token or the lease moved on).
+/// is (or may be) in the store although the token is known unspent (not sent, or sent and
+/// rotated nothing): unless the write was refused (`Conflict`: the token or the lease moved
+/// on).
 fn left_unsent(shared: &Shared, generation: u64, fence: u64, e: &StoreError) {
     if e.kind != StoreErrorKind::Conflict {
         *shared.unsent_intent.lock().expect("unsent intent lock") = Some((generation, fence));

@@ -69,12 +69,20 @@ impl Issuer for FakeIssuer {
             .into();
         }
         let answers = *self.answers.lock().unwrap();
+        if let Answers::RateLimited = answers {
+            return IssueError::RateLimited {
+                provider: "fake".into(),
+                retry_after: None,
+            }
+            .into();
+        }
         let rotated = || Rotation::Rotated(SecretString::from(format!("rt-{n}")));
         let (usable, rotation) = match answers {
             Answers::Plain => (true, Rotation::Unknown),
             Answers::Rotating => (true, rotated()),
             Answers::UnusableBesideARotation => (false, rotated()),
             Answers::Unusable => (false, Rotation::Unchanged),
+            Answers::RateLimited => unreachable!("answered above"),
         };
         if !usable {
             return Answer {
@@ -104,7 +112,7 @@ fn take_one(count: &AtomicU64) -> bool {
         .is_ok()
 }
 
-/// What the fake's token answers carry.
+/// How the fake answers when it is up: what its token answers carry, or a 429.
 #[derive(Clone, Copy)]
 enum Answers {
     /// A usable access token, and nothing said of a refresh token.
@@ -115,6 +123,8 @@ enum Answers {
     UnusableBesideARotation,
     /// An unusable access token, and no refresh token (whatever was sent stays valid).
     Unusable,
+    /// No token answer: a 429, which rotates nothing.
+    RateLimited,
 }
 
 /// A store that keeps the token, the refresh token and the ledger in memory and grants
@@ -957,6 +967,46 @@ async fn an_intent_whose_write_lost_its_answer_does_not_put_the_provider_out_of_
 async fn an_intent_that_could_not_be_cleared_does_not_put_the_provider_out_of_service() {
     let failing = |store: &MemoryStore| store.failing_clears.store(1, Ordering::SeqCst);
     after_an_intent_left_unsent(failing, Answers::Unusable).await;
+}
+
+/// A refresh-token provider with a 2 s reuse grace whose refresh at `refresh_at` gets no
+/// answer (a 503: the issuer may have rotated the token), and whose retry within the grace
+/// `second` makes fail too; returns the harness well past the grace, and the issuer's
+/// calls after the retry. The grace is the earlier request's, so the token must not be
+/// sent again: the provider waits for a reseed.
+async fn after_a_retry_within_the_grace(second: impl FnOnce(&Harness)) -> (Harness, u64) {
+    let h = refresh_harness(
+        "refresh_before = \"10s\"\nrefresh_token_grace = \"2s\"",
+        Duration::from_secs(60),
+    );
+    let first = h.slot.get().await.unwrap();
+    h.down.store(true, Ordering::SeqCst);
+    refresh_answered(&h, &first, Answers::Plain).await;
+    h.down.store(false, Ordering::SeqCst);
+    second(&h);
+    // The retry comes after the 1 s backoff, within the grace.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after_retry = calls(&h);
+    *h.answers.lock().unwrap() = Answers::Plain;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(h.slot.view().state, SlotState::NeedsCredentials);
+    (h, after_retry)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_refused_outright_leaves_the_first_requests_intent_for_the_grace() {
+    let (h, after_retry) =
+        after_a_retry_within_the_grace(|h| *h.answers.lock().unwrap() = Answers::RateLimited).await;
+    assert_eq!(after_retry, 3, "the retry was sent");
+    assert_eq!(calls(&h), after_retry, "not sent again past the grace");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_whose_intent_lost_its_answer_leaves_the_first_requests_intent() {
+    let (h, after_retry) =
+        after_a_retry_within_the_grace(|h| h.store.lost_intents.store(1, Ordering::SeqCst)).await;
+    assert_eq!(after_retry, 2, "the retry failed before it was sent");
+    assert_eq!(calls(&h), after_retry, "not sent again past the grace");
 }
 
 /// A refresh-token provider whose rotation at `refresh_at` rotates the refresh token while
