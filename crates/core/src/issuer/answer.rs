@@ -162,7 +162,12 @@ impl TokenAnswer<'_> {
         how: Issuance,
     ) -> Answer {
         let rotation = match answer.get("refresh_token") {
-            None | Some(serde_json::Value::Null) => Ok(Rotation::Unchanged),
+            // No new refresh token beside an access token: the one sent stays valid. (An
+            // answer with neither is no token answer this can read.)
+            None | Some(serde_json::Value::Null) if answer.pointer(self.pointer).is_some() => {
+                Ok(Rotation::Unchanged)
+            }
+            None | Some(serde_json::Value::Null) => Ok(Rotation::Unknown),
             Some(value) => value
                 .as_str()
                 .filter(|t| !t.is_empty())
@@ -174,7 +179,10 @@ impl TokenAnswer<'_> {
                 result: self.issued(answer, issued_at, how),
                 rotation,
             },
-            Err(error) => error.into(),
+            Err(error) => Answer {
+                result: Err(error),
+                rotation: Rotation::Unreadable,
+            },
         }
     }
 
@@ -323,6 +331,41 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.reason(), "unreachable", "{e}");
         assert!(e.certainly_not_acted_on(), "{e}");
+    }
+
+    #[test]
+    fn a_token_answer_says_what_became_of_the_refresh_token_sent() {
+        use secrecy::ExposeSecret;
+        use serde_json::json;
+        let read = TokenAnswer {
+            provider: "crm",
+            pointer: "/access_token",
+            default_lifetime: Duration::from_secs(60),
+        };
+        let rotation = |answer: serde_json::Value| {
+            let answer = read.read(&answer, SystemTime::now(), Issuance::Refresh);
+            match answer.rotation {
+                Rotation::Rotated(token) => format!("rotated {}", token.expose_secret()),
+                Rotation::Unchanged => "unchanged".to_owned(),
+                Rotation::Unreadable => "unreadable".to_owned(),
+                Rotation::Unknown => "unknown".to_owned(),
+            }
+        };
+        assert_eq!(
+            rotation(json!({"access_token": "a", "refresh_token": "r2"})),
+            "rotated r2"
+        );
+        assert_eq!(rotation(json!({"access_token": "a"})), "unchanged");
+        assert_eq!(
+            rotation(json!({"access_token": "", "refresh_token": null})),
+            "unchanged"
+        );
+        assert_eq!(
+            rotation(json!({"access_token": "a", "refresh_token": 7})),
+            "unreadable"
+        );
+        assert_eq!(rotation(json!({"refresh_token": ""})), "unreadable");
+        assert_eq!(rotation(json!({})), "unknown");
     }
 
     #[test]

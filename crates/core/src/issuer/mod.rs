@@ -52,7 +52,10 @@ pub enum Rotation {
     Rotated(SecretString),
     /// A token answer without one: a refresh token sent stays valid.
     Unchanged,
-    /// No token answer came (an error, or no answer at all): it is not known.
+    /// A token answer whose `refresh_token` cannot be read: the one sent may be spent.
+    Unreadable,
+    /// No token answer came (an error, no answer at all, or one with no access token
+    /// either): it is not known.
     Unknown,
 }
 
