@@ -50,6 +50,9 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(15);
 /// A statement's parameters.
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
+/// How long a write of a token's users waits for another's lock.
+const USERS_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '5s'";
+
 /// The PostgreSQL store: a pool of connections to one database (and schema).
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -215,6 +218,9 @@ impl PostgresStore {
         let db = |e: tokio_postgres::Error| self.db(&e);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
+        // A broker cut off mid-transaction holds the lock until its connection is given up
+        // for dead: the others wait a few seconds at most, then fail as unavailable.
+        tx.batch_execute(USERS_LOCK_TIMEOUT).await.map_err(db)?;
         let key = format!("{}/{provider}", self.channel);
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",

@@ -105,14 +105,18 @@ pub(super) struct Untold(pub(super) StoreError);
 async fn everywhere(shared: &Shared, token: &Token, fence: u64, then: &str) -> Result<(), Untold> {
     let timeout = shared.config.proxy.drain_timeout;
     let announced = AtomicBool::new(!shared.drains_across_brokers);
+    // A refused announcement ends the wait at once: the lease has passed on.
     let both = async {
-        tokio::join!(
-            token.drained(),
+        tokio::try_join!(
+            async {
+                token.drained().await;
+                Ok(())
+            },
             others(shared, token.generation, fence, &announced)
         )
     };
     match tokio::time::timeout(timeout, both).await {
-        Ok(((), result)) => return result.map_err(Untold),
+        Ok(result) => return result.map(drop).map_err(Untold),
         Err(_) if !announced.load(Ordering::SeqCst) => {
             return Err(Untold(StoreError::new(
                 StoreErrorKind::Unavailable,
@@ -147,8 +151,8 @@ async fn everywhere(shared: &Shared, token: &Token, fence: u64, then: &str) -> R
 
 /// Announces the drain of `generation` to the other brokers (again and again while the
 /// store is unavailable; `announced` tells when it took it) and waits until none of them
-/// has a request left on it. Unbounded: the caller bounds it. Fails only if the store
-/// refuses the announcement: the lease passed on.
+/// has a request left on it. Unbounded: the caller bounds it. Fails if the store refuses
+/// the announcement (the lease passed on) or fails otherwise than by being unavailable.
 async fn others(
     shared: &Shared,
     generation: u64,
@@ -169,11 +173,11 @@ async fn others(
             .await
         {
             Ok(()) => break,
-            Err(e) if e.kind == StoreErrorKind::Conflict => return Err(e),
-            Err(e) => {
+            Err(e) if e.kind == StoreErrorKind::Unavailable => {
                 tracing::warn!(provider, error = %e, "cannot announce the drain to the other brokers; trying again");
                 tokio::time::sleep(ACK_POLL).await;
             }
+            Err(e) => return Err(e),
         }
     }
     announced.store(true, Ordering::SeqCst);

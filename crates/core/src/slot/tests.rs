@@ -1358,8 +1358,8 @@ async fn announce_drain_of_1(h: &Harness) {
 }
 
 /// A cluster broker's rotation at `refresh_at` (drain_timeout 2 s) while the store refuses
-/// its first `failures` drain announcements as unreachable; returns the harness once the
-/// drain's time is up.
+/// its first `failures` drain announcements as unreachable; returns the harness half a
+/// second after the drain's time is up.
 async fn rotation_with_announcements_failing(failures: u64) -> Harness {
     let h = cluster_harness(
         "refresh_before = \"10s\"\ndrain_timeout = \"2s\"",
@@ -1370,7 +1370,7 @@ async fn rotation_with_announcements_failing(failures: u64) -> Harness {
         .failing_announcements
         .store(failures, Ordering::SeqCst);
     tokio::time::sleep(
-        first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_secs(2),
+        first.refresh_at.duration_since(h.clock.now()).unwrap() + Duration::from_millis(2500),
     )
     .await;
     h
