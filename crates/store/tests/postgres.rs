@@ -530,7 +530,7 @@ async fn a_token_taken_up_while_its_drain_is_announced_is_drained() {
 /// A fenced write that waits for a lease renewal goes ahead once the renewal commits, even
 /// where the database's default isolation is stricter than READ COMMITTED (given here by the
 /// URL's `options`, as a server or role default would): there, the write would fail as a
-/// serialization failure.
+/// serialization failure. (`pg_current_xact_id` needs PostgreSQL 13 or later.)
 #[tokio::test]
 async fn a_fenced_write_after_a_lease_renewal_holds_under_a_strict_default_isolation() {
     let Some(renewal) = raw().await else {

@@ -136,7 +136,7 @@ pub enum KeyKind {
     New {
         /// The client's name in the config (letters, digits, '-' and '_').
         client: String,
-        /// The providers it may use, comma-separated [default: every one, "*"].
+        /// The providers it may use, comma-separated, or "*" for every one [default: "*"].
         #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
         providers: Vec<String>,
     },

@@ -413,9 +413,9 @@ pub fn spawn(listener: TcpListener, state: AppState, serving: Serving) -> std::i
     Ok(Running { url, stop, task })
 }
 
-/// Resolves on SIGINT or SIGTERM. It listens from the call on, not from the first poll:
-/// a signal in between is not lost, nor does it end the process the default way, without
-/// the caller's clean-up.
+/// Resolves on SIGINT or SIGTERM. On Unix it listens from the call on, not from the first
+/// poll: a signal in between is not lost, nor does it end the process the default way,
+/// without the caller's clean-up. (Elsewhere it waits for Ctrl-C from the first poll.)
 pub fn signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {

@@ -168,7 +168,6 @@ struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// Applies `change` to the stored refresh token of `generation`; `Conflict` if it moved on.
     /// Stores `sealed` as the successor of refresh token generation `expected`.
     fn put_refresh(&self, expected: u64, sealed: &[u8]) -> Result<u64, StoreError> {
         let mut stored = self.refresh.lock().unwrap();
@@ -184,6 +183,7 @@ impl MemoryStore {
         Ok(expected + 1)
     }
 
+    /// Applies `change` to the stored refresh token of `generation`; `Conflict` if it moved on.
     fn refresh_of(
         &self,
         generation: u64,
@@ -215,10 +215,7 @@ impl Store for MemoryStore {
         _: u64,
         generation: u64,
     ) -> Result<(), StoreError> {
-        let failing =
-            self.failing_announcements
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if failing.is_ok() {
+        if take_one(&self.failing_announcements) {
             return Err(StoreError::new(StoreErrorKind::Unavailable, "unreachable"));
         }
         // The announcer's own record is drained.

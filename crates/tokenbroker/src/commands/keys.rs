@@ -19,12 +19,17 @@ pub fn new_client(client: &str, providers: &[String]) -> Result<u8, Exit> {
             format!("bad client name {client:?}: use letters, digits, '-' and '_'"),
         ));
     }
+    // `*` (every provider) is what no names give, and means nothing beside names.
+    let providers = match providers {
+        [every] if every == "*" => &[],
+        names => names,
+    };
     if let Some(bad) = providers.iter().find(|name| !is_provider_name(name)) {
         return Err(Exit::new(
             exit::USAGE,
             format!(
                 "bad provider name {bad:?} in --providers: use letters, digits, '-', '_', '~' \
-                 and '.', but no leading '.'"
+                 and '.', but no leading '.' (or '*' alone, for every provider)"
             ),
         ));
     }

@@ -229,7 +229,16 @@ fn keys_new_prints_a_key_and_the_config_lines_with_its_hash() {
         .output()
         .unwrap();
     assert!(!text(&again.stdout).contains(key), "every key is new");
-    for bad in [&["bad name"][..], &["bots", "--providers", "cr,.hidden"]] {
+    let every = tokenbroker()
+        .args(["keys", "new", "bots", "--providers", "*"])
+        .output()
+        .unwrap();
+    assert!(text(&every.stdout).contains("providers = [\"*\"]\n"));
+    for bad in [
+        &["bad name"][..],
+        &["bots", "--providers", "cr,.hidden"],
+        &["bots", "--providers", "cr,*"],
+    ] {
         let out = tokenbroker()
             .args(["keys", "new"])
             .args(bad)
