@@ -35,10 +35,10 @@ const ANSWER_POLL: Duration = Duration::from_secs(1);
 
 /// Records, before `token` is served, that this broker uses its generation. If the drain of
 /// that generation was already announced, the token is never handed out here, and the
-/// answering task acknowledges at once (it is told by the view's change).
-pub(super) async fn take_up(shared: &Shared, token: &Token) {
+/// answering task acknowledges at once (it is told by the view's change); says whether so.
+pub(super) async fn take_up(shared: &Shared, token: &Token) -> bool {
     if !shared.drains_across_brokers {
-        return;
+        return false;
     }
     let persistence = &shared.persistence;
     let provider = shared.config.name.as_str();
@@ -51,6 +51,7 @@ pub(super) async fn take_up(shared: &Shared, token: &Token) {
             shared
                 .draining
                 .fetch_max(token.generation, Ordering::SeqCst);
+            return true;
         }
         Ok(false) => {}
         Err(e) => tracing::warn!(
@@ -58,6 +59,15 @@ pub(super) async fn take_up(shared: &Shared, token: &Token) {
             error = %e,
             "cannot record the token's users; a rotation elsewhere will not wait for this broker"
         ),
+    }
+    false
+}
+
+/// At start: records the restored `token`, which the slot holds back from consumers until
+/// then (`Slot::start`), and puts it in service, unless its drain was announced already.
+pub(super) async fn take_up_restored(shared: &Shared, token: &Token) {
+    if !take_up(shared, token).await {
+        served_again(shared, token.generation);
     }
 }
 
@@ -346,12 +356,16 @@ pub(super) async fn leave(shared: &Shared, answering: Option<Answering>) {
 
 /// The announcement of `generation`'s drain no longer keeps it from consumers here.
 fn served_again(shared: &Shared, generation: u64) {
-    let _ = shared.draining.compare_exchange(
+    let lowered = shared.draining.compare_exchange(
         generation,
         generation.saturating_sub(1),
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
+    if lowered.is_ok() {
+        // Consumers waiting for a token look again: this one is theirs.
+        shared.view.send_modify(|_| {});
+    }
 }
 
 /// The answering task of a slot, aborted with the driver.

@@ -106,7 +106,7 @@ pub(super) async fn run(
     let mut follower = Follower::new(&shared);
     let restored = shared.view.borrow().token.clone();
     if let Some(token) = restored {
-        drain::take_up(&shared, &token).await;
+        drain::take_up_restored(&shared, &token).await;
     }
     let mut answering = drain::Answering::start(&shared);
     loop {

@@ -205,6 +205,14 @@ impl Slot {
             .as_ref()
             .filter(|r| r.out_of_service)
             .map_or(0, |r| r.token.generation);
+        let drains_across_brokers = (config.single_session || issuer.logs_out_on_shutdown())
+            && context.persistence.store.changes().is_some();
+        // Across a cluster, a restored token is held back until the driver has recorded this
+        // broker as its user (`drain::take_up_restored`): another broker may be draining it.
+        let held_back = restored
+            .as_ref()
+            .filter(|r| drains_across_brokers && !r.out_of_service)
+            .map_or(0, |r| r.token.generation);
         let (view, _) = watch::channel(View {
             token: restored.map(|r| Arc::new(r.token)),
             state: SlotState::Ready,
@@ -214,8 +222,6 @@ impl Slot {
             attempts: 0,
             issuances: 0,
         });
-        let drains_across_brokers = (config.single_session || issuer.logs_out_on_shutdown())
-            && context.persistence.store.changes().is_some();
         let shared = Arc::new(Shared {
             identity: Identity::of_tokens(&config),
             config,
@@ -230,7 +236,7 @@ impl Slot {
             demand: AtomicBool::new(false),
             rejection_audited: AtomicU64::new(0),
             drains_across_brokers,
-            draining: AtomicU64::new(0),
+            draining: AtomicU64::new(held_back),
             unsent_intent: std::sync::Mutex::new(None),
         });
         let driver = tokio::spawn(driver::run(shared.clone(), issuer, context.stop));

@@ -165,6 +165,9 @@ struct MemoryStore {
     lease_lost_next: AtomicBool,
     lease_granted_once: AtomicBool,
     seeds: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Set: a registration of this broker as a token's user waits until the gate has a
+    /// permit.
+    registration_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl MemoryStore {
@@ -202,6 +205,9 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn register_user(&self, _: &str, _: &str, generation: u64) -> Result<bool, StoreError> {
+        if let Some(gate) = &self.registration_gate {
+            drop(gate.acquire().await);
+        }
         Ok(*self.drained.lock().unwrap() == Some(generation))
     }
     async fn forget_user(&self, _: &str, _: &str) -> Result<(), StoreError> {
@@ -446,7 +452,7 @@ struct Harness {
 
 /// A Control Room-like provider (`json_login`, single-session unless `extra` says not).
 fn harness(extra: &str, lifetime: Duration) -> Harness {
-    harness_of(&json_login(extra), lifetime, MemoryStore::default())
+    harness_of(&json_login(extra), lifetime, MemoryStore::default(), None)
 }
 
 /// The same, on a store shared with other brokers (one that tells of changes).
@@ -455,7 +461,7 @@ fn cluster_harness(extra: &str, lifetime: Duration) -> Harness {
         changes: Some(tokio::sync::broadcast::channel(16).0),
         ..MemoryStore::default()
     };
-    harness_of(&json_login(extra), lifetime, store)
+    harness_of(&json_login(extra), lifetime, store, None)
 }
 
 fn json_login(extra: &str) -> String {
@@ -474,11 +480,18 @@ fn refresh_harness(extra: &str, lifetime: Duration) -> Harness {
         ),
         lifetime,
         MemoryStore::default(),
+        None,
     )
 }
 
-/// The provider `fake`, of type and settings `provider`, over the fake issuer and `store`.
-fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness {
+/// The provider `fake`, of type and settings `provider`, over the fake issuer and `store`,
+/// holding `restored` as read back from the store at start.
+fn harness_of(
+    provider: &str,
+    lifetime: Duration,
+    store: MemoryStore,
+    restored: Option<Restored>,
+) -> Harness {
     let text = format!("[providers.fake]\nbackoff_min = \"1s\"\nbackoff_max = \"8s\"\n{provider}");
     let mut config = Config::parse(&text).expect("valid test config");
     let provider = config.providers.remove("fake").expect("provider present");
@@ -518,7 +531,7 @@ fn harness_of(provider: &str, lifetime: Duration, store: MemoryStore) -> Harness
         clock,
         stop: stop_rx,
     };
-    let (slot, _driver) = Slot::start(Arc::new(provider), Box::new(issuer), None, context);
+    let (slot, _driver) = Slot::start(Arc::new(provider), Box::new(issuer), restored, context);
     Harness {
         slot,
         clock,
@@ -1243,6 +1256,81 @@ async fn a_drain_another_broker_called_off_puts_the_token_back_in_service_here()
         1,
         "in service again"
     );
+    assert_eq!(calls(&h), 1, "nothing issued here");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_token_is_served_only_once_this_broker_is_recorded_as_its_user() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let now = Clock::following_tokio().now();
+    let store = MemoryStore {
+        changes: Some(tokio::sync::broadcast::channel(16).0),
+        registration_gate: Some(gate.clone()),
+        // As stored before the restart (only its generation is read here).
+        token: std::sync::Mutex::new(Some(StoredToken {
+            generation: 1,
+            issued_at: now,
+            expires_at: now + Duration::from_secs(600),
+            refresh_at: now + Duration::from_secs(480),
+            sealed: Vec::new(),
+        })),
+        // Another broker announced the drain of generation 1, this broker's record says.
+        drained: std::sync::Mutex::new(Some(1)),
+        ..MemoryStore::default()
+    };
+    let token = Token::new(
+        SecretString::from("tok-restored"),
+        1,
+        now,
+        now + Duration::from_secs(600),
+        now + Duration::from_secs(480),
+    );
+    let restored = Restored {
+        token,
+        out_of_service: false,
+    };
+    let h = harness_of(
+        &json_login(""),
+        Duration::from_secs(600),
+        store,
+        Some(restored),
+    );
+    let slot = h.slot.clone();
+    let waiting = tokio::spawn(async move { slot.get().await });
+    settle().await;
+    assert!(!waiting.is_finished(), "not served before it is recorded");
+    gate.add_permits(1);
+    let served = waiting.await.unwrap().unwrap();
+    assert_eq!(
+        (served.generation, served.expose()),
+        (2, "tok-1"),
+        "its drain is under way: a new token, not the restored one"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_waiting_through_a_drain_that_is_called_off_gets_the_token() {
+    let h = cluster_harness("", Duration::from_secs(600));
+    h.slot.get().await.unwrap();
+    // The announcer holds the lease: this broker cannot replace the drained token.
+    h.store.lease_lost_next.store(true, Ordering::SeqCst);
+    h.store.lease_granted_once.store(true, Ordering::SeqCst);
+    announce_drain_of_1(&h).await;
+    let slot = h.slot.clone();
+    let waiting = tokio::spawn(async move { slot.get().await });
+    settle().await;
+    assert!(
+        !waiting.is_finished(),
+        "the drained token is not handed out"
+    );
+    h.store.withdraw_drain("fake", 1, 1).await.unwrap();
+    tell_of_a_change(&h);
+    let served = tokio::time::timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("served once the drain is called off")
+        .unwrap()
+        .unwrap();
+    assert_eq!(served.generation, 1);
     assert_eq!(calls(&h), 1, "nothing issued here");
 }
 
