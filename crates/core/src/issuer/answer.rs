@@ -178,10 +178,12 @@ impl TokenAnswer<'_> {
             Ok(rotation) => Answer {
                 result: self.issued(answer, issued_at, how),
                 rotation,
+                token_answer: true,
             },
             Err(error) => Answer {
                 result: Err(error),
                 rotation: Rotation::Unreadable,
+                token_answer: true,
             },
         }
     }
@@ -366,6 +368,10 @@ mod tests {
         );
         assert_eq!(rotation(json!({"refresh_token": ""})), "unreadable");
         assert_eq!(rotation(json!({})), "unknown");
+        // Whatever it says of the refresh token, a 2xx JSON answer is the issuer's: for a
+        // single-session provider it ended the current session.
+        let empty = read.read(&json!({}), SystemTime::now(), Issuance::Login);
+        assert!(empty.result.is_err() && empty.handed_out_a_token());
     }
 
     #[test]

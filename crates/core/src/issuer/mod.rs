@@ -43,6 +43,9 @@ pub struct Answer {
     /// token must be stored even when the access token beside it is unusable, since the one
     /// sent is spent.
     pub rotation: Rotation,
+    /// Whether a token answer came (a 2xx JSON answer), usable here or not: the issuer
+    /// acted, and for a single-session provider ended the current session.
+    pub token_answer: bool,
 }
 
 /// What a token answer says of the refresh token the request sent, if any.
@@ -54,8 +57,8 @@ pub enum Rotation {
     Unchanged,
     /// A token answer whose `refresh_token` cannot be read: the one sent may be spent.
     Unreadable,
-    /// No token answer came (an error, no answer at all, or one with no access token
-    /// either): it is not known.
+    /// It is not known: no token answer came (an error, no answer at all), or one with
+    /// neither an access token nor a refresh token.
     Unknown,
 }
 
@@ -63,7 +66,7 @@ impl Answer {
     /// Whether the issuer handed out a token, usable here or not: a token answer came. For a
     /// single-session provider that ended the current session.
     pub fn handed_out_a_token(&self) -> bool {
-        self.result.is_ok() || !matches!(self.rotation, Rotation::Unknown)
+        self.result.is_ok() || self.token_answer
     }
 }
 
@@ -73,6 +76,7 @@ impl From<Result<Issued, IssueError>> for Answer {
         Self {
             result,
             rotation: Rotation::Unknown,
+            token_answer: false,
         }
     }
 }

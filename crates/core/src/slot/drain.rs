@@ -65,8 +65,11 @@ pub(super) async fn take_up(shared: &Shared, token: &Token) -> bool {
 
 /// At start: records the restored `token`, which the slot holds back from consumers until
 /// then (`Slot::start`), and puts it in service, unless its drain was announced already.
+/// A store that does not answer within the provider's `timeout` is taken for one that
+/// failed: the token is served, as it was before the restart (guarantee 8).
 pub(super) async fn take_up_restored(shared: &Shared, token: &Token) {
-    if !take_up(shared, token).await {
+    let taken_up = tokio::time::timeout(shared.config.timeout, take_up(shared, token)).await;
+    if !taken_up.unwrap_or(false) {
         served_again(shared, token.generation);
     }
 }

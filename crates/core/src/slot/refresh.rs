@@ -288,7 +288,9 @@ pub(super) async fn settle(
     answer: Answer,
 ) -> Result<Issued, IssueError> {
     let provider = shared.config.name.as_str();
-    let Answer { result, rotation } = answer;
+    let Answer {
+        result, rotation, ..
+    } = answer;
     if let Rotation::Rotated(rotated) = rotation {
         if let Err(e) = store_rotated(shared, &ticket, &rotated).await {
             // The intent stays: within the grace the next attempt may retry.

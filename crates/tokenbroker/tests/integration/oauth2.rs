@@ -274,8 +274,8 @@ async fn rotating_refresh_tokens_survive_20_sigkills_without_a_replay() {
         "never two refreshes at once: {seen:?}"
     );
     // With 2 s access tokens, about one refresh per second and a half of the ~13 s the
-    // brokers ran (fewer on a loaded machine, where starting takes longer): refreshing went
-    // on across the kills.
+    // brokers ran (fewer on a loaded machine, where starting takes longer): the kills had
+    // refreshes to interrupt. (That refreshing still works is the token check above.)
     assert!(seen.refreshes >= 5, "{seen:?}");
     let (code, logs) = serve.terminate().await;
     assert!(code.success(), "{logs}");
