@@ -148,20 +148,26 @@ pub(crate) struct TokenAnswer<'a> {
     pub(crate) pointer: &'a str,
     /// When neither a JWT `exp` nor `expires_in` says.
     pub(crate) default_lifetime: Duration,
+    /// Whether the request sent a refresh token, so the answer's `refresh_token` matters
+    /// (other grants ignore one, readable or not).
+    pub(crate) sent_refresh_token: bool,
 }
 
 impl TokenAnswer<'_> {
     /// The token in `answer`, its expiry (the JWT `exp`, else `expires_in` counted from
     /// `issued_at`, the moment the request was sent, else the default lifetime), and apart
-    /// from it a rotated `refresh_token` if the answer carries a usable one, even beside an
-    /// unusable access token.
+    /// from it what became of the refresh token sent, if one was: rotated (even beside an
+    /// unusable access token), unchanged, or not known.
     pub(crate) fn read(
         &self,
         answer: &serde_json::Value,
         issued_at: SystemTime,
         how: Issuance,
     ) -> Answer {
-        let rotation = match answer.get("refresh_token") {
+        let refresh_token = answer
+            .get("refresh_token")
+            .filter(|_| self.sent_refresh_token);
+        let rotation = match refresh_token {
             // No new refresh token beside an access token: the one sent stays valid. (An
             // answer with neither is no token answer this can read.)
             None | Some(serde_json::Value::Null) if answer.pointer(self.pointer).is_some() => {
@@ -343,6 +349,7 @@ mod tests {
             provider: "crm",
             pointer: "/access_token",
             default_lifetime: Duration::from_secs(60),
+            sent_refresh_token: true,
         };
         let rotation = |answer: serde_json::Value| {
             let answer = read.read(&answer, SystemTime::now(), Issuance::Refresh);
@@ -372,6 +379,15 @@ mod tests {
         // single-session provider it ended the current session.
         let empty = read.read(&json!({}), SystemTime::now(), Issuance::Login);
         assert!(empty.result.is_err() && empty.handed_out_a_token());
+        // A grant that sent no refresh token has no use for one in the answer.
+        let login = TokenAnswer {
+            sent_refresh_token: false,
+            ..read
+        };
+        let answer = json!({"access_token": "a", "refresh_token": ""});
+        let answer = login.read(&answer, SystemTime::now(), Issuance::Login);
+        assert!(answer.result.is_ok(), "{:?}", answer.result);
+        assert!(matches!(answer.rotation, Rotation::Unchanged));
     }
 
     #[test]

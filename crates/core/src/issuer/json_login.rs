@@ -58,6 +58,7 @@ impl JsonLogin {
             provider: &self.provider,
             pointer: &self.config.token_pointer,
             default_lifetime: self.config.lifetime,
+            sent_refresh_token: false,
         };
         read.read(answer, issued_at, how)
     }

@@ -159,6 +159,7 @@ impl Issuer for OAuth2 {
             provider: &self.provider,
             pointer: "/access_token",
             default_lifetime: DEFAULT_LIFETIME,
+            sent_refresh_token: matches!(self.grant, Grant::RefreshToken),
         };
         read.read(&answer, issued_at, how)
     }
