@@ -13,8 +13,8 @@
 //! ([`answer`]). A broker that is dead or cut off costs the rotation `drain_timeout`, never
 //! more; but if the store does not take the announcement itself within `drain_timeout`, the
 //! login or logout is not made, since nobody was told. A rotation or logout that fails calls
-//! its drain off ([`call_off`]), and the others serve the token on. Without change notifications (SQLite) brokers drain their own
-//! requests only.
+//! its drain off ([`call_off`]), and the others serve the token on. Without change
+//! notifications (SQLite) brokers drain their own requests only.
 //!
 //! Issuance stays the driver's business; this module only delays it.
 
@@ -187,7 +187,11 @@ async fn others(
         {
             Ok(()) => break,
             Err(e) if e.kind == StoreErrorKind::Unavailable => {
-                tracing::warn!(provider, error = %e, "cannot announce the drain to the other brokers; trying again");
+                tracing::warn!(
+                    provider,
+                    error = %e,
+                    "cannot announce the drain to the other brokers; trying again"
+                );
                 tokio::time::sleep(ACK_POLL).await;
             }
             Err(e) => return Err(e),

@@ -83,7 +83,8 @@ pub(super) async fn prepare(shared: &Shared, fence: u64) -> Result<Option<Ticket
     // Forgotten whatever the answer: the intent this attempt writes will be sent.
     let left_unsent_here = unsent(shared, stored.generation, fence);
     if stored.intent_at.is_some() && left_unsent_here {
-        // Left by this broker without sending, under this same grant: no one sent it since.
+        // Left by this broker with its token unspent, under this same grant: no one sent
+        // it since.
         store
             .clear_refresh_intent(provider, fence, stored.generation)
             .await
@@ -218,9 +219,10 @@ async fn seed(
 
 /// Stores `token`, a refresh token given to the broker (the configured one, or a reseed),
 /// as `identity`'s successor of stored generation `expected` under the lease grant `fence`,
-/// and records its digest in the same transaction; returns the new generation. `None` if a token of that digest was
-/// stored before: it was sent then, and sending it again could revoke the whole token
-/// family (and storing it would lose the token stored now). A given token is stored once.
+/// and records its digest in the same transaction; returns the new generation. `None` if a
+/// token of that digest was stored before: it was sent then, and sending it again could
+/// revoke the whole token family (and storing it would lose the token stored now). A given
+/// token is stored once.
 pub async fn store_given_refresh_token(
     store: &dyn Store,
     sealer: &Sealer,
@@ -361,7 +363,11 @@ async fn store_rotated(
                 return Ok(());
             }
             StoreErrorKind::Unavailable if tokio::time::Instant::now() + wait < deadline => {
-                tracing::warn!(provider, error = %e, "cannot store the rotated refresh token yet; trying again");
+                tracing::warn!(
+                    provider,
+                    error = %e,
+                    "cannot store the rotated refresh token yet; trying again"
+                );
                 unsure = true;
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(1));
