@@ -20,9 +20,12 @@ pub const CONFIG: u8 = 78;
 pub const CANNOT_EXECUTE: u8 = 126;
 /// `exec`: the command was not found (as in a POSIX shell).
 pub const NOT_FOUND: u8 = 127;
-/// Stopped by SIGINT or SIGTERM before it was done (`demo`; as a shell reports a
-/// program killed by SIGINT).
+/// Stopped by SIGINT before it was done (`demo`; as a shell reports a program SIGINT
+/// killed).
 pub const INTERRUPTED: u8 = 130;
+/// Stopped by SIGTERM before it was done (`demo`; as a shell reports a program SIGTERM
+/// killed).
+pub const TERMINATED: u8 = 143;
 
 /// An error that ends the process with a given code after printing its message.
 #[derive(Debug)]

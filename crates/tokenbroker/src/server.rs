@@ -34,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api::{AppState, Endpoint, Peer, ServedCounters};
 use crate::backend::{self, Missing};
+use crate::exit;
 use crate::proxy::{UpstreamError, Upstreams};
 use crate::rendered::RenderCache;
 
@@ -413,10 +414,30 @@ pub fn spawn(listener: TcpListener, state: AppState, serving: Serving) -> std::i
     Ok(Running { url, stop, task })
 }
 
-/// Resolves on SIGINT or SIGTERM. On Unix it listens from the call on, not from the first
-/// poll: a signal in between is not lost, nor does it end the process the default way,
-/// without the caller's clean-up. (Elsewhere it waits for Ctrl-C from the first poll.)
-pub fn signal() -> impl Future<Output = ()> + Send + 'static {
+/// The signal that asked the process to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl Stop {
+    /// The exit code a shell gives a program this signal killed (128 + its number).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Interrupt => exit::INTERRUPTED,
+            Self::Terminate => exit::TERMINATED,
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, saying which. On Unix it listens from the call on, not
+/// from the first poll: a signal in between is not lost, nor does it end the process the
+/// default way, without the caller's clean-up. (Elsewhere it waits for Ctrl-C from the
+/// first poll.)
+pub fn signal() -> impl Future<Output = Stop> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -430,8 +451,8 @@ pub fn signal() -> impl Future<Output = ()> + Send + 'static {
                 }
             };
             tokio::select! {
-                () = received(interrupt) => {}
-                () = received(terminate) => {}
+                () = received(interrupt) => Stop::Interrupt,
+                () = received(terminate) => Stop::Terminate,
             }
         }
     }
@@ -440,6 +461,7 @@ pub fn signal() -> impl Future<Output = ()> + Send + 'static {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
+        Stop::Interrupt
     }
 }
 

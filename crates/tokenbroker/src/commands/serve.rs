@@ -42,9 +42,13 @@ pub async fn run(path: &Path) -> Result<u8, Exit> {
         idle_timeout_s = serving.idle_timeout.as_secs_f64(),
         "tokenbroker serving"
     );
+    let signalled = server::signal();
+    let stop = async move {
+        signalled.await;
+    };
     match tls {
-        Some(tls) => server::run_tls(listener, state, tls, serving, server::signal()).await,
-        None => server::run(listener, state, serving, server::signal()).await,
+        Some(tls) => server::run_tls(listener, state, tls, serving, stop).await,
+        None => server::run(listener, state, serving, stop).await,
     }
     .context("server failed")?;
     tracing::info!("stopped");

@@ -63,9 +63,9 @@ pub async fn run(jobs: usize, duration: Duration, keep_serving: bool) -> Result<
     let path = store.path().join("demo.db");
     let finished = tokio::select! {
         finished = acts(jobs, duration, keep_serving, &path) => finished?,
-        () = &mut signalled => {
+        stop = &mut signalled => {
             return Err(Exit::new(
-                exit::INTERRUPTED,
+                stop.exit_code(),
                 "interrupted; the demo's temporary store is removed",
             ));
         }

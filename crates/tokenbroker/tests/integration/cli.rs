@@ -140,10 +140,17 @@ fn demo_refuses_a_duration_nobody_would_watch_before_it_starts() {
     );
 }
 
-/// Ctrl-C in the middle of the demo ends it with 130 and leaves no temporary store behind
-/// (it holds the broker's sealed tokens).
+/// Ctrl-C (or SIGTERM) in the middle of the demo ends it with 130 (143) and leaves no
+/// temporary store behind (it holds the broker's sealed tokens).
 #[test]
 fn an_interrupted_demo_removes_its_store() {
+    stopped_demo("-INT", 130);
+    stopped_demo("-TERM", 143);
+}
+
+/// Runs the demo, sends it `signal` once its store exists, and checks it ends with `code`
+/// and without its store.
+fn stopped_demo(signal: &str, code: i32) {
     use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let mut demo = Reaped(Some(
@@ -169,7 +176,7 @@ fn an_interrupted_demo_removes_its_store() {
     );
     let pid = child.id().to_string();
     let sent = std::process::Command::new("kill")
-        .args(["-INT", &pid])
+        .args([signal, &pid])
         .status()
         .unwrap();
     assert!(sent.success());
@@ -182,10 +189,10 @@ fn an_interrupted_demo_removes_its_store() {
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", &pid])
                 .status();
-            panic!("the demo did not end within 30 s of Ctrl-C")
+            panic!("the demo did not end within 30 s of {signal}")
         })
         .unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("interrupted"),
         "{}",
