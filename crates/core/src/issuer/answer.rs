@@ -168,8 +168,8 @@ impl TokenAnswer<'_> {
             .get("refresh_token")
             .filter(|_| self.sent_refresh_token);
         let rotation = match refresh_token {
-            // No new refresh token beside an access token: the one sent stays valid. (An
-            // answer with neither is no token answer this can read.)
+            // No new refresh token (or none sent) beside an access token: a refresh token
+            // sent stays valid. With neither, what became of it is not known.
             None | Some(serde_json::Value::Null) if answer.pointer(self.pointer).is_some() => {
                 Ok(Rotation::Unchanged)
             }

@@ -53,12 +53,14 @@ pub struct Answer {
 pub enum Rotation {
     /// A token answer with a new refresh token: this one, and the one sent is spent.
     Rotated(SecretString),
-    /// A token answer without one: a refresh token sent stays valid.
+    /// A token answer without one, or to a request that sent none: a refresh token sent
+    /// stays valid.
     Unchanged,
     /// A token answer whose `refresh_token` cannot be read: the one sent may be spent.
     Unreadable,
     /// It is not known: no token answer came (an error, no answer at all), or one with
-    /// neither an access token nor a refresh token.
+    /// neither an access token nor (if one was sent) a refresh token, which still counts
+    /// as a token answer (`Answer::token_answer`).
     Unknown,
 }
 

@@ -47,29 +47,68 @@ pub(super) async fn take_up(shared: &Shared, token: &Token) -> bool {
         .register_user(provider, &persistence.holder, token.generation)
         .await
     {
-        Ok(true) => {
-            shared
-                .draining
-                .fetch_max(token.generation, Ordering::SeqCst);
-            return true;
+        Ok(draining) => {
+            recorded(shared, token.generation);
+            if draining {
+                shared
+                    .draining
+                    .fetch_max(token.generation, Ordering::SeqCst);
+                return true;
+            }
         }
-        Ok(false) => {}
-        Err(e) => tracing::warn!(
-            provider,
-            error = %e,
-            "cannot record the token's users; a rotation elsewhere will not wait for this broker"
-        ),
+        Err(e) => {
+            tracing::warn!(
+                provider,
+                error = %e,
+                "cannot record the token's users yet; until then a rotation elsewhere will not \
+                 wait for this broker"
+            );
+            shared.unrecorded.store(token.generation, Ordering::SeqCst);
+        }
     }
     false
+}
+
+/// This broker is recorded as the user of `generation`: nothing is left to try again.
+fn recorded(shared: &Shared, generation: u64) {
+    let _ = shared
+        .unrecorded
+        .compare_exchange(generation, 0, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// Tries again to record this broker as the user of the token it serves, if that failed.
+async fn record_again(shared: &Shared) {
+    let unrecorded = shared.unrecorded.load(Ordering::SeqCst);
+    if unrecorded == 0 {
+        return;
+    }
+    let token = shared.view.borrow().token.clone();
+    match token {
+        Some(token) if token.generation == unrecorded => {
+            take_up(shared, &token).await;
+        }
+        // Replaced since: its successor was (or is being) recorded.
+        _ => recorded(shared, unrecorded),
+    }
 }
 
 /// At start: records the restored `token`, which the slot holds back from consumers until
 /// then (`Slot::start`), and puts it in service, unless its drain was announced already.
 /// A store that does not answer within the provider's `timeout` is taken for one that
-/// failed: the token is served, as it was before the restart (guarantee 8).
+/// failed: the token is served, as it was before the restart (guarantee 7), and recording
+/// it is tried again.
 pub(super) async fn take_up_restored(shared: &Shared, token: &Token) {
     let taken_up = tokio::time::timeout(shared.config.timeout, take_up(shared, token)).await;
-    if !taken_up.unwrap_or(false) {
+    let draining = taken_up.unwrap_or_else(|_| {
+        tracing::warn!(
+            provider = shared.config.name.as_str(),
+            "the store did not record this broker as the restored token's user in time; \
+             serving it, and trying again"
+        );
+        shared.unrecorded.store(token.generation, Ordering::SeqCst);
+        false
+    });
+    if !draining {
         served_again(shared, token.generation);
     }
 }
@@ -218,7 +257,8 @@ async fn others(
 /// broker's requests on it, and acknowledges; and puts it back in service if the drain is
 /// called off. Looks when the store tells of a change of the provider, whenever the slot
 /// publishes (a token taken up late may already be draining), and every [`ANSWER_POLL`]
-/// (a notification lost with its connection is not noticed at once).
+/// (a notification lost with its connection is not noticed at once); and each time, tries
+/// again to record this broker as the user of the token it serves, if that failed.
 pub(super) async fn answer(shared: Arc<Shared>) {
     let mut follower = Follower::new(&shared);
     let mut view = shared.view.subscribe();
@@ -234,6 +274,7 @@ pub(super) async fn answer(shared: Arc<Shared>) {
 }
 
 async fn answer_once(shared: &Shared) {
+    record_again(shared).await;
     let persistence = &shared.persistence;
     let provider = shared.config.name.as_str();
     let generation = match persistence

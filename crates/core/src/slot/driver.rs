@@ -495,8 +495,8 @@ async fn issue_and_commit(
 struct Asked {
     /// The token, its rotated refresh token already stored; or why there is none.
     result: Result<Issued, IssueError>,
-    /// Whether the issuer handed out a new token: for a single-session provider that ended
-    /// the current one, whatever becomes of the new one here.
+    /// Whether a token answer came (a 2xx JSON answer, usable or not): for a single-session
+    /// provider that ended the current token, whatever becomes of the new one here.
     answered_with_token: bool,
     /// How long the issuer took.
     latency: Duration,
@@ -589,7 +589,7 @@ async fn ask(shared: &Shared, issuer: &dyn Issuer, exchange: Option<&Token>, fen
     }
 }
 
-/// After the issuer answered with a token this broker could not keep (refused, or not
+/// After a token answer (a 2xx JSON answer) this broker could not keep (unusable, or not
 /// stored): for a single-session provider that answer ended `current`, so it is not handed
 /// out again (SPEC guarantee 2) while the driver backs off; consumers get the failure
 /// instead of a token that would answer 401. (A timeout is not such an answer: the login

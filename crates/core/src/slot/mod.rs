@@ -183,6 +183,9 @@ struct Shared {
     /// The highest generation another broker announced it is about to replace (0: none):
     /// not handed to new requests here, as a token past its `refresh_at`.
     draining: AtomicU64,
+    /// The generation this broker serves without a record of being its user (0: none):
+    /// recording it failed, and the answering task tries again (`drain::take_up`).
+    unrecorded: AtomicU64,
     /// A refresh intent this broker left in the store although it knows the refresh token
     /// unspent (the intent's first write failed or lost its answer before the token was
     /// sent, or its clearing failed after an answer that rotated nothing): the token's
@@ -208,7 +211,8 @@ impl Slot {
         let drains_across_brokers = (config.single_session || issuer.logs_out_on_shutdown())
             && context.persistence.store.changes().is_some();
         // Across a cluster, a restored token is held back until the driver has recorded this
-        // broker as its user (`drain::take_up_restored`): another broker may be draining it.
+        // broker as its user, or the store failed to or took longer than `timeout`
+        // (`drain::take_up_restored`): another broker may be draining it.
         let held_back = restored
             .as_ref()
             .filter(|r| drains_across_brokers && !r.out_of_service)
@@ -237,6 +241,7 @@ impl Slot {
             rejection_audited: AtomicU64::new(0),
             drains_across_brokers,
             draining: AtomicU64::new(held_back),
+            unrecorded: AtomicU64::new(0),
             unsent_intent: std::sync::Mutex::new(None),
         });
         let driver = tokio::spawn(driver::run(shared.clone(), issuer, context.stop));

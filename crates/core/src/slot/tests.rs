@@ -167,6 +167,11 @@ struct MemoryStore {
     lease_lost_next: AtomicBool,
     lease_granted_once: AtomicBool,
     seeds: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// How many more registrations of this broker as a token's user fail as if the store
+    /// were unreachable.
+    failing_registrations: AtomicU64,
+    /// How many registrations of this broker as a token's user were asked for.
+    registrations: AtomicU64,
     /// Set: a registration of this broker as a token's user waits until the gate has a
     /// permit.
     registration_gate: Option<Arc<tokio::sync::Semaphore>>,
@@ -207,8 +212,12 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn register_user(&self, _: &str, _: &str, generation: u64) -> Result<bool, StoreError> {
+        self.registrations.fetch_add(1, Ordering::SeqCst);
         if let Some(gate) = &self.registration_gate {
             drop(gate.acquire().await);
+        }
+        if take_one(&self.failing_registrations) {
+            return Err(StoreError::new(StoreErrorKind::Unavailable, "unreachable"));
         }
         Ok(*self.drained.lock().unwrap() == Some(generation))
     }
@@ -1328,6 +1337,19 @@ async fn a_restored_token_is_served_if_the_store_does_not_record_its_user_in_tim
         "the cached token, as before the restart"
     );
     assert_eq!(calls(&h), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_record_of_this_broker_as_the_tokens_user_is_made_again() {
+    let h = cluster_harness("", Duration::from_secs(600));
+    h.store.failing_registrations.store(1, Ordering::SeqCst);
+    h.slot.get().await.unwrap();
+    // The first one failed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let registrations = || h.store.registrations.load(Ordering::SeqCst);
+    assert_eq!(registrations(), 2, "made again, once");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(registrations(), 2, "and not again once made");
 }
 
 #[tokio::test(start_paused = true)]
