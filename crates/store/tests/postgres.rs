@@ -23,6 +23,12 @@ fn url() -> String {
     std::env::var("TOKENBROKER_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
 
+/// `url` with the query parameters `params` added.
+fn with_query(url: &str, params: &str) -> String {
+    let joiner = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joiner}{params}")
+}
+
 /// `url` with any password masked, for printing.
 fn shown(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -537,10 +543,9 @@ async fn a_fenced_write_after_a_lease_renewal_holds_under_a_strict_default_isola
         return;
     };
     let schema = Schema::new();
-    let strict = format!(
-        "{}{}options=-c%20default_transaction_isolation%3Dserializable",
-        url(),
-        if url().contains('?') { '&' } else { '?' }
+    let strict = with_query(
+        &url(),
+        "options=-c%20default_transaction_isolation%3Dserializable",
     );
     let store = PostgresStore::connect(&SecretString::from(strict), Some(&schema.name))
         .await
@@ -606,10 +611,9 @@ async fn tls_is_used_and_verified_when_the_url_asks_for_it() {
         return;
     };
     let url = url();
-    let joiner = if url.contains('?') { '&' } else { '?' };
     // Without a trusted root for the server's certificate, nothing connects: no silent
     // fallback to a plain or an unverified connection.
-    let require = SecretString::from(format!("{url}{joiner}sslmode=require"));
+    let require = SecretString::from(with_query(&url, "sslmode=require"));
     let schema = Schema::new();
     match PostgresStore::connect(&require, Some(&schema.name)).await {
         Ok(_) => eprintln!("note: the system roots trust the server's certificate"),
@@ -633,8 +637,9 @@ async fn tls_is_used_and_verified_when_the_url_asks_for_it() {
         return;
     }
     let verified = url.replacen("@127.0.0.1:", "@localhost:", 1);
-    let verified = SecretString::from(format!(
-        "{verified}{joiner}sslmode=verify-full&sslrootcert={cert}"
+    let verified = SecretString::from(with_query(
+        &verified,
+        &format!("sslmode=verify-full&sslrootcert={cert}"),
     ));
     match PostgresStore::connect(&verified, Some(&schema.name)).await {
         Ok(store) => {
@@ -668,9 +673,10 @@ async fn connections_the_server_dropped_are_replaced_without_an_error() {
         return;
     };
     let schema = Schema::new();
-    let url = url();
-    let joiner = if url.contains('?') { '&' } else { '?' };
-    let tagged = SecretString::from(format!("{url}{joiner}application_name={}", schema.name));
+    let tagged = SecretString::from(with_query(
+        &url(),
+        &format!("application_name={}", schema.name),
+    ));
     let store = PostgresStore::connect(&tagged, Some(&schema.name))
         .await
         .unwrap();
